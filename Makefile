@@ -1,0 +1,35 @@
+# The two commands of the README's first screen: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## demo: migrate the example app on a SQLite file (no server needed), then show status and history
+demo: $(STAMP)
+	rm -f demo.db demo.db.dbmigrate-lock
+	$(BIN)/dbmigrate upgrade --log-format text
+	$(BIN)/dbmigrate status
+	$(BIN)/dbmigrate history
+
+## lint: ruff and mypy (strict on dbmigrate/)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## test: lint, then pytest against real PostgreSQL, MariaDB and SQLite
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) demo.db demo.db.dbmigrate-lock .pytest_cache .mypy_cache .ruff_cache

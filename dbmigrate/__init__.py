@@ -1,0 +1,40 @@
+"""dbmigrate: safe Alembic migrations for Kubernetes.
+
+>>> import dbmigrate
+>>> dbmigrate.upgrade(database_url="sqlite:///app.db")      # doctest: +SKIP
+
+Every error is a :class:`DbmigrateError`; its ``exit_code`` is what the CLI exits with.
+"""
+
+from dbmigrate.api import Status, __version__, downgrade, history, repair, status, upgrade
+from dbmigrate.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    DbmigrateError,
+    LockTimeout,
+    MigrationFailed,
+    NotAtHead,
+    RepairNeeded,
+)
+from dbmigrate.runner import RunResult, StepResult
+from dbmigrate.settings import Settings
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "DbmigrateError",
+    "LockTimeout",
+    "MigrationFailed",
+    "NotAtHead",
+    "RepairNeeded",
+    "RunResult",
+    "Settings",
+    "Status",
+    "StepResult",
+    "__version__",
+    "downgrade",
+    "history",
+    "repair",
+    "status",
+    "upgrade",
+]

@@ -1,0 +1,5 @@
+"""``python -m dbmigrate`` runs the CLI."""
+
+from dbmigrate.cli import main
+
+main()

@@ -1,0 +1,187 @@
+"""The public API: each function is the recipe of one command; the work lives in the layers below.
+
+Every function takes either a ready :class:`~dbmigrate.settings.Settings` or the same options as
+keyword arguments (``dbmigrate.upgrade(database_url=..., wait_timeout=30)``), resolved like the CLI's
+flags (keyword > ``DBMIGRATE_*`` environment > config files > defaults).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _package_version
+from typing import Any
+
+from alembic.runtime.migration import RevisionStep
+
+from dbmigrate import database, scripts
+from dbmigrate import history as hist
+from dbmigrate.errors import ConfigurationError, DbmigrateError, RepairNeeded
+from dbmigrate.locking import lock_is_free
+from dbmigrate.masking import mask_url
+from dbmigrate.observability import write_termination_message
+from dbmigrate.runner import Runner, RunResult, interrupted_status, repair_message
+from dbmigrate.settings import Settings
+
+try:
+    __version__ = _package_version("dbmigrate")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0+unknown"
+
+
+@dataclasses.dataclass
+class Status:
+    """Where the database stands against the scripts, and what the last run did."""
+
+    database: str
+    current: list[str]
+    heads: list[str]
+    pending: list[str]
+    ahead: list[str]
+    at_head: bool
+    run_in_progress: bool
+    last_run: list[dict[str, Any]]
+    needs_repair: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def upgrade(
+    target: str = "head", *, dry_run: bool = False, settings: Settings | None = None, **options: Any
+) -> RunResult:
+    """Take the database to ``target`` (default ``head``), one revision per transaction.
+
+    Safe to call from any number of processes at once: one applies, the others wait for the run
+    lock and find nothing left to do. ``dry_run`` returns the plan and its SQL without writing.
+    """
+    return _migrate(target, upgrade=True, dry_run=dry_run, settings=settings, options=options)
+
+
+def downgrade(target: str, *, dry_run: bool = False, settings: Settings | None = None, **options: Any) -> RunResult:
+    """Take the database down to ``target`` (a revision, ``-1`` or ``base``) with the same safety as upgrade."""
+    return _migrate(target, upgrade=False, dry_run=dry_run, settings=settings, options=options)
+
+
+def status(*, settings: Settings | None = None, **options: Any) -> Status:
+    """Current revision(s), the scripts' heads, pending revisions, the last run, and any repair needed."""
+    with _session(settings, options) as runner:
+        current = runner.current_heads()
+        code_heads = scripts.heads(runner.script)
+        ahead = scripts.unknown_revisions(runner.script, current)
+        pending = [] if ahead else [scripts.step_revision(s) for s in _pending(runner, current)]
+        lock_free = lock_is_free(runner.control, runner.caps, runner.lock_name(), runner.identity)
+        needs_repair = None
+        last_run = runner.history.last_run()
+        partials = runner.history.unresolved_partials()
+        if lock_free:
+            for entry in runner.history.entries(status=hist.RUNNING):
+                state, error = interrupted_status(entry, runner.caps)
+                if state == hist.PARTIAL:
+                    partials.append(dataclasses.replace(entry, status=state, error=error))
+        if partials:
+            needs_repair = repair_message(partials[0])
+        return Status(
+            database=mask_url(runner.engine.url),
+            current=list(current),
+            heads=list(code_heads),
+            pending=pending,
+            ahead=ahead,
+            at_head=not ahead and set(current) == set(code_heads),
+            run_in_progress=not lock_free,
+            last_run=[entry.as_dict() for entry in last_run],
+            needs_repair=needs_repair,
+        )
+
+
+def history(limit: int | None = 50, *, settings: Settings | None = None, **options: Any) -> list[hist.Entry]:
+    """The newest ``limit`` history rows, newest first (empty before the first run)."""
+    with _session(settings, options) as runner:
+        return runner.history.entries(limit=limit)
+
+
+def repair(resolution: str, *, settings: Settings | None = None, **options: Any) -> hist.Entry:
+    """Mark a partially applied step as repaired by hand.
+
+    ``resolution="reverted"``: its statements were undone; the revision runs again on the next
+    upgrade. ``resolution="applied"``: the rest was finished by hand; the revision is stamped.
+    """
+    if resolution not in ("reverted", "applied"):
+        raise ConfigurationError("repair needs --reverted or --applied.")
+    with _session(settings, options) as runner, runner.locked():
+        runner.history.ensure()
+        runner.settle_interrupted()
+        partials = runner.history.unresolved_partials()
+        if not partials:
+            raise ConfigurationError("Nothing to repair: no step is partially applied.")
+        entry = partials[0]
+        if resolution == "applied":
+            runner.stamp(entry.revision if entry.direction == "upgrade" else (entry.from_revision or "base"))
+        row = runner.history.start(
+            run_id=runner.identity.run_id,
+            revision=entry.revision,
+            from_revision=entry.revision,
+            direction="repair",
+            runner=runner.identity.runner,
+            dbmigrate_version=__version__,
+            app_version=runner.settings.app_version,
+        )
+        runner.history.finish(row, hist.REPAIRED, error=f"marked {resolution} by hand after partial run {entry.run_id}")
+        return runner.history.entries(limit=1)[0]
+
+
+def _migrate(
+    target: str, *, upgrade: bool, dry_run: bool, settings: Settings | None, options: dict[str, Any]
+) -> RunResult:
+    resolved = _settings(settings, options)
+    try:
+        with _session(resolved, {}) as runner:
+            if dry_run:
+                return runner.dry_run(target, upgrade)
+            with runner.locked():
+                result = runner.migrate(target, upgrade)
+    except DbmigrateError as exc:
+        write_termination_message(
+            resolved.termination_log, f"dbmigrate {'upgrade' if upgrade else 'downgrade'} failed: {exc}"
+        )
+        raise
+    write_termination_message(resolved.termination_log, result.summary())
+    return result
+
+
+def _pending(runner: Runner, current: tuple[str, ...]) -> list[RevisionStep]:
+    try:
+        return scripts.plan(runner.script, "heads", current, upgrade=True)
+    except ConfigurationError:
+        return []
+
+
+def _settings(settings: Settings | None, options: dict[str, Any]) -> Settings:
+    if settings is not None and options:
+        raise ConfigurationError("Pass either settings or keyword options, not both.")
+    return settings if settings is not None else Settings.load(**options)
+
+
+@contextlib.contextmanager
+def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Runner]:
+    """Config, scripts, engine and the control connection for one command; all closed after."""
+    resolved = _settings(settings, options)
+    config = scripts.load_config(resolved)
+    script = scripts.load_scripts(config)
+    url = resolved.resolved_url(scripts.ini_url(config))
+    scripts.point_at(config, url)
+    engine = database.create(url)
+    try:
+        with database.transactional_sqlite_ddl():
+            control = database.connect(engine, resolved.wait_timeout).execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                yield Runner(resolved, config, script, engine, database.capabilities(engine), control, __version__)
+            finally:
+                control.close()
+    finally:
+        engine.dispose()
+
+
+__all__ = ["RepairNeeded", "Status", "downgrade", "history", "repair", "status", "upgrade"]

@@ -1,0 +1,213 @@
+"""The ``dbmigrate`` command: parse, call the public API, render, exit."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from dbmigrate import api
+from dbmigrate.errors import EXIT_CODES, DbmigrateError, NotAtHead, RepairNeeded
+from dbmigrate.masking import redact
+from dbmigrate.observability import configure_logging
+from dbmigrate.runner import RunResult
+from dbmigrate.settings import Settings
+
+EPILOG = "Exit codes:\n\n" + "\n\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
+
+_SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("-c", "--config", "config_file"), {"help": "Alembic config file [alembic.ini; DBMIGRATE_CONFIG]"}),
+    (
+        ("--database-url",),
+        {"help": "Database URL [DATABASE_URL or DBMIGRATE_DATABASE_URL; else the ini's sqlalchemy.url]"},
+    ),
+    (("--database-url-file",), {"help": "Read the database URL from this file (a mounted Secret)"}),
+    (("--database-password-file",), {"help": "Read the password from this file and put it into the URL"}),
+    (("--wait-timeout",), {"type": float, "help": "Seconds to wait for the database to accept connections [60]"}),
+    (("--lock-wait-timeout",), {"type": float, "help": "Seconds to wait for another run's lock [300]"}),
+    (
+        ("--lock-timeout",),
+        {"type": float, "help": "Seconds a statement may wait for a table lock before the step retries [2]"},
+    ),
+    (("--statement-timeout",), {"type": float, "help": "Seconds a migration statement may run; 0 = no limit [3600]"}),
+    (
+        ("--lock-conflict-wait",),
+        {"type": float, "help": "Seconds to wait for long transactions on a step's tables [60]"},
+    ),
+    (("--max-lock-retries",), {"type": int, "help": "Retries of a step that hit its lock timeout [10]"}),
+    (("--history-table",), {"help": "Name of dbmigrate's history table [dbmigrate_history]"}),
+    (("--table-schema",), {"help": "Schema for dbmigrate's tables [the connection's default]"}),
+    (("--termination-log",), {"help": "Where the outcome is written if the file exists [/dev/termination-log]"}),
+    (("--app-version",), {"help": "Application version recorded in history [DBMIGRATE_APP_VERSION]"}),
+    (
+        ("--log-format",),
+        {"type": click.Choice(["auto", "json", "text"]), "help": "Log format on stderr [auto: JSON unless a terminal]"},
+    ),
+]
+
+
+def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command shares; each can also be set as DBMIGRATE_<OPTION>."""
+    for names, attrs in reversed(_SETTING_OPTIONS):
+        command = click.option(*names, default=None, **attrs)(command)
+    command = click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        help="Output on stdout: text or json",
+    )(command)
+    command = click.option("--debug", is_flag=True, help="Show tracebacks and debug logs")(command)
+    return command
+
+
+def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an API call into a command: settings in, rendered result out, exit code by error type."""
+
+    @functools.wraps(render)
+    def wrapper(output_format: str, debug: bool, **kwargs: Any) -> None:
+        flags = {k: kwargs.pop(k) for k in list(kwargs) if k in Settings.__dataclass_fields__}
+        try:
+            settings = Settings.load(**flags)
+            configure_logging(settings.log_format, debug)
+            output = render(settings, **kwargs)
+        except DbmigrateError as exc:
+            _fail(exc, output_format, debug)
+        except Exception as exc:  # noqa: BLE001 - the last net: a paragraph, not a traceback
+            _fail(
+                DbmigrateError(f"Unexpected error: {type(exc).__name__}: {exc}. Run with --debug for the traceback."),
+                output_format,
+                debug,
+            )
+        else:
+            data, text, code = output
+            click.echo(redact(json.dumps(data, indent=2, default=str) if output_format == "json" else text))
+            sys.exit(code)
+
+    return wrapper
+
+
+def _fail(exc: DbmigrateError, output_format: str, debug: bool) -> None:
+    message = redact(str(exc))
+    if debug:
+        click.echo(redact(traceback.format_exc()), err=True)
+    if output_format == "json":
+        click.echo(json.dumps({"error": type(exc).__name__, "message": message, "exit_code": exc.exit_code}, indent=2))
+    click.echo(f"error: {message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(api.__version__, prog_name="dbmigrate")
+def main() -> None:
+    """Safe Alembic migrations: one run at a time, online-friendly locking, history, clear exits."""
+
+
+@main.command(epilog=EPILOG)
+@click.argument("target", default="head")
+@click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing")
+@common_options
+@run_command
+def upgrade(settings: Settings, target: str, dry_run: bool) -> tuple[Any, str, int]:
+    """Upgrade the database to TARGET (default: head)."""
+    result = api.upgrade(target, dry_run=dry_run, settings=settings)
+    return result.as_dict(), _render_run(result), 0
+
+
+@main.command(epilog=EPILOG)
+@click.argument("target")
+@click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing")
+@common_options
+@run_command
+def downgrade(settings: Settings, target: str, dry_run: bool) -> tuple[Any, str, int]:
+    """Downgrade the database to TARGET (a revision, -1, or base)."""
+    result = api.downgrade(target, dry_run=dry_run, settings=settings)
+    return result.as_dict(), _render_run(result), 0
+
+
+@main.command(epilog=EPILOG)
+@click.option("--check", is_flag=True, help="Exit 4 unless the database is at the scripts' heads")
+@common_options
+@run_command
+def status(settings: Settings, check: bool) -> tuple[Any, str, int]:
+    """Show the current revision, the heads, pending revisions and the last run."""
+    state = api.status(settings=settings)
+    code = 0
+    if state.needs_repair:
+        code = RepairNeeded.exit_code
+    elif check and not state.at_head:
+        code = NotAtHead.exit_code
+    return state.as_dict(), _render_status(state), code
+
+
+@main.command(epilog=EPILOG)
+@click.option("--limit", type=int, default=50, show_default=True, help="How many rows, newest first")
+@common_options
+@run_command
+def history(settings: Settings, limit: int) -> tuple[Any, str, int]:
+    """Show dbmigrate's history: one row per revision step of every run."""
+    entries = api.history(limit, settings=settings)
+    lines = [
+        f"{'started (UTC)':<20} {'run':<12} {'direction':<9} {'revision':<14} {'status':<8} "
+        f"{'ms':>7} {'tries':>5} {'waits':>5}  runner"
+    ]
+    for e in entries:
+        lines.append(
+            f"{e.started_at:%Y-%m-%d %H:%M:%S} {e.run_id:<12} {e.direction:<9} {e.revision:<14} {e.status:<8} "
+            f"{e.duration_ms if e.duration_ms is not None else '':>7} {e.attempts:>5} {e.lock_waits:>5}  {e.runner}"
+        )
+        if e.error:
+            lines.append(f"    {e.error}")
+    if not entries:
+        lines = ["No history yet: dbmigrate has not run against this database."]
+    return [e.as_dict() for e in entries], "\n".join(lines), 0
+
+
+@main.command(epilog=EPILOG)
+@click.option(
+    "--reverted", "resolution", flag_value="reverted", help="Its statements were undone by hand; run it again later"
+)
+@click.option("--applied", "resolution", flag_value="applied", help="The rest was finished by hand; stamp the revision")
+@common_options
+@run_command
+def repair(settings: Settings, resolution: str | None) -> tuple[Any, str, int]:
+    """Mark a partially applied step (MySQL/MariaDB) as repaired by hand."""
+    entry = api.repair(resolution or "", settings=settings)
+    return entry.as_dict(), f"Revision {entry.revision}: {entry.error}.", 0
+
+
+def _render_run(result: RunResult) -> str:
+    if result.dry_run:
+        parts = [result.summary()]
+        for item in result.sql:
+            parts.append(f"\n-- revision {item['revision']} (from {item['from'] or 'base'})\n{item['sql'].strip()}")
+        return "\n".join(parts)
+    return result.summary()
+
+
+def _render_status(state: api.Status) -> str:
+    lines = [
+        f"database:  {state.database}",
+        f"current:   {', '.join(state.current) or 'base (empty)'}",
+        f"heads:     {', '.join(state.heads) or 'none'}",
+        f"pending:   {len(state.pending)}" + (f" ({', '.join(state.pending)})" if state.pending else ""),
+    ]
+    if state.ahead:
+        lines.append(f"ahead:     the database is at {', '.join(state.ahead)}, which these scripts do not contain")
+    lines.append(f"at head:   {'yes' if state.at_head else 'no'}")
+    if state.run_in_progress:
+        lines.append("running:   another dbmigrate run holds the lock right now")
+    if state.last_run:
+        first, last = state.last_run[0], state.last_run[-1]
+        lines.append(
+            f"last run:  {first['run_id']} by {first['runner']} at {first['started_at']}: "
+            f"{len(state.last_run)} step(s), last {last['revision']} {last['status']}"
+        )
+    if state.needs_repair:
+        lines.append(f"REPAIR:    {state.needs_repair}")
+    return "\n".join(lines)

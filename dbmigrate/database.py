@@ -1,0 +1,221 @@
+"""Engines, drivers and waiting for the database to accept connections.
+
+A database that is still starting (connection refused, DNS not yet resolvable, "starting up",
+too many connections) is retried with exponential backoff until ``wait_timeout``; a database that
+answers with a definite "no" (bad credentials, no such database) fails at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import structlog
+import tenacity
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.pool import NullPool, Pool
+
+from dbmigrate.errors import ConfigurationError, DatabaseUnavailable
+from dbmigrate.masking import mask_url, redact
+
+log = structlog.get_logger("dbmigrate.database")
+
+_DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What the dialect can do, as far as dbmigrate's safety guarantees are concerned."""
+
+    name: str
+    transactional_ddl: bool
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.name == "postgresql"
+
+    @property
+    def is_mysql(self) -> bool:
+        return self.name in ("mysql", "mariadb")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.name == "sqlite"
+
+
+def parse_url(url: str) -> URL:
+    """Parse a database URL; raises :class:`ConfigurationError` (password masked) when malformed."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigurationError(
+            f"The database URL {mask_url(url)} is malformed ({redact(str(exc))}). Expected for example "
+            "postgresql://user:password@host:5432/dbname, mysql+pymysql://user:password@host/dbname "
+            "or sqlite:///path/to/file.db."
+        ) from None
+    return parsed
+
+
+def create(url: str) -> Engine:
+    """An engine for ``url`` without a pool (a run holds few connections, each for a long time)."""
+    parsed = parse_url(url)
+    try:
+        engine = create_engine(parsed, poolclass=NullPool)
+    except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
+        extra = _DRIVER_EXTRAS.get(parsed.get_backend_name())
+        hint = f" Install it with: pip install 'dbmigrate[{extra}]'." if extra else ""
+        raise ConfigurationError(f"No driver for {mask_url(parsed)}: {redact(str(exc))}.{hint}") from None
+    return engine
+
+
+def capabilities(engine: Engine) -> Capabilities:
+    """The dialect's name and whether DDL takes part in transactions."""
+    name = engine.dialect.name
+    return Capabilities(name=name, transactional_ddl=name in ("postgresql", "sqlite"))
+
+
+def connect(engine: Engine, wait_timeout: float) -> Connection:
+    """Connect, retrying transient failures with backoff for up to ``wait_timeout`` seconds.
+
+    Raises :class:`DatabaseUnavailable` when the time is up, or at once on bad credentials or
+    a missing database, and :class:`ConfigurationError` when the URL cannot work at all.
+    """
+    started = time.monotonic()
+    target = mask_url(engine.url)
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "database not reachable yet, retrying",
+            url=target,
+            attempt=state.attempt_number,
+            waited_s=round(time.monotonic() - started, 1),
+            error=_first_line(error),
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_is_transient),
+        wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0),
+        stop=tenacity.stop_after_delay(wait_timeout),
+        before_sleep=log_retry,
+        reraise=True,
+    )
+    try:
+        return retrying(engine.connect)
+    except DBAPIError as exc:
+        raise _unavailable(exc, target, time.monotonic() - started) from None
+
+
+def _unavailable(exc: DBAPIError, target: str, waited: float) -> DatabaseUnavailable | ConfigurationError:
+    kind = classify(exc)
+    reason = _first_line(exc)
+    if kind == "credentials":
+        return DatabaseUnavailable(
+            f"The database at {target} refused the credentials ({reason}). Check the user and password "
+            "in the URL or the Secret it comes from; retrying would not help."
+        )
+    if kind == "missing-database":
+        return DatabaseUnavailable(
+            f"The database named in {target} does not exist ({reason}). Create it first, or fix the "
+            "database name in the URL."
+        )
+    if kind == "unusable":
+        return ConfigurationError(f"Cannot open the database {target}: {reason}.")
+    return DatabaseUnavailable(
+        f"The database at {target} was not reachable within {waited:.0f}s ({reason}). Check that it "
+        "is running and reachable from here, or raise --wait-timeout."
+    )
+
+
+def classify(exc: BaseException) -> str:
+    """'transient', 'credentials', 'missing-database', 'unusable' or 'other' for a connect error."""
+    orig = getattr(exc, "orig", exc)
+    message = str(orig).lower()
+    code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
+    if (
+        code in (1045, 1044, 1698)
+        or "password authentication failed" in message
+        or ("role" in message and "does not exist" in message)
+    ):
+        return "credentials"
+    if code == 1049 or ("database" in message and "does not exist" in message):
+        return "missing-database"
+    if "unable to open database file" in message:
+        return "unusable"
+    transient_words = (
+        "connection refused",
+        "could not connect",
+        "can't connect",
+        "could not translate host name",
+        "name or service not known",
+        "temporary failure in name resolution",
+        "failed to resolve host",
+        "starting up",
+        "shutting down",
+        "too many connections",
+        "timeout expired",
+        "timed out",
+        "no route to host",
+        "server closed the connection",
+        "lost connection",
+        "connection failed",
+    )
+    if code in (2003, 2005, 2006, 2013, 1040) or any(word in message for word in transient_words):
+        return "transient"
+    return "other"
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and classify(exc) == "transient"
+
+
+def _first_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    orig = getattr(exc, "orig", exc)
+    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
+    return redact(" ".join(lines[:2]))[:300]
+
+
+@contextmanager
+def transactional_sqlite_ddl() -> Iterator[None]:
+    """While active, SQLite connections (ours and any env.py creates) run DDL in transactions.
+
+    pysqlite only opens a transaction before DML, so a CREATE TABLE commits on its own and a killed
+    step would leave half a revision behind. SQLAlchemy's documented recipe: let the driver
+    autocommit and emit BEGIN ourselves, so DDL and the version update commit together.
+    """
+
+    def autocommit_driver(dbapi_connection, connection_record):  # type: ignore[no-untyped-def]
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.isolation_level = None
+
+    def begin(conn):  # type: ignore[no-untyped-def]
+        if conn.dialect.name == "sqlite" and conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN")
+
+    event.listen(Pool, "connect", autocommit_driver)
+    event.listen(Engine, "begin", begin)
+    try:
+        yield
+    finally:
+        event.remove(Pool, "connect", autocommit_driver)
+        event.remove(Engine, "begin", begin)
+
+
+def track_statements(connection: Connection, before: Callable[[str], None], after: Callable[[str], None]) -> None:
+    """Call ``before`` with each statement's SQL as it starts and ``after`` once it succeeded."""
+
+    def on_before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        before(statement)
+
+    def on_after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        after(statement)
+
+    event.listen(connection, "before_cursor_execute", on_before)
+    event.listen(connection, "after_cursor_execute", on_after)

@@ -1,0 +1,67 @@
+"""The exception hierarchy: every error dbmigrate raises is a :class:`DbmigrateError`.
+
+Each class carries the process exit code the CLI uses for it, so that an exit code means one
+thing everywhere (see the README's table). Messages say what happened, what it means and the
+command that fixes it; they never contain a password.
+"""
+
+from __future__ import annotations
+
+
+class DbmigrateError(Exception):
+    """Base class of every error dbmigrate raises; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(DbmigrateError):
+    """Usage or configuration is wrong: bad URL, missing or broken scripts, ambiguous target."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailable(DbmigrateError):
+    """The database could not be reached in time, or refused the credentials."""
+
+    exit_code = 3
+
+
+class LockTimeout(DbmigrateError):
+    """Another run held the run lock, or other sessions held a table's lock, for too long."""
+
+    exit_code = 3
+
+
+class MigrationFailed(DbmigrateError):
+    """A migration step raised; its transaction was rolled back where the database allows it."""
+
+    exit_code = 1
+
+
+class NotAtHead(DbmigrateError):
+    """``status --check``: the database is not at the heads of the scripts."""
+
+    exit_code = 4
+
+
+class RepairNeeded(DbmigrateError):
+    """A step was partially applied (non-transactional DDL); a human must repair it first."""
+
+    exit_code = 5
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success (also: nothing to do)",
+    1: "a migration step failed (its transaction was rolled back where the database allows)",
+    2: "usage or configuration error (bad URL, broken scripts, multiple heads, unknown revision)",
+    3: "database unreachable, credentials refused, or a lock not acquired in time",
+    4: "a check or verification found problems (for example status --check: not at head)",
+    5: "the database needs repair: a step was partially applied; status names the fix",
+}

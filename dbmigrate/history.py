@@ -1,0 +1,185 @@
+"""dbmigrate's own table: one row per revision step of every run, kept after the Job is gone.
+
+Rows are written on the run's control connection, in autocommit, never inside a step's
+transaction: a step that fails and rolls back still leaves its ``failed`` row behind.
+``alembic_version`` is only ever read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, inspect, select, update
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
+
+from dbmigrate.masking import redact
+
+RUNNING, APPLIED, FAILED, PARTIAL, REPAIRED = "running", "applied", "failed", "partial", "repaired"
+
+_MAX_STATEMENT_CHARS = 2000
+_MAX_ERROR_CHARS = 4000
+
+_Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
+def history_table(name: str, schema: str | None) -> Table:
+    """The history table's definition (created on first use)."""
+    return Table(
+        name,
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("run_id", String(32), nullable=False, index=True),
+        Column("revision", String(255), nullable=False),
+        Column("from_revision", String(255)),
+        Column("direction", String(16), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("started_at", _Timestamp, nullable=False),
+        Column("finished_at", _Timestamp),
+        Column("duration_ms", Integer),
+        Column("attempts", Integer, nullable=False, default=1),
+        Column("lock_waits", Integer, nullable=False, default=0),
+        Column("lock_wait_ms", Integer, nullable=False, default=0),
+        Column("statements", Text),
+        Column("error", Text),
+        Column("runner", String(255), nullable=False),
+        Column("dbmigrate_version", String(32), nullable=False),
+        Column("app_version", String(64)),
+        schema=schema,
+    )
+
+
+def now() -> datetime:
+    """UTC, without tzinfo: every backend stores it the same way."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One history row, as read back."""
+
+    id: int
+    run_id: str
+    revision: str
+    from_revision: str | None
+    direction: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    duration_ms: int | None
+    attempts: int
+    lock_waits: int
+    lock_wait_ms: int
+    statements: list[dict[str, Any]]
+    error: str | None
+    runner: str
+    dbmigrate_version: str
+    app_version: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["started_at"] = self.started_at.isoformat() + "Z"
+        data["finished_at"] = self.finished_at.isoformat() + "Z" if self.finished_at else None
+        return data
+
+
+class History:
+    """Reads and writes the history table through an autocommit connection."""
+
+    def __init__(self, connection: Connection, name: str, schema: str | None) -> None:
+        self.connection = connection
+        self.table = history_table(name, schema)
+
+    def exists(self) -> bool:
+        return inspect(self.connection).has_table(self.table.name, schema=self.table.schema)
+
+    def ensure(self) -> None:
+        """Create the table if missing; call only while holding the run lock."""
+        self.table.metadata.create_all(self.connection, checkfirst=True)
+
+    def start(
+        self,
+        *,
+        run_id: str,
+        revision: str,
+        from_revision: str,
+        direction: str,
+        runner: str,
+        dbmigrate_version: str,
+        app_version: str | None,
+    ) -> int:
+        """Record that a step is starting; returns the row id to finish it with."""
+        result = self.connection.execute(
+            self.table.insert().values(
+                run_id=run_id,
+                revision=revision,
+                from_revision=from_revision or None,
+                direction=direction,
+                status=RUNNING,
+                started_at=now(),
+                attempts=1,
+                lock_waits=0,
+                lock_wait_ms=0,
+                runner=runner,
+                dbmigrate_version=dbmigrate_version,
+                app_version=app_version,
+            )
+        )
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def progress(self, row_id: int, *, attempts: int, lock_waits: int, lock_wait_ms: int) -> None:
+        self._update(row_id, attempts=attempts, lock_waits=lock_waits, lock_wait_ms=lock_wait_ms)
+
+    def record_statements(self, row_id: int, statements: Sequence[dict[str, Any]]) -> None:
+        """Keep the statements of a step that commit on their own (non-transactional DDL)."""
+        kept = [{**s, "sql": redact(s["sql"])[:_MAX_STATEMENT_CHARS]} for s in statements]
+        self._update(row_id, statements=json.dumps(kept))
+
+    def finish(self, row_id: int, status: str, started_at: datetime | None = None, error: str | None = None) -> None:
+        finished = now()
+        values: dict[str, Any] = {"status": status, "finished_at": finished}
+        if started_at is not None:
+            values["duration_ms"] = int((finished - started_at).total_seconds() * 1000)
+        if error is not None:
+            values["error"] = redact(error)[:_MAX_ERROR_CHARS]
+        self._update(row_id, **values)
+
+    def _update(self, row_id: int, **values: Any) -> None:
+        self.connection.execute(update(self.table).where(self.table.c.id == row_id).values(**values))
+
+    def entries(self, limit: int | None = None, run_id: str | None = None, status: str | None = None) -> list[Entry]:
+        """Newest first."""
+        if not self.exists():
+            return []
+        query = select(self.table).order_by(self.table.c.id.desc())
+        if run_id is not None:
+            query = query.where(self.table.c.run_id == run_id)
+        if status is not None:
+            query = query.where(self.table.c.status == status)
+        if limit is not None:
+            query = query.limit(limit)
+        return [_entry(row._mapping) for row in self.connection.execute(query)]
+
+    def last_run(self) -> list[Entry]:
+        """The rows of the most recent run, oldest first."""
+        newest = self.entries(limit=1)
+        if not newest:
+            return []
+        return list(reversed(self.entries(run_id=newest[0].run_id)))
+
+    def unresolved_partials(self) -> list[Entry]:
+        """Partial steps with no later row for the same revision: the database needs repair."""
+        latest: dict[str, Entry] = {}
+        for entry in reversed(self.entries()):
+            latest[entry.revision] = entry
+        return [e for e in latest.values() if e.status == PARTIAL]
+
+
+def _entry(row: Any) -> Entry:
+    values = dict(row)
+    values["statements"] = json.loads(values["statements"]) if values.get("statements") else []
+    return Entry(**values)

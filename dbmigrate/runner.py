@@ -1,0 +1,564 @@
+"""Applies a plan one revision at a time: guard -> step -> record, under the run lock.
+
+Each revision runs in its own transaction inside the project's own env.py. Around every step the
+runner records a history row (on its own autocommit connection), waits politely for conflicting
+locks, and retries a step that hit a lock timeout. What a run did comes back as a
+:class:`RunResult`; nothing here prints or exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import structlog
+from alembic.config import Config
+from alembic.runtime.migration import RevisionStep
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from dbmigrate import history as hist
+from dbmigrate import online, scripts
+from dbmigrate.database import Capabilities, track_statements
+from dbmigrate.errors import ConfigurationError, DbmigrateError, LockTimeout, MigrationFailed, RepairNeeded
+from dbmigrate.locking import Identity, lock_name, run_lock, utcnow
+from dbmigrate.masking import redact
+from dbmigrate.observability import bind, unbind
+from dbmigrate.settings import Settings
+
+log = structlog.get_logger("dbmigrate.runner")
+
+_AUTOCOMMITTING = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
+_READ_ONLY = ("SELECT", "SHOW", "SET", "DESCRIBE", "EXPLAIN", "PRAGMA")
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What happened to one revision step."""
+
+    revision: str
+    from_revision: str
+    direction: str
+    status: str
+    attempts: int = 1
+    lock_waits: int = 0
+    lock_wait_ms: int = 0
+    duration_ms: int = 0
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run did: where the database was, where it is, and every step on the way."""
+
+    run_id: str
+    direction: str
+    target: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    steps: list[StepResult] = dataclasses.field(default_factory=list)
+    sql: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def outcome(self) -> str:
+        if self.dry_run:
+            return "dry-run"
+        if not self.steps:
+            return "nothing-to-do"
+        return self.steps[-1].status
+
+    def summary(self) -> str:
+        """One paragraph for humans and for the pod's termination message."""
+        before = ", ".join(self.before) or "base"
+        after = ", ".join(self.after) or "base"
+        if self.dry_run:
+            count = len(self.sql)
+            return (
+                f"dbmigrate {self.direction} --dry-run: {count} revision(s) would run, from {before} to {self.target}."
+            )
+        if not self.steps:
+            return f"dbmigrate {self.direction} run {self.run_id}: nothing to do, the database is at {after}."
+        applied = sum(1 for s in self.steps if s.status == hist.APPLIED)
+        waits = sum(s.lock_waits for s in self.steps)
+        text_ = (
+            f"dbmigrate {self.direction} run {self.run_id}: {applied} revision(s) applied, from {before} to {after}"
+            f" ({waits} lock wait(s))."
+        )
+        last = self.steps[-1]
+        if last.status != hist.APPLIED:
+            text_ += f" Revision {last.revision} {last.status}: {last.error}"
+        return text_
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["outcome"] = self.outcome
+        data["before"], data["after"] = list(self.before), list(self.after)
+        return data
+
+
+def new_identity(settings: Settings) -> Identity:
+    return Identity(run_id=uuid.uuid4().hex[:12], runner=settings.runner, started=utcnow())
+
+
+class Runner:
+    """One run against one database: holds the control connection, the lock and the history."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: Config,
+        script: ScriptDirectory,
+        engine: Engine,
+        caps: Capabilities,
+        control: Connection,
+        version: str,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.script = script
+        self.engine = engine
+        self.caps = caps
+        self.control = control
+        self.version = version
+        self.identity = new_identity(settings)
+        self.history = hist.History(control, settings.history_table, settings.table_schema)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def current_heads(self) -> tuple[str, ...]:
+        """The database's current revision(s), read through env.py without changing anything."""
+        found: list[tuple[str, ...]] = []
+
+        def capture(current: tuple[str, ...]) -> list[RevisionStep]:
+            found.append(current)
+            return []
+
+        with self.engine.connect() as connection:
+            scripts.run_env(self.config, self.script, capture, connection=connection, dont_mutate=True)
+        return tuple(sorted(found[0])) if found else ()
+
+    # -- running --------------------------------------------------------------------------------
+
+    def dry_run(self, target: str, upgrade: bool) -> RunResult:
+        """The plan and its SQL, rendered offline; the database is only read."""
+        current = self.current_heads()
+        planned = scripts.plan(self.script, target, current, upgrade)
+        rendered = scripts.render_sql(self.config, self.script, planned, current)
+        return RunResult(
+            run_id=self.identity.run_id,
+            direction=_direction(upgrade),
+            target=target,
+            before=current,
+            after=current,
+            dry_run=True,
+            sql=[
+                {"revision": scripts.step_revision(s), "from": scripts.step_from(s), "sql": sql}
+                for s, sql in zip(planned, rendered, strict=True)
+            ],
+        )
+
+    def lock_name(self) -> str:
+        return lock_name(self.engine.url.database, self.settings.history_table)
+
+    def locked(self) -> Any:
+        """The run lock for this database, waiting up to ``lock_wait_timeout``."""
+        return run_lock(self.control, self.caps, self.lock_name(), self.identity, self.settings.lock_wait_timeout)
+
+    def stamp(self, revision: str) -> None:
+        """Set alembic_version to ``revision`` the way ``alembic stamp`` does; call under the lock."""
+        with self.engine.connect() as connection:
+            scripts.run_env(
+                self.config,
+                self.script,
+                lambda current: scripts.stamp_steps(self.script, revision, current),
+                connection=connection,
+            )
+
+    def migrate(self, target: str, upgrade: bool) -> RunResult:
+        """Take the database to ``target``; call while holding :meth:`locked`."""
+        bind(run_id=self.identity.run_id)
+        try:
+            self.history.ensure()
+            self.settle_interrupted()
+            self.refuse_if_needs_repair()
+            return _Migration(self, target, upgrade).run()
+        finally:
+            unbind("run_id", "revision")
+
+    def settle_interrupted(self) -> list[hist.Entry]:
+        """Name the steps of runs that died mid-step (their rows still say 'running').
+
+        Call while holding the lock: then no live run owns a 'running' row. Where DDL is
+        transactional the database rolled the step back; on MySQL, a step that had started a
+        DDL statement may have committed part of itself, and is marked partial.
+        """
+        settled = []
+        for entry in self.history.entries(status=hist.RUNNING):
+            status, error = interrupted_status(entry, self.caps)
+            self.history.finish(entry.id, status, error=error)
+            log.warning(
+                "settled a step of an interrupted run", revision=entry.revision, run=entry.run_id, status=status
+            )
+            settled.append(entry)
+        return settled
+
+    def refuse_if_needs_repair(self) -> None:
+        partials = self.history.unresolved_partials()
+        if partials:
+            raise RepairNeeded(repair_message(partials[0]))
+
+
+def interrupted_status(entry: hist.Entry, caps: Capabilities) -> tuple[str, str]:
+    """How to record a step whose run died: ('failed' or 'partial', explanation)."""
+    committed, in_doubt = split_committed(entry.statements) if caps.is_mysql else ([], None)
+    if committed or in_doubt:
+        return hist.PARTIAL, (
+            f"The run ({entry.run_id} on {entry.runner}) was interrupted during revision {entry.revision} after "
+            "statements that commit on their own had started; this database cannot roll them back."
+        )
+    return hist.FAILED, (
+        f"The run ({entry.run_id} on {entry.runner}) was interrupted during this step; its transaction was "
+        "rolled back by the database, so the revision is not applied and will run again."
+    )
+
+
+def repair_message(entry: hist.Entry) -> str:
+    """What a partial step left behind and the commands that repair it."""
+    committed, in_doubt = split_committed(entry.statements)
+    lines = "; ".join(_one_line(s["sql"]) for s in committed) or "none confirmed"
+    doubt = f" In doubt (started, outcome unknown): {_one_line(in_doubt['sql'])}." if in_doubt else ""
+    return (
+        f"The database needs repair: revision {entry.revision} ({entry.direction}, run {entry.run_id}) was partially "
+        f"applied, and MySQL/MariaDB cannot roll back DDL. Statements that committed: {lines}.{doubt} "
+        f"Either undo them by hand and run `dbmigrate repair --reverted` (the revision then runs again on the next "
+        f"upgrade), or finish the rest of the revision by hand and run `dbmigrate repair --applied` (which stamps it)."
+    )
+
+
+def split_committed(statements: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """MySQL: a DDL statement commits everything before it, then itself; later DML rolls back.
+
+    Returns the statements that surely committed, and the DDL statement in doubt (started, neither
+    confirmed nor seen failing: the process died), if any.
+    """
+    last_ddl = max((i for i, s in enumerate(statements) if _is_ddl(s["sql"])), default=-1)
+    if last_ddl < 0:
+        return [], None
+    ddl = statements[last_ddl]
+    committed = statements[:last_ddl] + ([ddl] if ddl.get("done") else [])
+    in_doubt = None if ddl.get("done") or ddl.get("failed") else ddl
+    return committed, in_doubt
+
+
+def _one_line(sql: str) -> str:
+    return " ".join(sql.split())[:300]
+
+
+def _is_ddl(sql: str) -> bool:
+    return sql.lstrip().upper().startswith(_AUTOCOMMITTING)
+
+
+def _commits_on_its_own(sql: str, caps: Capabilities) -> bool:
+    return caps.is_mysql and _is_ddl(sql)
+
+
+def _direction(upgrade: bool) -> str:
+    return "upgrade" if upgrade else "downgrade"
+
+
+class _Migration:
+    """One upgrade or downgrade: env.py runs, a step fails on a lock timeout, env.py runs again."""
+
+    def __init__(self, runner: Runner, target: str, upgrade: bool) -> None:
+        self.runner = runner
+        self.settings = runner.settings
+        self.caps = runner.caps
+        self.target = target
+        self.upgrade = upgrade
+        self.result = RunResult(
+            run_id=runner.identity.run_id, direction=_direction(upgrade), target=target, before=(), after=()
+        )
+        self.rows: dict[str, int] = {}
+        self.results: dict[str, StepResult] = {}
+        self.waits: dict[str, online.LockWaits] = {}
+        self.started_at: dict[str, datetime] = {}
+        self.tables: dict[str, set[str]] = {}
+        self.current: RevisionStep | None = None
+        self.statements: list[dict[str, Any]] = []
+        self.migration_connection: Connection | None = None
+        self.migration_pid: int | None = None
+        self.external_transaction = False
+        self.seen: list[RevisionStep] = []
+        self._retries: dict[str, int] = {}
+
+    def run(self) -> RunResult:
+        runner = self.runner
+        self.result.before = runner.current_heads()
+        if self.caps.is_postgresql:
+            self._find_tables_to_lock()
+        backoff = online.retry_backoff()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with runner.engine.connect() as connection:
+                    scripts.run_env(
+                        runner.config, runner.script, self._steps, connection=connection, on_configure=self._configure
+                    )
+                self._flush_deferred()
+                break
+            except DbmigrateError:
+                raise
+            except Exception as exc:  # a step failed: record it, then retry or stop
+                step = self.current
+                if step is None:
+                    raise MigrationFailed(f"The migration environment (env.py) failed: {_describe(exc)}") from exc
+                if not self._retry_after_lock_timeout(step, exc, attempt, backoff):
+                    raise self._fail(step, exc) from exc
+        self.result.after = runner.current_heads()
+        log.info(
+            "run finished",
+            outcome=self.result.outcome,
+            before=list(self.result.before),
+            after=list(self.result.after),
+            steps=len(self.result.steps),
+        )
+        return self.result
+
+    # -- env.py hooks -------------------------------------------------------------------------------
+
+    def _configure(self, options: dict[str, Any]) -> None:
+        options["transaction_per_migration"] = True
+        connection = options.get("connection")
+        if connection is None:
+            return
+        self.migration_connection = connection
+        self.external_transaction = connection.in_transaction()
+        server_version = ""
+        if self.caps.is_mysql:
+            server_version = str(connection.execute(text("SELECT VERSION()")).scalar())
+        for statement in online.session_statements(self.caps, self.settings, server_version):
+            connection.exec_driver_sql(statement)
+        if self.caps.is_postgresql:
+            self.migration_pid = int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        if self.caps.is_mysql:
+            track_statements(connection, before=self._statement_starting, after=self._statement_done)
+        if not self.external_transaction:
+            connection.commit()
+
+    def _steps(self, current: tuple[str, ...]) -> Iterator[RevisionStep]:
+        planned = scripts.plan(self.runner.script, self.target, current, self.upgrade)
+        if not planned:
+            log.info("nothing to do", heads=list(current), target=self.target)
+        for step in planned:
+            self._before(step)
+            yield step
+            self._after(step)
+
+    def _before(self, step: RevisionStep) -> None:
+        revision = scripts.step_revision(step)
+        connection = self.migration_connection
+        if connection is not None and not self.external_transaction and connection.in_transaction():
+            # Alembic's version-table check opened a transaction; end it so that no snapshot or lock
+            # of ours is held while we wait, and so SQLite's single writer is free for history rows.
+            connection.commit()
+        self.current = step
+        self.statements = []
+        bind(revision=revision)
+        waits = self.waits.setdefault(revision, online.LockWaits())
+        if self.caps.is_postgresql and self.tables.get(revision):
+            own = [self.migration_pid] if self.migration_pid else []
+            online.wait_for_lock_holders(
+                self.runner.control, self.tables[revision], own, self.settings.lock_conflict_wait, waits
+            )
+        if revision not in self.started_at:
+            self.seen.append(step)
+            self.started_at[revision] = hist.now()
+        if revision not in self.rows and not self.external_transaction:
+            self._start_row(step)
+        log.info(
+            "applying revision" if self.upgrade else "reverting revision",
+            from_revision=scripts.step_from(step),
+            file=scripts.step_path(step).name,
+        )
+
+    def _after(self, step: RevisionStep) -> None:
+        if self.external_transaction:
+            return  # committed only when env.py's own transaction ends: see _flush_deferred
+        self._record(step, hist.APPLIED)
+        self.current = None
+
+    def _flush_deferred(self) -> None:
+        if self.external_transaction:
+            for step in self.seen:
+                if scripts.step_revision(step) not in self.results:
+                    self._record(step, hist.APPLIED)
+        self.current = None
+
+    def _record(self, step: RevisionStep, status: str, error: str | None = None) -> StepResult:
+        revision = scripts.step_revision(step)
+        waits = self.waits.get(revision, online.LockWaits())
+        started = self.started_at[revision]
+        result = StepResult(
+            revision=revision,
+            from_revision=scripts.step_from(step),
+            direction=self.result.direction,
+            status=status,
+            attempts=self._attempts(revision),
+            lock_waits=waits.count,
+            lock_wait_ms=waits.waited_ms,
+            duration_ms=int((hist.now() - started).total_seconds() * 1000),
+            error=error,
+        )
+        row = self.rows.get(revision) or self._start_row(step)
+        self.runner.history.progress(
+            row, attempts=result.attempts, lock_waits=waits.count, lock_wait_ms=waits.waited_ms
+        )
+        self.runner.history.finish(row, status, started, error)
+        self.results[revision] = result
+        self.result.steps.append(result)
+        log.info("revision " + status, duration_ms=result.duration_ms, attempts=result.attempts, lock_waits=waits.count)
+        return result
+
+    def _start_row(self, step: RevisionStep) -> int:
+        revision = scripts.step_revision(step)
+        self.rows[revision] = self.runner.history.start(
+            run_id=self.runner.identity.run_id,
+            revision=revision,
+            from_revision=scripts.step_from(step),
+            direction=self.result.direction,
+            runner=self.runner.identity.runner,
+            dbmigrate_version=self.runner.version,
+            app_version=self.settings.app_version,
+        )
+        return self.rows[revision]
+
+    def _attempts(self, revision: str) -> int:
+        return self._retries.get(revision, 0) + 1
+
+    # -- statement tracking (MySQL: DDL commits on its own) ------------------------------------
+
+    def _statement_starting(self, sql: str) -> None:
+        if self.current is None or sql.lstrip().upper().startswith(_READ_ONLY):
+            return
+        self.statements.append({"sql": sql, "done": False})
+        if _commits_on_its_own(sql, self.caps):
+            self._save_statements()
+
+    def _statement_done(self, sql: str) -> None:
+        if self.current is None or not self.statements or self.statements[-1]["sql"] != sql:
+            return
+        self.statements[-1]["done"] = True
+        if _commits_on_its_own(sql, self.caps):
+            self._save_statements()
+
+    def _save_statements(self) -> None:
+        assert self.current is not None
+        row = self.rows.get(scripts.step_revision(self.current))
+        if row is not None:
+            self.runner.history.record_statements(row, self.statements[-50:])
+
+    def _committed_statements(self) -> list[dict[str, Any]]:
+        """After a step raised: what of it committed anyway (only ever non-empty on MySQL)."""
+        if not self.caps.is_mysql:
+            return []
+        if self.statements and not self.statements[-1]["done"]:
+            self.statements[-1]["failed"] = True  # the statement that raised did not take effect
+        return split_committed(self.statements)[0]
+
+    # -- failures -------------------------------------------------------------------------------
+
+    def _retry_after_lock_timeout(self, step: RevisionStep, exc: BaseException, attempt: int, backoff: Any) -> bool:
+        revision = scripts.step_revision(step)
+        if not online.is_lock_timeout(exc, self.caps) or self._committed_statements():
+            return False
+        retries = self._retries.get(revision, 0)
+        if retries >= self.settings.max_lock_retries:
+            return False
+        self._retries[revision] = retries + 1
+        delay = float(backoff(_RetryState(retries + 1)))
+        self.waits.setdefault(revision, online.LockWaits()).add(delay)
+        row = self.rows.get(revision)
+        if row is not None:
+            waits = self.waits[revision]
+            self.runner.history.progress(
+                row, attempts=retries + 2, lock_waits=waits.count, lock_wait_ms=waits.waited_ms
+            )
+        log.warning(
+            "lock timeout, retrying the step",
+            attempt=retries + 1,
+            max_retries=self.settings.max_lock_retries,
+            retry_in_s=round(delay, 2),
+            error=_describe(exc),
+        )
+        time.sleep(delay)
+        return True
+
+    def _fail(self, step: RevisionStep, exc: BaseException) -> DbmigrateError:
+        revision = scripts.step_revision(step)
+        path = scripts.step_path(step)
+        reason = _describe(exc)
+        committed = self._committed_statements()
+        if committed:
+            row = self.rows.get(revision)
+            if row is not None:
+                self.runner.history.record_statements(row, self.statements[-50:])
+            self._record(step, hist.PARTIAL, reason)
+            entry = self.runner.history.entries(limit=1, run_id=self.runner.identity.run_id)[0]
+            return RepairNeeded(
+                f"Revision {revision} ({path.name}) failed after part of it committed: {reason}. "
+                + repair_message(entry)
+            )
+        if online.is_lock_timeout(exc, self.caps):
+            self._record(step, hist.FAILED, f"lock not acquired after {self._attempts(revision)} attempt(s): {reason}")
+            return LockTimeout(
+                f"Revision {revision} could not get its table locks after {self._attempts(revision)} attempt(s) "
+                f"(lock_timeout {self.settings.lock_timeout:g}s): {reason}. Other sessions kept conflicting locks; "
+                f"nothing of this revision was applied. Run again later, or raise --max-lock-retries / --lock-timeout."
+            )
+        self._record(step, hist.FAILED, reason)
+        before = scripts.step_from(step) or "base"
+        rolled_back = (
+            f"Its transaction was rolled back: the database is still at {before}."
+            if self.caps.transactional_ddl or not committed
+            else ""
+        )
+        return MigrationFailed(
+            f"Revision {revision} ({path}) failed: {reason}. {rolled_back} Fix the revision and run "
+            "`dbmigrate upgrade` again."
+            if self.upgrade
+            else f"Downgrade of revision {revision} ({path}) failed: {reason}. {rolled_back} Fix the revision's "
+            "downgrade() and run the downgrade again."
+        )
+
+    # -- lock pre-check (PostgreSQL) ----------------------------------------------------------------
+
+    def _find_tables_to_lock(self) -> None:
+        planned = scripts.plan(self.runner.script, self.target, self.result.before, self.upgrade)
+        try:
+            rendered = scripts.render_sql(self.runner.config, self.runner.script, planned, self.result.before)
+        except ConfigurationError as exc:
+            log.info("cannot render the plan offline; relying on lock_timeout alone", reason=str(exc))
+            return
+        for step, sql in zip(planned, rendered, strict=True):
+            self.tables[scripts.step_revision(step)] = online.tables_locked_by(sql, self.caps)
+
+
+class _RetryState:
+    """The one field of tenacity's RetryCallState that its wait strategies read."""
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
+
+
+def _describe(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
+    message = " ".join(lines[:3]) or type(orig).__name__
+    return redact(f"{type(orig).__name__}: {message}")[:1000]

@@ -1,0 +1,193 @@
+"""One Settings object, resolved from flags > environment > config files > defaults.
+
+Environment variables are ``DBMIGRATE_<OPTION>`` (``DBMIGRATE_WAIT_TIMEOUT=30``); the database URL
+also comes from ``DATABASE_URL``. Config files are the ``[dbmigrate]`` section of ``alembic.ini``
+and ``[tool.dbmigrate]`` of ``pyproject.toml`` beside it. Without any URL, Alembic's own
+``sqlalchemy.url`` from the ini file is used, so an existing Alembic project works as it is.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dbmigrate.errors import ConfigurationError
+from dbmigrate.masking import register_secret
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "DBMIGRATE_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know; build it with :meth:`Settings.load`."""
+
+    config_file: Path = Path("alembic.ini")
+    database_url: str | None = None
+    database_url_file: Path | None = None
+    database_password_file: Path | None = None
+    wait_timeout: float = 60.0
+    lock_wait_timeout: float = 300.0
+    lock_timeout: float = 2.0
+    statement_timeout: float = 3600.0
+    lock_conflict_wait: float = 60.0
+    max_lock_retries: int = 10
+    history_table: str = "dbmigrate_history"
+    table_schema: str | None = None
+    termination_log: Path = Path("/dev/termination-log")
+    log_format: str = "auto"
+    app_version: str | None = None
+    runner: str = dataclasses.field(default_factory=lambda: default_runner(os.environ))
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        **flags: Any,
+    ) -> Settings:
+        """Resolve every option: a flag that is not None wins, then ``DBMIGRATE_*``, then files.
+
+        Raises :class:`ConfigurationError` for an unknown option, a value of the wrong type or an
+        unreadable URL/password file.
+        """
+        environ = os.environ if environ is None else environ
+        unknown = set(flags) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigurationError(f"Unknown dbmigrate option(s): {', '.join(sorted(unknown))}.")
+        if config_file is None:
+            config_file = flags.pop("config_file", None) or environ.get(ENV_PREFIX + "CONFIG")
+        else:
+            flags.pop("config_file", None)
+        config_path = Path(config_file or "alembic.ini")
+        file_values = _read_config_files(config_path)
+
+        values: dict[str, Any] = {"config_file": config_path}
+        ranks: dict[str, int] = {}
+        for field in dataclasses.fields(cls):
+            if field.name == "config_file":
+                continue
+            raw, rank = _lookup(field.name, flags, environ, file_values)
+            if raw is not None:
+                values[field.name] = _convert(field.name, field.type, raw)
+                ranks[field.name] = rank
+        if ranks.get("database_url_file", -1) >= ranks.get("database_url", -1) >= 0:
+            values.pop("database_url")
+        settings = cls(**values)
+        register_secret(_password_of(settings.database_url))
+        return settings
+
+    def resolved_url(self, ini_url: str | None) -> str:
+        """The URL to connect to: ours if set (file, flag, env), else Alembic's ``sqlalchemy.url``.
+
+        A password file, when given, replaces the URL's password.
+        """
+        url = self.database_url
+        if self.database_url_file is not None:
+            url = _read_secret_file(self.database_url_file, "database URL")
+        url = url or ini_url
+        if not url:
+            raise ConfigurationError(
+                "No database URL: set DATABASE_URL (or DBMIGRATE_DATABASE_URL), pass --database-url "
+                f"or --database-url-file, or set sqlalchemy.url in {self.config_file}."
+            )
+        register_secret(_password_of(url))
+        if self.database_password_file is not None:
+            password = _read_secret_file(self.database_password_file, "database password")
+            register_secret(password)
+            url = _with_password(url, password)
+        return url
+
+
+def default_runner(environ: Mapping[str, str]) -> str:
+    """Who is running: the pod name in Kubernetes (POD_NAME or HOSTNAME), else the host name."""
+    return environ.get("POD_NAME") or environ.get("HOSTNAME") or socket.gethostname()
+
+
+def _lookup(
+    name: str, flags: Mapping[str, Any], environ: Mapping[str, str], file_values: Mapping[str, str]
+) -> tuple[Any, int]:
+    if flags.get(name) is not None:
+        return flags[name], 3
+    env_names = [ENV_PREFIX + name.upper()]
+    if name == "database_url":
+        env_names.append("DATABASE_URL")
+    for env_name in env_names:
+        if environ.get(env_name):
+            return environ[env_name], 2
+    if name in file_values:
+        return file_values[name], 1
+    return None, -1
+
+
+def _convert(name: str, annotation: Any, raw: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if "Path" in kind:
+            return Path(str(raw))
+    except ValueError:
+        raise ConfigurationError(f"Option {name} must be a number, not {raw!r}.") from None
+    return str(raw)
+
+
+def _read_config_files(config_path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    pyproject = config_path.parent / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            tool = tomllib.loads(pyproject.read_text()).get("tool", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{pyproject} is not valid TOML: {exc}") from None
+        values.update({k.replace("-", "_"): str(v) for k, v in tool.get("dbmigrate", {}).items()})
+    if config_path.is_file():
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(config_path)
+        except configparser.Error as exc:
+            raise ConfigurationError(f"{config_path} is not a valid ini file: {exc}") from None
+        if parser.has_section("dbmigrate"):
+            values.update({k.replace("-", "_"): v for k, v in parser.items("dbmigrate")})
+    return values
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read the {what} file {path}: {exc.strerror}.") from None
+
+
+def _password_of(url: str | None) -> str | None:
+    if not url:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password
+    except (ArgumentError, ValueError):
+        return None
+
+
+def _with_password(url: str, password: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).set(password=password).render_as_string(hide_password=False)
+    except (ArgumentError, ValueError):
+        raise ConfigurationError("The database URL is malformed; cannot apply the password file.") from None

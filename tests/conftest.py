@@ -1,0 +1,141 @@
+"""Fixtures that build real databases: a fresh PostgreSQL or MariaDB database, or a SQLite file, per test.
+
+The servers are the ones every development and CI machine runs (README, "Tests"): PostgreSQL on
+127.0.0.1:5432 (user postgres) and MariaDB on 127.0.0.1:3306 (user root). Point elsewhere with
+DBMIGRATE_TEST_POSTGRES_URL / DBMIGRATE_TEST_MARIADB_URL (an admin URL; the database part is replaced).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+REPO = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN = os.environ.get("DBMIGRATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MARIADB_ADMIN = os.environ.get("DBMIGRATE_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+BACKENDS = ["postgresql", "mariadb", "sqlite"]
+EXAMPLE_HEAD = "0006_name_contract"
+EXAMPLE_REVISIONS = [
+    "0001_customers",
+    "0002_orders",
+    "0003_orders_customer_idx",
+    "0004_email_domain",
+    "0005_full_name_expand",
+    EXAMPLE_HEAD,
+]
+
+
+def create_database(backend: str, tmp_path: Path) -> str:
+    """A new, empty database on ``backend``; returns its URL."""
+    name = f"dbm_{uuid.uuid4().hex[:12]}"
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / (name + '.db')}"
+    admin = POSTGRES_ADMIN if backend == "postgresql" else MARIADB_ADMIN
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return make_url(admin).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return
+    admin = POSTGRES_ADMIN if parsed.get_backend_name() == "postgresql" else MARIADB_ADMIN
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        force = " WITH (FORCE)" if parsed.get_backend_name() == "postgresql" else ""
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {parsed.database}{force}")
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh database on each backend in turn (the test runs once per backend)."""
+    url = create_database(backend, tmp_path)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the example application's Alembic project (alembic.ini + alembic/), safe to edit."""
+    target = tmp_path / "project"
+    target.mkdir()
+    shutil.copy(REPO / "alembic.ini", target / "alembic.ini")
+    shutil.copytree(REPO / "alembic", target / "alembic", ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+@pytest.fixture
+def pristine_project(tmp_path: Path) -> Path:
+    """A project made by a real ``alembic init`` (env.py untouched), holding the example revisions."""
+    target = tmp_path / "pristine"
+    target.mkdir()
+    subprocess.run([sys.executable, "-m", "alembic", "init", "migrations"], cwd=target, check=True, capture_output=True)
+    for revision in (REPO / "alembic" / "versions").glob("*.py"):
+        shutil.copy(revision, target / "migrations" / "versions" / revision.name)
+    return target
+
+
+def dbmigrate_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment for a dbmigrate process: this interpreter's, plus the URL and JSON logs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBMIGRATE_") and k != "DATABASE_URL"}
+    env.update({"DATABASE_URL": database_url, "DBMIGRATE_LOG_FORMAT": "json", "DBMIGRATE_TERMINATION_LOG": os.devnull})
+    env.update(extra)
+    return env
+
+
+def run_dbmigrate(
+    *args: str, cwd: Path, database_url: str, timeout: float = 120, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a child process and wait for it."""
+    return subprocess.run(
+        [sys.executable, "-m", "dbmigrate", *args],
+        cwd=cwd,
+        env=dbmigrate_env(database_url, **extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def current_revisions(database_url: str) -> set[str]:
+    """alembic_version as the database holds it (empty when the table is missing)."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            if not sa.inspect(connection).has_table("alembic_version"):
+                return set()
+            return {row[0] for row in connection.exec_driver_sql("SELECT version_num FROM alembic_version")}
+    finally:
+        engine.dispose()
+
+
+def history_rows(database_url: str) -> list[dict[str, object]]:
+    """dbmigrate_history, oldest first."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            if not sa.inspect(connection).has_table("dbmigrate_history"):
+                return []
+            result = connection.exec_driver_sql("SELECT * FROM dbmigrate_history ORDER BY id")
+            return [dict(row._mapping) for row in result]
+    finally:
+        engine.dispose()
