@@ -119,7 +119,7 @@ def upgrade(settings: Settings, target: str, dry_run: bool) -> tuple[Any, str, i
     return result.as_dict(), _render_run(result), 0
 
 
-@main.command(epilog=EPILOG)
+@main.command(epilog=EPILOG, context_settings={"ignore_unknown_options": True})  # so "-1" is a target
 @click.argument("target")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing")
 @common_options

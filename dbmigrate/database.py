@@ -100,7 +100,7 @@ def connect(engine: Engine, wait_timeout: float) -> Connection:
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(_is_transient),
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0),
         stop=tenacity.stop_after_delay(wait_timeout),
         before_sleep=log_retry,
         reraise=True,

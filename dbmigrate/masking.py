@@ -1,8 +1,8 @@
 """Keeping passwords out of every output: logs, errors, JSON, history rows.
 
-Two nets: any ``scheme://user:password@host`` in a text loses its password, and every secret
-registered with :func:`register_secret` (the password of the configured URL, the contents of a
-password file) is replaced wherever it appears, even in a driver's error message.
+Two nets: any ``scheme://user:password@host`` or ``?password=...`` in a text loses its password,
+and every secret registered with :func:`register_secret` (the password of the configured URL, the
+contents of a password file) is replaced wherever it appears, even in a driver's error message.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import urllib.parse
 MASK = "***"
 
 _URL_CREDENTIALS = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
+# libpq and the MySQL drivers also take the password as a query parameter: ...?password=secret
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd)=)(?P<password>[^&#\s'\"]*)", re.IGNORECASE)
 _secrets: set[str] = set()
 
 
@@ -27,6 +29,7 @@ def register_secret(secret: str | None) -> None:
 def redact(text: str) -> str:
     """Return ``text`` with URL passwords and registered secrets replaced by ``***``."""
     text = _URL_CREDENTIALS.sub(lambda m: m.group("head") + MASK + "@", text)
+    text = _QUERY_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text

@@ -159,4 +159,4 @@ def is_lock_timeout(exc: BaseException, caps: Capabilities) -> bool:
 
 def retry_backoff() -> tenacity.wait.wait_base:
     """Exponential backoff with jitter between attempts of a step that hit a lock timeout."""
-    return tenacity.wait_exponential_jitter(initial=0.5, max=30.0, jitter=0.5)
+    return tenacity.wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from dbmigrate import history as hist
 from dbmigrate import online, scripts
 from dbmigrate.database import Capabilities, track_statements
-from dbmigrate.errors import ConfigurationError, DbmigrateError, LockTimeout, MigrationFailed, RepairNeeded
+from dbmigrate.errors import DbmigrateError, LockTimeout, MigrationFailed, RepairNeeded
 from dbmigrate.locking import Identity, lock_name, run_lock, utcnow
 from dbmigrate.masking import redact
 from dbmigrate.observability import bind, unbind
@@ -541,11 +541,7 @@ class _Migration:
 
     def _find_tables_to_lock(self) -> None:
         planned = scripts.plan(self.runner.script, self.target, self.result.before, self.upgrade)
-        try:
-            rendered = scripts.render_sql(self.runner.config, self.runner.script, planned, self.result.before)
-        except ConfigurationError as exc:
-            log.info("cannot render the plan offline; relying on lock_timeout alone", reason=str(exc))
-            return
+        rendered = scripts.render_sql(self.runner.config, self.runner.script, planned, self.result.before)
         for step, sql in zip(planned, rendered, strict=True):
             self.tables[scripts.step_revision(step)] = online.tables_locked_by(sql, self.caps)
 
@@ -560,5 +556,6 @@ class _RetryState:
 def _describe(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
-    message = " ".join(lines[:3]) or type(orig).__name__
-    return redact(f"{type(orig).__name__}: {message}")[:1000]
+    if not lines:
+        return type(orig).__name__
+    return redact(f"{type(orig).__name__}: {' '.join(lines[:3])}")[:1000]

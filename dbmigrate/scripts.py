@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, RevisionStep
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from alembic.util.pyfiles import pyc_file_from_path
 from sqlalchemy.engine import Connection
 
 from dbmigrate.errors import ConfigurationError, DbmigrateError
@@ -58,24 +60,60 @@ def point_at(config: Config, url: str) -> None:
 
 
 def load_scripts(config: Config) -> ScriptDirectory:
-    """Load every revision file now, so a broken one is reported before anything runs."""
+    """Load env.py's source and every revision file now, so a broken one is reported before anything runs."""
+    script: ScriptDirectory | None = None
     try:
         script = ScriptDirectory.from_config(config)
+        _check_env_py(script, config)
         script.revision_map.heads  # noqa: B018 -- forces every revision file to be imported
+        return script
     except CommandError as exc:
         raise ConfigurationError(
-            f"Cannot load the migration scripts: {exc}. Check script_location in {config.config_file_name}."
+            f"Cannot load the migration scripts: {str(exc).strip().rstrip('.')}. "
+            f"Check script_location in {config.config_file_name}."
         ) from None
     except SyntaxError as exc:
         raise ConfigurationError(
             f"Revision file {exc.filename} has a syntax error at line {exc.lineno}: {exc.msg}. "
             "Fix the file; nothing was run."
         ) from None
+    except DbmigrateError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a revision file can raise anything on import
+        where = _failing_file(exc, script.dir) if script is not None else None
         raise ConfigurationError(
-            f"A revision file failed to load: {type(exc).__name__}: {redact(str(exc))}. Fix it; nothing was run."
+            f"A revision file{f' ({where})' if where else ''} failed to load: {type(exc).__name__}: "
+            f"{redact(str(exc))}. Fix it; nothing was run."
         ) from None
-    return script
+
+
+def _check_env_py(script: ScriptDirectory, config: Config) -> None:
+    """env.py must exist and compile (it runs later, once connected: fail before that)."""
+    path = Path(script.dir) / "env.py"
+    if not path.is_file():
+        if pyc_file_from_path(path) is None:
+            raise ConfigurationError(
+                f"The migration scripts directory {script.dir} has no env.py. Check script_location in "
+                f"{config.config_file_name}, or create the directory with `alembic init`."
+            )
+        return
+    try:
+        compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise ConfigurationError(
+            f"{path} has a syntax error at line {exc.lineno}: {exc.msg}. Fix the file; nothing was run."
+        ) from None
+
+
+def _failing_file(exc: BaseException, scripts_dir: str) -> str | None:
+    """The innermost file of the traceback that lies in the scripts directory: the revision that raised."""
+    root = Path(scripts_dir).resolve()
+    found = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        path = Path(frame.f_code.co_filename).resolve()
+        if path.is_relative_to(root):
+            found = str(path)
+    return found
 
 
 def heads(script: ScriptDirectory) -> tuple[str, ...]:
@@ -200,11 +238,27 @@ def render_sql(
 ) -> list[str]:
     """The SQL each planned step emits, rendered offline by env.py (Alembic's ``--sql`` mode).
 
-    Returns one string per step. Raises :class:`ConfigurationError` when env.py or a revision
-    cannot run offline (for example one that reads data with ``op.get_bind()``).
+    Returns one string per step. A step that cannot run offline (one that reads data through
+    ``op.get_bind()``, or SQLite batch mode that reflects a table) gets a ``-- cannot render``
+    comment with the reason instead; the other steps are still rendered.
     """
     if not planned:
         return []
+    try:
+        return _split_by_step(_render(config, script, planned, current), len(planned))
+    except ConfigurationError:
+        pass
+    rendered = []
+    for step in planned:
+        before = [step_from(step)] if step_from(step) else []
+        try:
+            rendered.append(_render(config, script, [step], before))
+        except ConfigurationError as exc:
+            rendered.append(f"-- {step.short_log}\n-- cannot render offline: {exc}\n")
+    return rendered
+
+
+def _render(config: Config, script: ScriptDirectory, planned: Sequence[RevisionStep], current: Sequence[str]) -> str:
     buffer = io.StringIO()
     config.output_buffer = buffer
     starting = ",".join(current) if current else None
@@ -220,15 +274,17 @@ def render_sql(
     except DbmigrateError:
         raise
     except Exception as exc:  # noqa: BLE001 - env.py and revisions can raise anything offline
-        raise ConfigurationError(f"Cannot render the SQL offline: {type(exc).__name__}: {redact(str(exc))}") from None
+        raise ConfigurationError(f"{type(exc).__name__}: {redact(str(exc))}") from None
     finally:
         config.output_buffer = io.StringIO()
-    text = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def _split_by_step(text: str, count: int) -> list[str]:
     starts = [m.start() for m in _RUNNING.finditer(text)]
-    chunks = [text[start:end] for start, end in zip(starts, [*starts[1:], len(text)], strict=True)]
-    if len(chunks) != len(planned):
-        return [text] * len(planned)
-    return chunks
+    if len(starts) != count:
+        return [text] * count
+    return [text[start:end] for start, end in zip(starts, [*starts[1:], len(text)], strict=True)]
 
 
 @contextmanager

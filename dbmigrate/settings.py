@@ -84,7 +84,8 @@ class Settings:
         if ranks.get("database_url_file", -1) >= ranks.get("database_url", -1) >= 0:
             values.pop("database_url")
         settings = cls(**values)
-        register_secret(_password_of(settings.database_url))
+        for secret in _passwords_of(settings.database_url):
+            register_secret(secret)
         return settings
 
     def resolved_url(self, ini_url: str | None) -> str:
@@ -101,7 +102,8 @@ class Settings:
                 "No database URL: set DATABASE_URL (or DBMIGRATE_DATABASE_URL), pass --database-url "
                 f"or --database-url-file, or set sqlalchemy.url in {self.config_file}."
             )
-        register_secret(_password_of(url))
+        for secret in _passwords_of(url):
+            register_secret(secret)
         if self.database_password_file is not None:
             password = _read_secret_file(self.database_password_file, "database password")
             register_secret(password)
@@ -171,16 +173,22 @@ def _read_secret_file(path: Path, what: str) -> str:
         raise ConfigurationError(f"Cannot read the {what} file {path}: {exc.strerror}.") from None
 
 
-def _password_of(url: str | None) -> str | None:
+def _passwords_of(url: str | None) -> list[str]:
+    """The URL's password and any ``?password=``/``?passwd=`` query value (drivers accept both)."""
     if not url:
-        return None
+        return []
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).password
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
-        return None
+        return []
+    found = [parsed.password] if parsed.password else []
+    for key in ("password", "passwd"):
+        value = parsed.query.get(key)
+        found.extend([value] if isinstance(value, str) else list(value or ()))
+    return [str(secret) for secret in found]
 
 
 def _with_password(url: str, password: str) -> str:
