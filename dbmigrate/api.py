@@ -22,7 +22,7 @@ from dbmigrate.errors import ConfigurationError, DbmigrateError, RepairNeeded
 from dbmigrate.locking import lock_is_free
 from dbmigrate.masking import mask_url
 from dbmigrate.observability import write_termination_message
-from dbmigrate.runner import Runner, RunResult, interrupted_status, repair_message
+from dbmigrate.runner import Runner, RunResult, interrupted_status, new_identity, repair_message
 from dbmigrate.settings import Settings
 
 try:
@@ -173,11 +173,14 @@ def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Run
     url = resolved.resolved_url(scripts.ini_url(config))
     scripts.point_at(config, url)
     engine = database.create(url)
+    identity = new_identity(resolved)
     try:
         with database.transactional_sqlite_ddl():
             control = database.connect(engine, resolved.wait_timeout).execution_options(isolation_level="AUTOCOMMIT")
             try:
-                yield Runner(resolved, config, script, engine, database.capabilities(engine), control, __version__)
+                yield Runner(
+                    resolved, config, script, engine, database.capabilities(engine), control, __version__, identity
+                )
             finally:
                 control.close()
     finally:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
@@ -58,9 +58,17 @@ def lock_name(database: str | None, version_table: str) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(control: Connection, caps: Capabilities, name: str, identity: Identity, timeout: float) -> Iterator[None]:
+def run_lock(
+    control: Connection,
+    caps: Capabilities,
+    name: str,
+    identity: Identity,
+    timeout: float,
+    running_step: Callable[[], str] = lambda: "",
+) -> Iterator[None]:
     """Hold the run lock for the duration of the block, waiting up to ``timeout`` seconds for it.
 
+    ``running_step`` describes what the holder is doing (from history), for the waiting log lines.
     Raises :class:`LockTimeout` (naming the holder) when it is not acquired in time.
     """
     lock = _make_lock(control, caps, name, identity)
@@ -72,7 +80,12 @@ def run_lock(control: Connection, caps: Capabilities, name: str, identity: Ident
         now = time.monotonic()
         if now - last_logged >= HOLDER_LOG_INTERVAL:
             last_logged = now
-            log.info("waiting for the run lock", holder=lock.holder(), waited_s=round(now - started, 1))
+            log.info(
+                "waiting for the run lock",
+                holder=lock.holder(),
+                holder_run=running_step(),
+                waited_s=round(now - started, 1),
+            )
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_result(lambda acquired: not acquired),
@@ -84,8 +97,8 @@ def run_lock(control: Connection, caps: Capabilities, name: str, identity: Ident
     if not retrying(lock.try_acquire):
         raise LockTimeout(
             f"Another dbmigrate run held the migration lock for more than {timeout:.0f}s "
-            f"(holder: {lock.holder()}). It is probably still migrating: wait for it to finish and run "
-            "again, or raise --lock-wait-timeout."
+            f"(holder: {lock.holder()} {running_step()}). It is probably still migrating: wait for it to finish "
+            "and run again, or raise --lock-wait-timeout."
         )
     log.debug("run lock acquired", waited_s=round(time.monotonic() - started, 2))
     try:

@@ -21,6 +21,7 @@ from alembic.runtime.migration import RevisionStep
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from dbmigrate import history as hist
 from dbmigrate import online, scripts
@@ -86,8 +87,9 @@ class RunResult:
             return f"dbmigrate {self.direction} run {self.run_id}: nothing to do, the database is at {after}."
         applied = sum(1 for s in self.steps if s.status == hist.APPLIED)
         waits = sum(s.lock_waits for s in self.steps)
+        verb = "applied" if self.direction == "upgrade" else "reverted"
         text_ = (
-            f"dbmigrate {self.direction} run {self.run_id}: {applied} revision(s) applied, from {before} to {after}"
+            f"dbmigrate {self.direction} run {self.run_id}: {applied} revision(s) {verb}, from {before} to {after}"
             f" ({waits} lock wait(s))."
         )
         last = self.steps[-1]
@@ -103,7 +105,10 @@ class RunResult:
 
 
 def new_identity(settings: Settings) -> Identity:
-    return Identity(run_id=uuid.uuid4().hex[:12], runner=settings.runner, started=utcnow())
+    """A fresh run id for this invocation, bound to every log line from here on."""
+    identity = Identity(run_id=uuid.uuid4().hex[:12], runner=settings.runner, started=utcnow())
+    bind(run_id=identity.run_id)
+    return identity
 
 
 class Runner:
@@ -118,6 +123,7 @@ class Runner:
         caps: Capabilities,
         control: Connection,
         version: str,
+        identity: Identity,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -126,7 +132,7 @@ class Runner:
         self.caps = caps
         self.control = control
         self.version = version
-        self.identity = new_identity(settings)
+        self.identity = identity
         self.history = hist.History(control, settings.history_table, settings.table_schema)
 
     # -- reading --------------------------------------------------------------------------------
@@ -168,7 +174,23 @@ class Runner:
 
     def locked(self) -> Any:
         """The run lock for this database, waiting up to ``lock_wait_timeout``."""
-        return run_lock(self.control, self.caps, self.lock_name(), self.identity, self.settings.lock_wait_timeout)
+        return run_lock(
+            self.control, self.caps, self.lock_name(), self.identity, self.settings.lock_wait_timeout, self.running_step
+        )
+
+    def running_step(self) -> str:
+        """What the lock holder is applying, from its 'running' history row (empty if unknown)."""
+        try:
+            rows = self.history.entries(limit=1, status=hist.RUNNING)
+        except SQLAlchemyError:
+            return ""
+        if not rows:
+            return ""
+        row = rows[0]
+        return (
+            f"run {row.run_id} by {row.runner}, {row.direction} {row.revision} since "
+            f"{row.started_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
 
     def stamp(self, revision: str) -> None:
         """Set alembic_version to ``revision`` the way ``alembic stamp`` does; call under the lock."""
@@ -182,14 +204,13 @@ class Runner:
 
     def migrate(self, target: str, upgrade: bool) -> RunResult:
         """Take the database to ``target``; call while holding :meth:`locked`."""
-        bind(run_id=self.identity.run_id)
         try:
             self.history.ensure()
             self.settle_interrupted()
             self.refuse_if_needs_repair()
             return _Migration(self, target, upgrade).run()
         finally:
-            unbind("run_id", "revision")
+            unbind("revision")
 
     def settle_interrupted(self) -> list[hist.Entry]:
         """Name the steps of runs that died mid-step (their rows still say 'running').
@@ -360,6 +381,7 @@ class _Migration:
             self._before(step)
             yield step
             self._after(step)
+        unbind("revision")
 
     def _before(self, step: RevisionStep) -> None:
         revision = scripts.step_revision(step)
