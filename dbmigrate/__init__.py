@@ -6,7 +6,17 @@
 Every error is a :class:`DbmigrateError`; its ``exit_code`` is what the CLI exits with.
 """
 
-from dbmigrate.api import Status, __version__, downgrade, history, repair, status, upgrade
+from dbmigrate.api import (
+    Status,
+    __version__,
+    downgrade,
+    history,
+    is_ready,
+    repair,
+    status,
+    upgrade,
+    wait_until_ready,
+)
 from dbmigrate.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -14,8 +24,10 @@ from dbmigrate.errors import (
     LockTimeout,
     MigrationFailed,
     NotAtHead,
+    NotReady,
     RepairNeeded,
 )
+from dbmigrate.readiness import Readiness
 from dbmigrate.runner import RunResult, StepResult
 from dbmigrate.settings import Settings
 
@@ -26,6 +38,8 @@ __all__ = [
     "LockTimeout",
     "MigrationFailed",
     "NotAtHead",
+    "NotReady",
+    "Readiness",
     "RepairNeeded",
     "RunResult",
     "Settings",
@@ -34,7 +48,9 @@ __all__ = [
     "__version__",
     "downgrade",
     "history",
+    "is_ready",
     "repair",
     "status",
     "upgrade",
+    "wait_until_ready",
 ]

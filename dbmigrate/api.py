@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _package_version
 from typing import Any
 
+import structlog
 from alembic.runtime.migration import RevisionStep
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from dbmigrate import database, scripts
+from dbmigrate import database, readiness, scripts
 from dbmigrate import history as hist
-from dbmigrate.errors import ConfigurationError, DbmigrateError, RepairNeeded
+from dbmigrate.errors import ConfigurationError, DbmigrateError, NotReady
 from dbmigrate.locking import lock_is_free
 from dbmigrate.masking import mask_url
 from dbmigrate.observability import write_termination_message
+from dbmigrate.readiness import Readiness
 from dbmigrate.runner import Runner, RunResult, interrupted_status, new_identity, repair_message
 from dbmigrate.settings import Settings
+
+log = structlog.get_logger("dbmigrate")
 
 try:
     __version__ = _package_version("dbmigrate")
@@ -94,6 +102,98 @@ def status(*, settings: Settings | None = None, **options: Any) -> Status:
             last_run=[entry.as_dict() for entry in last_run],
             needs_repair=needs_repair,
         )
+
+
+def wait_until_ready(
+    revision: str | None = None,
+    *,
+    exact: bool = False,
+    timeout: float = 300.0,
+    settings: Settings | None = None,
+    **options: Any,
+) -> Readiness:
+    """Block until the database is reachable and at ``revision`` (default: the scripts' heads).
+
+    A database ahead of it on a chain descending from it counts as ready unless ``exact``.
+    Raises :class:`NotReady` (exit 3) after ``timeout`` seconds, the wait for the database included.
+    """
+    deadline = time.monotonic() + timeout
+    resolved = dataclasses.replace(_settings(settings, options), wait_timeout=timeout)
+    with _session(resolved, {}) as runner:
+        expected = [revision] if revision else list(scripts.heads(runner.script))
+        current = runner.current_heads()
+        listener = readiness.Listener(runner.control, runner.caps)
+        interval, last_progress = 0.05, -readiness.PROGRESS_INTERVAL
+        while True:
+            state = readiness.assess(current, expected, runner.script, runner.history, exact)
+            now = time.monotonic()
+            if state.ready:
+                log.info("schema ready", detail=state.describe())
+                return state
+            if now >= deadline:
+                raise NotReady(
+                    f"The schema was not ready within {timeout:g}s: {state.describe()}. Check the "
+                    "migration Job (dbmigrate status, dbmigrate history), or raise --timeout."
+                )
+            if now - last_progress >= readiness.PROGRESS_INTERVAL:
+                last_progress = now
+                log.info("waiting for the schema", detail=state.describe())
+            woke = listener.wait(min(interval, deadline - now))
+            if woke:
+                log.info("notified: a migration run finished")
+            interval = 0.05 if woke else min(interval * 2, readiness.MAX_POLL_INTERVAL)
+            current = runner.read_heads()
+
+
+def is_ready(
+    revision: str | None = None,
+    *,
+    exact: bool = False,
+    cache_seconds: float = 5.0,
+    settings: Settings | None = None,
+    **options: Any,
+) -> bool:
+    """For readiness probes: whether the schema is ready, by one cheap query, cached for a few seconds.
+
+    Never raises for an unreachable database: that is simply not ready.
+    """
+    resolved = _settings(settings, options)
+    key = (str(resolved.config_file), resolved.database_url, revision, exact)
+    cached = _readiness_cache.get(key)
+    if cached is not None and time.monotonic() - cached[0] < cache_seconds:
+        return cached[1]
+    try:
+        probe = _probe_for(resolved)
+        expected = [revision] if revision else list(scripts.heads(probe.script))
+        with probe.engine.connect() as connection:
+            current = readiness.version_context(connection, "alembic_version", None).get_current_heads()
+            history = hist.History(connection, resolved.history_table, resolved.table_schema)
+            ready = readiness.assess(current, expected, probe.script, history, exact).ready
+    except (DbmigrateError, SQLAlchemyError) as exc:
+        log.debug("readiness probe failed", error=str(exc))
+        ready = False
+    _readiness_cache[key] = (time.monotonic(), ready)
+    return ready
+
+
+@dataclasses.dataclass(frozen=True)
+class _Probe:
+    script: ScriptDirectory
+    engine: Engine
+
+
+_readiness_cache: dict[tuple[object, ...], tuple[float, bool]] = {}
+_probes: dict[tuple[str, str | None], _Probe] = {}
+
+
+def _probe_for(settings: Settings) -> _Probe:
+    """The scripts and a small pooled engine, built once per process for probes."""
+    key = (str(settings.config_file), settings.database_url)
+    if key not in _probes:
+        config = scripts.load_config(settings)
+        url = settings.resolved_url(scripts.ini_url(config))
+        _probes[key] = _Probe(scripts.load_scripts(config), database.create(url, pooled=True))
+    return _probes[key]
 
 
 def history(limit: int | None = 50, *, settings: Settings | None = None, **options: Any) -> list[hist.Entry]:
@@ -187,4 +287,4 @@ def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Run
         engine.dispose()
 
 
-__all__ = ["RepairNeeded", "Status", "downgrade", "history", "repair", "status", "upgrade"]
+__all__ = ["Readiness", "Status", "downgrade", "history", "is_ready", "repair", "status", "upgrade", "wait_until_ready"]

@@ -146,6 +146,18 @@ def status(settings: Settings, check: bool) -> tuple[Any, str, int]:
 
 
 @main.command(epilog=EPILOG)
+@click.option("--revision", help="Wait for this revision instead of the scripts' heads")
+@click.option("--exact", is_flag=True, help="Only the expected revision itself counts, not a newer one")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait in all")
+@common_options
+@run_command
+def wait(settings: Settings, revision: str | None, exact: bool, timeout: float) -> tuple[Any, str, int]:
+    """Wait until the database is reachable and its schema ready for this code (for init containers)."""
+    state = api.wait_until_ready(revision, exact=exact, timeout=timeout, settings=settings)
+    return state.as_dict(), state.describe(), 0
+
+
+@main.command(epilog=EPILOG)
 @click.option("--limit", type=int, default=50, show_default=True, help="How many rows, newest first")
 @common_options
 @run_command

@@ -39,6 +39,12 @@ class LockTimeout(DbmigrateError):
     exit_code = 3
 
 
+class NotReady(DbmigrateError):
+    """``wait``: the database did not reach the expected revision in time."""
+
+    exit_code = 3
+
+
 class MigrationFailed(DbmigrateError):
     """A migration step raised; its transaction was rolled back where the database allows it."""
 
@@ -61,7 +67,7 @@ EXIT_CODES: dict[int, str] = {
     0: "success (also: nothing to do)",
     1: "a migration step failed (its transaction was rolled back where the database allows)",
     2: "usage or configuration error (bad URL, broken scripts, multiple heads, unknown revision)",
-    3: "database unreachable, credentials refused, or a lock not acquired in time",
+    3: "database unreachable, credentials refused, a lock not acquired, or (wait) the schema not ready in time",
     4: "a check or verification found problems (for example status --check: not at head)",
     5: "the database needs repair: a step was partially applied; status names the fix",
 }

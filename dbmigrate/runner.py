@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -19,12 +19,13 @@ import structlog
 from alembic.config import Config
 from alembic.runtime.migration import RevisionStep
 from alembic.script import ScriptDirectory
+from alembic.util import to_tuple
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dbmigrate import history as hist
-from dbmigrate import online, scripts
+from dbmigrate import online, readiness, scripts
 from dbmigrate.database import Capabilities, track_statements
 from dbmigrate.errors import DbmigrateError, LockTimeout, MigrationFailed, RepairNeeded
 from dbmigrate.locking import Identity, lock_name, run_lock, utcnow
@@ -134,6 +135,7 @@ class Runner:
         self.version = version
         self.identity = identity
         self.history = hist.History(control, settings.history_table, settings.table_schema)
+        self.version_table: tuple[str, str | None] = ("alembic_version", None)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -145,9 +147,24 @@ class Runner:
             found.append(current)
             return []
 
+        def remember_version_table(options: dict[str, Any]) -> None:
+            self.version_table = (options.get("version_table", "alembic_version"), options.get("version_table_schema"))
+
         with self.engine.connect() as connection:
-            scripts.run_env(self.config, self.script, capture, connection=connection, dont_mutate=True)
+            scripts.run_env(
+                self.config,
+                self.script,
+                capture,
+                connection=connection,
+                on_configure=remember_version_table,
+                dont_mutate=True,
+            )
         return tuple(sorted(found[0])) if found else ()
+
+    def read_heads(self) -> tuple[str, ...]:
+        """The database's revision(s) by one query on the control connection (after :meth:`current_heads`)."""
+        context = readiness.version_context(self.control, *self.version_table)
+        return tuple(sorted(context.get_current_heads()))
 
     # -- running --------------------------------------------------------------------------------
 
@@ -315,6 +332,7 @@ class _Migration:
         self.migration_connection: Connection | None = None
         self.migration_pid: int | None = None
         self.external_transaction = False
+        self.heads_after: tuple[str, ...] | None = None
         self.seen: list[RevisionStep] = []
         self._retries: dict[str, int] = {}
 
@@ -342,7 +360,10 @@ class _Migration:
                     raise MigrationFailed(f"The migration environment (env.py) failed: {_describe(exc)}") from exc
                 if not self._retry_after_lock_timeout(step, exc, attempt, backoff):
                     raise self._fail(step, exc) from exc
-        self.result.after = runner.current_heads()
+        if self.heads_after is None:  # nothing ran: the database is where it was
+            self.heads_after = self.result.before
+        self.result.after = tuple(sorted(self.heads_after))
+        readiness.announce(runner.control, self.caps, runner.identity.run_id, self.result.after)
         log.info(
             "run finished",
             outcome=self.result.outcome,
@@ -356,6 +377,7 @@ class _Migration:
 
     def _configure(self, options: dict[str, Any]) -> None:
         options["transaction_per_migration"] = True
+        options["on_version_apply"] = (*to_tuple(options.get("on_version_apply"), default=()), self._version_applied)
         connection = options.get("connection")
         if connection is None:
             return
@@ -372,6 +394,9 @@ class _Migration:
             track_statements(connection, before=self._statement_starting, after=self._statement_done)
         if not self.external_transaction:
             connection.commit()
+
+    def _version_applied(self, *, heads: Collection[str], **_: Any) -> None:
+        self.heads_after = tuple(heads)
 
     def _steps(self, current: tuple[str, ...]) -> Iterator[RevisionStep]:
         planned = scripts.plan(self.runner.script, self.target, current, self.upgrade)
