@@ -26,7 +26,7 @@ from dbmigrate import history as hist
 from dbmigrate.errors import ConfigurationError, DbmigrateError, NotReady
 from dbmigrate.locking import lock_is_free
 from dbmigrate.masking import mask_url
-from dbmigrate.observability import write_termination_message
+from dbmigrate.observability import RunReport, publish_metrics, write_termination_message
 from dbmigrate.readiness import Readiness
 from dbmigrate.runner import Runner, RunResult, interrupted_status, new_identity, repair_message
 from dbmigrate.settings import Settings
@@ -232,23 +232,48 @@ def repair(resolution: str, *, settings: Settings | None = None, **options: Any)
         return runner.history.entries(limit=1)[0]
 
 
+def _report(runner: Runner, command: str, outcome: str, exit_code: int) -> RunReport:
+    """This run's metrics, read back from the history table (so failures are described too)."""
+    if not (runner.settings.pushgateway or runner.settings.metrics_textfile):
+        return RunReport(command, runner.identity.run_id, outcome, exit_code)
+    try:
+        current = runner.current_heads()
+        pending = len(_pending(runner, current))
+        steps = [e.as_dict() for e in runner.history.entries(run_id=runner.identity.run_id)]
+        runs = runner.history.runs_by_outcome()
+    except (DbmigrateError, SQLAlchemyError):
+        return RunReport(command, runner.identity.run_id, outcome, exit_code)
+    return RunReport(command, runner.identity.run_id, outcome, exit_code, steps, current, pending, runs)
+
+
 def _migrate(
     target: str, *, upgrade: bool, dry_run: bool, settings: Settings | None, options: dict[str, Any]
 ) -> RunResult:
     resolved = _settings(settings, options)
+    command = "upgrade" if upgrade else "downgrade"
+    report = RunReport(command, "", "error", ConfigurationError.exit_code)
     try:
         with _session(resolved, {}) as runner:
             if dry_run:
                 return runner.dry_run(target, upgrade)
-            with runner.locked():
-                result = runner.migrate(target, upgrade)
+            try:
+                with runner.locked():
+                    result = runner.migrate(target, upgrade)
+            except DbmigrateError as exc:
+                report = _report(runner, command, "error", exc.exit_code)
+                raise
+            report = _report(runner, command, result.outcome, 0)
     except DbmigrateError as exc:
-        write_termination_message(
-            resolved.termination_log, f"dbmigrate {'upgrade' if upgrade else 'downgrade'} failed: {exc}"
-        )
+        write_termination_message(resolved.termination_log, f"dbmigrate {command} failed: {exc}")
+        _publish(resolved, dataclasses.replace(report, exit_code=exc.exit_code))
         raise
     write_termination_message(resolved.termination_log, result.summary())
+    _publish(resolved, report)
     return result
+
+
+def _publish(settings: Settings, report: RunReport) -> None:
+    publish_metrics(report, settings.pushgateway, settings.metrics_grouping, settings.metrics_textfile)
 
 
 def _pending(runner: Runner, current: tuple[str, ...]) -> list[RevisionStep]:

@@ -44,6 +44,9 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--table-schema",), {"help": "Schema for dbmigrate's tables [the connection's default]"}),
     (("--termination-log",), {"help": "Where the outcome is written if the file exists [/dev/termination-log]"}),
     (("--app-version",), {"help": "Application version recorded in history [DBMIGRATE_APP_VERSION]"}),
+    (("--pushgateway",), {"help": "Push run metrics to this Prometheus Pushgateway URL"}),
+    (("--metrics-grouping",), {"help": "Pushgateway grouping labels, e.g. release=shop,namespace=prod"}),
+    (("--metrics-textfile",), {"help": "Write run metrics here for node-exporter's textfile collector"}),
     (
         ("--log-format",),
         {"type": click.Choice(["auto", "json", "text"]), "help": "Log format on stderr [auto: JSON unless a terminal]"},

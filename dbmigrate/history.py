@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, inspect, select, update
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, func, inspect, select, update
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
@@ -170,6 +170,16 @@ class History:
         if not newest:
             return []
         return list(reversed(self.entries(run_id=newest[0].run_id)))
+
+    def runs_by_outcome(self) -> dict[str, int]:
+        """How many runs ended with each status (the status of each run's last row)."""
+        if not self.exists():
+            return {}
+        last_ids = select(func.max(self.table.c.id)).group_by(self.table.c.run_id).scalar_subquery()
+        query = (
+            select(self.table.c.status, func.count()).where(self.table.c.id.in_(last_ids)).group_by(self.table.c.status)
+        )
+        return {status: int(count) for status, count in self.connection.execute(query)}
 
     def unresolved_partials(self) -> list[Entry]:
         """Partial steps with no later row for the same revision: the database needs repair."""

@@ -1,4 +1,4 @@
-"""Logs and the pod termination message.
+"""Logs, the pod termination message, and Prometheus metrics.
 
 Logs go to stderr: JSON lines in a pod (stderr is not a terminal) or with ``log_format="json"``,
 readable lines in a terminal. Every event passes through :func:`dbmigrate.masking.redact`.
@@ -6,13 +6,15 @@ readable lines in a terminal. Every event passes through :func:`dbmigrate.maskin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import CollectorRegistry, Gauge, Info, push_to_gateway, write_to_textfile
 
 from dbmigrate.masking import redact
 
@@ -73,3 +75,103 @@ def write_termination_message(path: Path, message: str) -> bool:
     except OSError:
         return False
     return True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunReport:
+    """What one run did, as the metrics describe it."""
+
+    command: str
+    run_id: str
+    outcome: str
+    exit_code: int
+    steps: Sequence[Mapping[str, Any]] = ()
+    current: Sequence[str] = ()
+    pending: int | None = None
+    runs_by_outcome: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
+def run_metrics(report: RunReport) -> CollectorRegistry:
+    """The Prometheus metrics of one run, in a registry of their own (pushed or written, never served)."""
+    registry = CollectorRegistry()
+    prefix = "dbmigrate_"
+    Gauge(prefix + "last_run_timestamp_seconds", "When the last run ended", registry=registry).set_to_current_time()
+    Gauge(
+        prefix + "last_run_exit_code", "Exit code of the last run (0 = success)", ["command"], registry=registry
+    ).labels(report.command).set(report.exit_code)
+    Gauge(prefix + "last_run_success", "1 if the last run succeeded", ["command"], registry=registry).labels(
+        report.command
+    ).set(1 if report.exit_code == 0 else 0)
+    outcome = Gauge(prefix + "last_run_outcome", "The last run's outcome (value 1)", ["outcome"], registry=registry)
+    outcome.labels(report.outcome).set(1)
+    duration = Gauge(
+        prefix + "step_duration_seconds",
+        "Duration of each revision step of the last run",
+        ["revision", "direction", "status"],
+        registry=registry,
+    )
+    attempts = Gauge(
+        prefix + "step_attempts",
+        "Attempts of each step (more than 1: lock timeouts were retried)",
+        ["revision", "direction"],
+        registry=registry,
+    )
+    waits = Gauge(
+        prefix + "step_lock_waits", "Lock waits and retries of each step", ["revision", "direction"], registry=registry
+    )
+    wait_seconds = Gauge(
+        prefix + "step_lock_wait_seconds",
+        "Time each step spent waiting for locks",
+        ["revision", "direction"],
+        registry=registry,
+    )
+    for step in report.steps:
+        labels = (str(step["revision"]), str(step["direction"]))
+        duration.labels(*labels, str(step["status"])).set((step.get("duration_ms") or 0) / 1000)
+        attempts.labels(*labels).set(step.get("attempts") or 1)
+        waits.labels(*labels).set(step.get("lock_waits") or 0)
+        wait_seconds.labels(*labels).set((step.get("lock_wait_ms") or 0) / 1000)
+    if report.pending is not None:
+        Gauge(prefix + "pending_revisions", "Revisions not yet applied", registry=registry).set(report.pending)
+    if report.current:
+        Info(prefix + "current_revision", "The database's current revision(s)", registry=registry).info(
+            {"revision": ",".join(report.current)}
+        )
+    runs = Gauge(
+        prefix + "runs",
+        "Runs recorded in the history table, by outcome of their last step",
+        ["outcome"],
+        registry=registry,
+    )
+    for name, count in report.runs_by_outcome.items():
+        runs.labels(name).set(count)
+    return registry
+
+
+def publish_metrics(report: RunReport, pushgateway: str | None, grouping: str | None, textfile: Path | None) -> None:
+    """Push the run's metrics to a Pushgateway and/or write them for node-exporter's textfile collector.
+
+    Failing to publish is logged, never raised: metrics must not fail a migration.
+    """
+    if not pushgateway and textfile is None:
+        return
+    registry = run_metrics(report)
+    log = structlog.get_logger("dbmigrate.metrics")
+    if pushgateway:
+        try:
+            push_to_gateway(
+                pushgateway, job="dbmigrate", registry=registry, grouping_key=parse_grouping(grouping), timeout=10
+            )
+        except OSError as exc:
+            log.warning("could not push metrics", pushgateway=pushgateway, error=str(exc))
+    if textfile is not None:
+        try:
+            write_to_textfile(str(textfile), registry)
+        except OSError as exc:
+            log.warning("could not write the metrics file", path=str(textfile), error=str(exc))
+
+
+def parse_grouping(grouping: str | None) -> dict[str, str]:
+    """``"release=shop,namespace=prod"`` -> Pushgateway grouping labels."""
+    pairs = [item.split("=", 1) for item in (grouping or "").split(",") if "=" in item]
+    return {key.strip(): value.strip() for key, value in pairs if key.strip()}

@@ -47,6 +47,9 @@ class Settings:
     termination_log: Path = Path("/dev/termination-log")
     log_format: str = "auto"
     app_version: str | None = None
+    pushgateway: str | None = None
+    metrics_grouping: str | None = None
+    metrics_textfile: Path | None = None
     runner: str = dataclasses.field(default_factory=lambda: default_runner(os.environ))
 
     @classmethod
