@@ -84,9 +84,11 @@ def status(*, settings: Settings | None = None, **options: Any) -> Status:
         needs_repair = None
         last_run = runner.history.last_run()
         partials = runner.history.unresolved_partials()
-        if lock_free:
-            for entry in runner.history.entries(status=hist.RUNNING):
-                state, error = interrupted_status(entry, runner.caps)
+        running = runner.history.entries(status=hist.RUNNING) if lock_free else []
+        if running:
+            applied = runner.applied_revisions()
+            for entry in running:
+                state, error = interrupted_status(entry, runner.caps, applied)
                 if state == hist.PARTIAL:
                     partials.append(dataclasses.replace(entry, status=state, error=error))
         if partials:

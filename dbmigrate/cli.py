@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any
 import click
 
 from dbmigrate import api
-from dbmigrate.errors import EXIT_CODES, DbmigrateError, NotAtHead, RepairNeeded
+from dbmigrate.errors import EXIT_CODES, DbmigrateError, NotAtHead, RepairNeeded, Terminated
 from dbmigrate.masking import redact
 from dbmigrate.observability import configure_logging
 from dbmigrate.runner import RunResult
@@ -109,6 +110,13 @@ def _fail(exc: DbmigrateError, output_format: str, debug: bool) -> None:
 @click.version_option(api.__version__, prog_name="dbmigrate")
 def main() -> None:
     """Safe Alembic migrations: one run at a time, online-friendly locking, history, clear exits."""
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # Kubernetes sends SIGTERM before SIGKILL when a hook pod is deleted or its deadline passes: stop
+    # like a failing step (roll back, record it, exit) instead of dying silently after the grace period.
+    raise Terminated("dbmigrate received SIGTERM (the pod is being stopped)")
 
 
 @main.command(epilog=EPILOG)

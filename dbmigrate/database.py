@@ -61,11 +61,11 @@ def parse_url(url: str) -> URL:
     return parsed
 
 
-def create(url: str) -> Engine:
-    """An engine for ``url`` without a pool (a run holds few connections, each for a long time)."""
+def create(url: str, pooled: bool = False) -> Engine:
+    """An engine for ``url``; unpooled for runs (few connections, each held long), pooled for probes."""
     parsed = parse_url(url)
     try:
-        engine = create_engine(parsed, poolclass=NullPool)
+        engine = create_engine(parsed, pool_pre_ping=True) if pooled else create_engine(parsed, poolclass=NullPool)
     except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
         extra = _DRIVER_EXTRAS.get(parsed.get_backend_name())
         hint = f" Install it with: pip install 'dbmigrate[{extra}]'." if extra else ""

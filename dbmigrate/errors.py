@@ -51,6 +51,10 @@ class MigrationFailed(DbmigrateError):
     exit_code = 1
 
 
+class Terminated(Exception):
+    """The process was asked to stop (SIGTERM); raised where it runs, so the step in flight rolls back."""
+
+
 class NotAtHead(DbmigrateError):
     """``status --check``: the database is not at the heads of the scripts."""
 

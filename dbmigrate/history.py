@@ -98,8 +98,14 @@ class History:
         return inspect(self.connection).has_table(self.table.name, schema=self.table.schema)
 
     def ensure(self) -> None:
-        """Create the table if missing; call only while holding the run lock."""
-        self.table.metadata.create_all(self.connection, checkfirst=True)
+        """Create the table and its index if missing; call only while holding the run lock.
+
+        Each is checked on its own: on an autocommit connection they commit separately, and a run
+        killed between the two must not leave the index missing for good.
+        """
+        self.table.create(self.connection, checkfirst=True)
+        for index in self.table.indexes:
+            index.create(self.connection, checkfirst=True)
 
     def start(
         self,

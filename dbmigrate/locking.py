@@ -134,14 +134,15 @@ class _AdvisoryLock:
         self.high, self.low = key >> 32, key & 0xFFFFFFFF
         self.key = key - (1 << 64) if key >= (1 << 63) else key
         self.identity = identity
+        self.labelled = False
 
     def try_acquire(self) -> bool:
-        acquired = bool(self.control.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar())
-        if acquired:
-            # Other runs read who holds the lock from pg_stat_activity.
+        if not self.labelled:
+            # Other runs read who holds the lock from pg_stat_activity: name the session before it can hold it.
             label = f"dbmigrate {self.identity.compact()}"[:63]
             self.control.execute(text("SELECT set_config('application_name', :n, false)"), {"n": label})
-        return acquired
+            self.labelled = True
+        return bool(self.control.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar())
 
     def holder(self) -> str:
         row = self.control.execute(

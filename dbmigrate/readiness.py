@@ -75,7 +75,7 @@ def assess(
 ) -> Readiness:
     """Compare the database's revisions with the expected ones."""
     current_set, expected_set = set(current), set(expected)
-    ancestry = _ancestry(current, script, history)
+    ancestry = ancestors(current, script, history)
     if current_set == expected_set:
         ready, ahead = True, False
     elif exact:
@@ -88,7 +88,7 @@ def assess(
     return Readiness(ready, tuple(sorted(current)), tuple(sorted(expected)), pending, ahead, running)
 
 
-def _ancestry(current: Iterable[str], script: ScriptDirectory, history: hist.History) -> set[str]:
+def ancestors(current: Iterable[str], script: ScriptDirectory, history: hist.History) -> set[str]:
     """Every revision at or below ``current``: from the scripts, and through history for unknown ones."""
     seen: set[str] = set()
     todo = list(current)

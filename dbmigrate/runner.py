@@ -237,8 +237,10 @@ class Runner:
         DDL statement may have committed part of itself, and is marked partial.
         """
         settled = []
-        for entry in self.history.entries(status=hist.RUNNING):
-            status, error = interrupted_status(entry, self.caps)
+        running = self.history.entries(status=hist.RUNNING)
+        applied = self.applied_revisions() if running else set()
+        for entry in running:
+            status, error = interrupted_status(entry, self.caps, applied)
             self.history.finish(entry.id, status, error=error)
             log.warning(
                 "settled a step of an interrupted run", revision=entry.revision, run=entry.run_id, status=status
@@ -246,14 +248,27 @@ class Runner:
             settled.append(entry)
         return settled
 
+    def applied_revisions(self) -> set[str]:
+        """Every revision at or below the database's current heads (through history for unknown ones)."""
+        return readiness.ancestors(self.current_heads(), self.script, self.history)
+
     def refuse_if_needs_repair(self) -> None:
         partials = self.history.unresolved_partials()
         if partials:
             raise RepairNeeded(repair_message(partials[0]))
 
 
-def interrupted_status(entry: hist.Entry, caps: Capabilities) -> tuple[str, str]:
-    """How to record a step whose run died: ('failed' or 'partial', explanation)."""
+def interrupted_status(entry: hist.Entry, caps: Capabilities, applied: set[str]) -> tuple[str, str]:
+    """How to record a step whose run died: ('applied', 'failed' or 'partial', explanation).
+
+    ``applied`` is every revision the database holds now: a step whose version update committed
+    before the run died is done, whatever its history row says.
+    """
+    if (entry.revision in applied) == (entry.direction == "upgrade"):
+        return hist.APPLIED, (
+            f"The run ({entry.run_id} on {entry.runner}) was interrupted after this step committed; "
+            "alembic_version shows it done."
+        )
     committed, in_doubt = split_committed(entry.statements) if caps.is_mysql else ([], None)
     if committed or in_doubt:
         return hist.PARTIAL, (

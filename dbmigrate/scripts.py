@@ -146,7 +146,7 @@ def plan(script: ScriptDirectory, target: str, current: Sequence[str], upgrade: 
             return script._upgrade_revs(target, tuple(current))  # type: ignore[arg-type]
         return script._downgrade_revs(target, tuple(current))  # type: ignore[arg-type]
     except CommandError as exc:
-        raise ConfigurationError(_explain_plan_error(str(exc), target)) from None
+        raise ConfigurationError(_explain_plan_error(str(exc), target, heads(script))) from None
 
 
 def stamp_steps(script: ScriptDirectory, revision: str, current: Sequence[str]) -> list[Any]:
@@ -154,13 +154,14 @@ def stamp_steps(script: ScriptDirectory, revision: str, current: Sequence[str]) 
     try:
         return script._stamp_revs(revision, tuple(current))
     except CommandError as exc:
-        raise ConfigurationError(_explain_plan_error(str(exc), revision)) from None
+        raise ConfigurationError(_explain_plan_error(str(exc), revision, heads(script))) from None
 
 
-def _explain_plan_error(alembic_message: str, target: str) -> str:
+def _explain_plan_error(alembic_message: str, target: str, script_heads: Sequence[str]) -> str:
     if "Multiple head" in alembic_message or "multiple heads" in alembic_message.lower():
         return (
-            f"The scripts have more than one head, so '{target}' is ambiguous ({alembic_message}). "
+            f"The scripts have more than one head ({', '.join(script_heads)}), so '{target}' is ambiguous "
+            f"({alembic_message}). "
             "Merge them with `alembic merge heads`, or upgrade to `heads` to apply every branch."
         )
     return f"Cannot plan a migration to '{target}': {alembic_message}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import math
 import os
 import socket
 import sys
@@ -139,14 +140,19 @@ def _convert(name: str, annotation: Any, raw: Any) -> Any:
     kind = str(annotation)
     try:
         if kind.startswith("float"):
-            return float(raw)
-        if kind.startswith("int"):
-            return int(raw)
-        if "Path" in kind:
+            number: float = float(raw)
+        elif kind.startswith("int"):
+            number = int(raw)
+        elif "Path" in kind:
             return Path(str(raw))
+        else:
+            return str(raw)
     except ValueError:
         raise ConfigurationError(f"Option {name} must be a number, not {raw!r}.") from None
-    return str(raw)
+    # Every number is a count or a duration: a negative one (or nan, inf) would silently mean "no limit".
+    if not math.isfinite(number) or number < 0:
+        raise ConfigurationError(f"Option {name} must be a number, 0 or more, not {raw!r}.")
+    return number
 
 
 def _read_config_files(config_path: Path) -> dict[str, str]:

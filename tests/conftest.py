@@ -139,3 +139,98 @@ def history_rows(database_url: str) -> list[dict[str, object]]:
             return [dict(row._mapping) for row in result]
     finally:
         engine.dispose()
+
+
+_REVISION_TEMPLATE = '''"""{revision}: added by a test"""
+
+import os
+import time
+
+import sqlalchemy as sa
+
+from alembic import op
+
+revision = {revision!r}
+down_revision = {down_revision!r}
+branch_labels = None
+depends_on = None
+
+
+def pause(name: str) -> None:
+    """Sleep TEST_PAUSE_SECONDS, then wait (60 s at most) for the file TEST_GATE_DIR/name; not offline."""
+    if op.get_context().as_sql:
+        return
+    time.sleep(float(os.environ.get("TEST_PAUSE_SECONDS") or 0))
+    gate_dir = os.environ.get("TEST_GATE_DIR")
+    deadline = time.monotonic() + 60
+    while gate_dir and not os.path.exists(os.path.join(gate_dir, name)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def upgrade() -> None:
+{upgrade}
+
+
+def downgrade() -> None:
+{downgrade}
+'''
+
+
+def add_revision(
+    project: Path, revision: str, down_revision: str | None, upgrade: str, downgrade: str = "pass"
+) -> None:
+    """Write a revision into a copied project; ``upgrade``/``downgrade`` are function bodies (unindented).
+
+    The module imports ``os``, ``time``, ``sa`` and ``op``, and defines ``pause(name)``: it sleeps
+    ``TEST_PAUSE_SECONDS`` and then waits for the file ``TEST_GATE_DIR/name`` (when those are set).
+    """
+
+    def body(code: str) -> str:
+        return "\n".join("    " + line if line.strip() else "" for line in code.strip().splitlines())
+
+    source = _REVISION_TEMPLATE.format(
+        revision=revision, down_revision=down_revision, upgrade=body(upgrade), downgrade=body(downgrade)
+    )
+    (project / "alembic" / "versions" / f"{revision}.py").write_text(source)
+
+
+def log_events(stderr: str) -> list[dict[str, object]]:
+    """The JSON log lines of a dbmigrate process's stderr (other lines are skipped)."""
+    import json
+
+    events = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
+def start_dbmigrate(*args: str, cwd: Path, database_url: str, output: Path, **extra_env: str) -> subprocess.Popen[str]:
+    """Start the real CLI in a child process without waiting; stdout and stderr go to ``output``.out/.err."""
+    with open(f"{output}.out", "w") as stdout, open(f"{output}.err", "w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dbmigrate", *args],
+            cwd=cwd,
+            env=dbmigrate_env(database_url, **extra_env),
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+        )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 where nothing listens (at the moment of asking)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def remove_revisions(project: Path) -> None:
+    """Delete every revision file of a copied project, to build a small graph with ``add_revision``."""
+    for revision in (project / "alembic" / "versions").glob("*.py"):
+        revision.unlink()
