@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +17,7 @@ import click
 from dbmigrate import api
 from dbmigrate.errors import EXIT_CODES, DbmigrateError, NotAtHead, RepairNeeded, Terminated
 from dbmigrate.masking import redact
-from dbmigrate.observability import configure_logging
+from dbmigrate.observability import configure_logging, write_termination_message
 from dbmigrate.runner import RunResult
 from dbmigrate.settings import Settings
 
@@ -77,7 +79,13 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(output_format: str, debug: bool, **kwargs: Any) -> None:
         flags = {k: kwargs.pop(k) for k in list(kwargs) if k in Settings.__dataclass_fields__}
         try:
-            settings = Settings.load(**flags)
+            try:
+                settings = Settings.load(**flags)
+            except DbmigrateError as exc:
+                # No settings, so the API cannot say why the pod stopped: say it here.
+                path = flags.get("termination_log") or os.environ.get("DBMIGRATE_TERMINATION_LOG")
+                write_termination_message(Path(path or Settings.termination_log), f"dbmigrate: {exc}")
+                raise
             configure_logging(settings.log_format, debug)
             output = render(settings, **kwargs)
         except DbmigrateError as exc:
@@ -106,7 +114,33 @@ def _fail(exc: DbmigrateError, output_format: str, debug: bool) -> None:
     sys.exit(exc.exit_code)
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Usage errors follow --format too: with --format json they are a JSON object on stdout, exit 2."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **_: Any) -> Any:  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(argv, prog_name, standalone_mode=False)
+        except click.ClickException as exc:
+            if _wants_json(argv):
+                error = {"error": "UsageError", "message": exc.format_message(), "exit_code": exc.exit_code}
+                click.echo(json.dumps(error, indent=2))
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return any(
+        a == "--format=json" or (a == "--format" and argv[i + 1 : i + 2] == ["json"]) for i, a in enumerate(argv)
+    )
+
+
+@click.group(
+    cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(api.__version__, prog_name="dbmigrate")
 def main() -> None:
     """Safe Alembic migrations: one run at a time, online-friendly locking, history, clear exits."""

@@ -16,7 +16,9 @@ from typing import Any
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, func, inspect, select, update
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
+from dbmigrate.errors import ConfigurationError
 from dbmigrate.masking import redact
 
 RUNNING, APPLIED, FAILED, PARTIAL, REPAIRED = "running", "applied", "failed", "partial", "repaired"
@@ -103,9 +105,16 @@ class History:
         Each is checked on its own: on an autocommit connection they commit separately, and a run
         killed between the two must not leave the index missing for good.
         """
-        self.table.create(self.connection, checkfirst=True)
-        for index in self.table.indexes:
-            index.create(self.connection, checkfirst=True)
+        try:
+            self.table.create(self.connection, checkfirst=True)
+            for index in self.table.indexes:
+                index.create(self.connection, checkfirst=True)
+        except SQLAlchemyError as exc:
+            where = f"{self.table.schema}.{self.table.name}" if self.table.schema else self.table.name
+            raise ConfigurationError(
+                f"Cannot create dbmigrate's history table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
+                "Check --table-schema (the schema must exist) and that the user may create tables."
+            ) from None
 
     def start(
         self,
