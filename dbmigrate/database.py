@@ -55,7 +55,7 @@ def parse_url(url: str) -> URL:
     except (ArgumentError, ValueError) as exc:
         raise ConfigurationError(
             f"The database URL {mask_url(url)} is malformed ({redact(str(exc))}). Expected for example "
-            "postgresql://user:password@host:5432/dbname, mysql+pymysql://user:password@host/dbname "
+            "postgresql://user@host:5432/dbname, mysql+pymysql://user@host/dbname (password after user:) "
             "or sqlite:///path/to/file.db."
         ) from None
     return parsed
@@ -98,9 +98,14 @@ def connect(engine: Engine, wait_timeout: float) -> Connection:
             error=_first_line(error),
         )
 
+    backoff = tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0)
+
+    def wait_within_deadline(state: tenacity.RetryCallState) -> float:
+        return max(0.0, min(backoff(state), started + wait_timeout - time.monotonic()))
+
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(_is_transient),
-        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0),
+        wait=wait_within_deadline,
         stop=tenacity.stop_after_delay(wait_timeout),
         before_sleep=log_retry,
         reraise=True,

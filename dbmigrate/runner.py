@@ -8,6 +8,7 @@ locks, and retries a step that hit a lock timeout. What a run did comes back as 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -27,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dbmigrate import history as hist
 from dbmigrate import online, readiness, scripts
 from dbmigrate.database import Capabilities, track_statements
-from dbmigrate.errors import DbmigrateError, LockTimeout, MigrationFailed, RepairNeeded
+from dbmigrate.errors import ConfigurationError, DbmigrateError, LockTimeout, MigrationFailed, RepairNeeded
 from dbmigrate.locking import Identity, lock_name, run_lock, utcnow
 from dbmigrate.masking import redact
 from dbmigrate.observability import bind, unbind
@@ -150,7 +151,7 @@ class Runner:
         def remember_version_table(options: dict[str, Any]) -> None:
             self.version_table = (options.get("version_table", "alembic_version"), options.get("version_table_schema"))
 
-        with self.engine.connect() as connection:
+        with self.engine.connect() as connection, _env_py_errors():
             scripts.run_env(
                 self.config,
                 self.script,
@@ -606,6 +607,17 @@ class _Migration:
         rendered = scripts.render_sql(self.runner.config, self.runner.script, planned, self.result.before)
         for step, sql in zip(planned, rendered, strict=True):
             self.tables[scripts.step_revision(step)] = online.tables_locked_by(sql, self.caps)
+
+
+@contextlib.contextmanager
+def _env_py_errors() -> Iterator[None]:
+    """Outside a step, an exception comes from the project's env.py: a configuration problem."""
+    try:
+        yield
+    except DbmigrateError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(f"The migration environment (env.py) failed: {_describe(exc)}") from exc
 
 
 class _RetryState:
