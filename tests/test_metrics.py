@@ -30,25 +30,39 @@ def scrape(url: str) -> str:
 
 @pytest.fixture
 def pushgateway(tmp_path: Path) -> Iterator[str]:
-    """A real Pushgateway (Debian's prometheus-pushgateway) on a free loopback port."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "pushgateway.log").open("w")
-    process = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            scrape(url)
+    """A real Pushgateway (Debian's prometheus-pushgateway) on a free loopback port, in memory only."""
+    for _ in range(5):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = (tmp_path / f"pushgateway-{port}.log").open("w")
+        process = subprocess.Popen(
+            [PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="], stdout=log, stderr=log
+        )
+        if _serving(url, process):
             break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise
-            time.sleep(0.1)
+        process.kill()
+        process.wait()
+        log.close()
+    else:
+        pytest.fail("could not start prometheus-pushgateway")
     yield url
     process.terminate()
     process.wait(timeout=10)
     log.close()
+
+
+def _serving(url: str, process: subprocess.Popen[bytes]) -> bool:
+    """Whether our process answers on url (not another process that took the port first)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            scrape(url)
+        except OSError:
+            time.sleep(0.1)
+            continue
+        time.sleep(0.2)
+        return process.poll() is None
+    return False
 
 
 def metric_lines(text: str, name: str) -> list[str]:
