@@ -1,0 +1,456 @@
+{{/*
+The scope every named template below works on.
+
+The templates an application chart includes ("dbmigrate.waitInitContainer", "dbmigrate.waitVolumes")
+take either the root context (`$`) or a dict:
+  context  the root context ($); required in the dict form
+  values   dbmigrate's values; default: .Values.dbmigrate of the context when it has that key, else .Values
+  name     the chart name used in resource names; default "dbmigrate" (set it when the dependency has an alias)
+  image    a full image reference (repository:tag) that replaces dbmigrate's image values
+
+"dbmigrate.scope" fills the dict it is given, {"in": <that argument>}, with root, values, name, own
+(whether the values are this chart's own .Values), appVersion (dbmigrate's chart appVersion) and image.
+*/}}
+{{- define "dbmigrate.scope" -}}
+{{- $in := .in -}}
+{{- $root := $in -}}
+{{- $values := dict -}}
+{{- $name := "" -}}
+{{- $own := false -}}
+{{- $image := "" -}}
+{{- if hasKey $in "context" -}}
+{{- $root = $in.context -}}
+{{- $values = $in.values | default dict -}}
+{{- $name = $in.name | default "" -}}
+{{- $image = $in.image | default "" -}}
+{{- end -}}
+{{- if not $values -}}
+{{- if hasKey $root.Values "dbmigrate" -}}
+{{- $values = $root.Values.dbmigrate -}}
+{{- else -}}
+{{- $values = $root.Values -}}
+{{- $name = $name | default $root.Chart.Name -}}
+{{- $own = true -}}
+{{- end -}}
+{{- end -}}
+{{- $name = $name | default "dbmigrate" -}}
+{{- $appVersion := "" -}}
+{{- if $own -}}
+{{- $appVersion = $root.Chart.AppVersion -}}
+{{- else if and $root.Subcharts (hasKey $root.Subcharts $name) -}}
+{{- $appVersion = (index $root.Subcharts $name).Chart.AppVersion -}}
+{{- end -}}
+{{- $_ := set . "root" $root -}}
+{{- $_ := set . "values" $values -}}
+{{- $_ := set . "name" $name -}}
+{{- $_ := set . "own" $own -}}
+{{- $_ := set . "appVersion" ($appVersion | default "" | toString) -}}
+{{- $_ := set . "image" $image -}}
+{{- end -}}
+
+{{/*
+The chart name (nameOverride wins). Takes a scope.
+*/}}
+{{- define "dbmigrate.name" -}}
+{{- default .name .values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The fully qualified name every resource name starts with: <release>-<name>, or the release name when
+it already contains the chart name; fullnameOverride wins. Takes a scope.
+*/}}
+{{- define "dbmigrate.fullname" -}}
+{{- if .values.fullnameOverride -}}
+{{- .values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .name .values.nameOverride -}}
+{{- if contains $name .root.Release.Name -}}
+{{- .root.Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .root.Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A resource name: the full name (shortened so the result fits 63 characters) and a suffix.
+Takes (list <scope> <suffix>).
+*/}}
+{{- define "dbmigrate.resourceName" -}}
+{{- $scope := index . 0 -}}
+{{- $suffix := index . 1 -}}
+{{- $base := include "dbmigrate.fullname" $scope | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" -}}
+{{- printf "%s-%s" $base $suffix -}}
+{{- end -}}
+
+{{/*
+The Secret the chart creates for database.source=secret. Takes a scope.
+*/}}
+{{- define "dbmigrate.secretName" -}}
+{{- include "dbmigrate.resourceName" (list . "database") -}}
+{{- end -}}
+
+{{/*
+Chart name and version for the helm.sh/chart label. Takes a scope.
+*/}}
+{{- define "dbmigrate.chart" -}}
+{{- printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Selector labels; a scope with a "component" key adds app.kubernetes.io/component.
+*/}}
+{{- define "dbmigrate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dbmigrate.name" . }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Labels of every resource. Takes a scope.
+*/}}
+{{- define "dbmigrate.labels" -}}
+helm.sh/chart: {{ include "dbmigrate.chart" . }}
+{{ include "dbmigrate.selectorLabels" . }}
+{{- with .root.Chart.AppVersion }}
+app.kubernetes.io/version: {{ . | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- with .values.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The image reference: repository[:tag][@digest]; the tag defaults to dbmigrate's appVersion.
+Takes a scope.
+*/}}
+{{- define "dbmigrate.image" -}}
+{{- if .image -}}
+{{- .image -}}
+{{- else -}}
+{{- $image := .values.image -}}
+{{- $tag := $image.tag | default .appVersion | toString -}}
+{{- $image.repository -}}
+{{- if $tag }}:{{ $tag }}{{ end -}}
+{{- if $image.digest }}@{{ $image.digest }}{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The application version recorded in history: settings.appVersion, else the image tag. Takes a scope.
+*/}}
+{{- define "dbmigrate.appVersion" -}}
+{{- if .values.settings.appVersion -}}
+{{- .values.settings.appVersion | toString -}}
+{{- else -}}
+{{- $ref := include "dbmigrate.image" . | splitList "@" | first -}}
+{{- $parts := splitList "/" $ref -}}
+{{- $last := last $parts -}}
+{{- if contains ":" $last -}}
+{{- splitList ":" $last | last -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Fails the render when the database values cannot work (the schema says the same, but it can be
+skipped with --skip-schema-validation). Takes a scope.
+*/}}
+{{- define "dbmigrate.validateDatabase" -}}
+{{- $db := .values.database -}}
+{{- if eq $db.source "existingSecret" -}}
+{{- if not (and $db.existingSecret.name $db.existingSecret.key) -}}
+{{- fail "database.source=existingSecret needs database.existingSecret.name and .key" -}}
+{{- end -}}
+{{- else if eq $db.source "secret" -}}
+{{- if not $db.secret.url -}}
+{{- fail "database.source=secret needs database.secret.url (give it with --set-file or from a CI secret)" -}}
+{{- end -}}
+{{- else if eq $db.source "urlFile" -}}
+{{- if not (and $db.urlFile.secretName $db.urlFile.key $db.urlFile.mountPath) -}}
+{{- fail "database.source=urlFile needs database.urlFile.secretName, .key and .mountPath" -}}
+{{- end -}}
+{{- else if eq $db.source "passwordFile" -}}
+{{- if not (and $db.passwordFile.url $db.passwordFile.secretName $db.passwordFile.key $db.passwordFile.mountPath) -}}
+{{- fail "database.source=passwordFile needs database.passwordFile.url, .secretName, .key and .mountPath" -}}
+{{- end -}}
+{{- if regexMatch "^[^/]*://[^/@]*:[^/@]*@" $db.passwordFile.url -}}
+{{- fail "database.passwordFile.url must not contain a password: the password comes from the Secret" -}}
+{{- end -}}
+{{- else -}}
+{{- fail (printf "database.source must be existingSecret, secret, urlFile or passwordFile, not %q" (toString $db.source)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The path of the mounted database Secret file (urlFile and passwordFile). Takes a scope.
+*/}}
+{{- define "dbmigrate.databaseFile" -}}
+{{- $file := get .values.database .values.database.source -}}
+{{- printf "%s/%s" (trimSuffix "/" $file.mountPath) $file.key -}}
+{{- end -}}
+
+{{/*
+The environment of every container: the runner identity, dbmigrate's settings, the database URL
+(from a Secret, never a plain value) and extraEnv. Takes a scope.
+*/}}
+{{- define "dbmigrate.env" -}}
+{{- include "dbmigrate.validateDatabase" . -}}
+{{- $db := .values.database -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- if eq $db.source "existingSecret" }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ tpl $db.existingSecret.name .root | quote }}
+      key: {{ $db.existingSecret.key | quote }}
+{{- else if eq $db.source "secret" }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "dbmigrate.secretName" . | quote }}
+      key: DATABASE_URL
+{{- else if eq $db.source "urlFile" }}
+- name: DBMIGRATE_DATABASE_URL_FILE
+  value: {{ include "dbmigrate.databaseFile" . | quote }}
+{{- else if eq $db.source "passwordFile" }}
+- name: DBMIGRATE_DATABASE_URL
+  value: {{ $db.passwordFile.url | quote }}
+- name: DBMIGRATE_DATABASE_PASSWORD_FILE
+  value: {{ include "dbmigrate.databaseFile" . | quote }}
+{{- end }}
+{{- with .values.config }}
+- name: DBMIGRATE_CONFIG
+  value: {{ . | quote }}
+{{- end }}
+{{- with include "dbmigrate.appVersion" . }}
+- name: DBMIGRATE_APP_VERSION
+  value: {{ . | quote }}
+{{- end }}
+{{- $settings := .values.settings }}
+{{- $names := dict
+  "logFormat" "DBMIGRATE_LOG_FORMAT"
+  "waitTimeout" "DBMIGRATE_WAIT_TIMEOUT"
+  "lockWaitTimeout" "DBMIGRATE_LOCK_WAIT_TIMEOUT"
+  "lockTimeout" "DBMIGRATE_LOCK_TIMEOUT"
+  "statementTimeout" "DBMIGRATE_STATEMENT_TIMEOUT"
+  "lockConflictWait" "DBMIGRATE_LOCK_CONFLICT_WAIT"
+  "maxLockRetries" "DBMIGRATE_MAX_LOCK_RETRIES"
+  "historyTable" "DBMIGRATE_HISTORY_TABLE"
+  "tableSchema" "DBMIGRATE_TABLE_SCHEMA"
+}}
+{{- range $key, $envName := $names }}
+{{- $value := get $settings $key }}
+{{- if and (not (kindIs "invalid" $value)) (ne (toString $value) "") }}
+- name: {{ $envName }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- with .metrics }}
+{{- include "dbmigrate.metricsEnv" $ }}
+{{- end }}
+{{- with .values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The migration Job's metrics environment (DBMIGRATE_PUSHGATEWAY, DBMIGRATE_METRICS_GROUPING,
+DBMIGRATE_METRICS_TEXTFILE). Takes a scope.
+*/}}
+{{- define "dbmigrate.metricsEnv" -}}
+{{- $metrics := .values.metrics -}}
+{{- with $metrics.pushgateway.url }}
+- name: DBMIGRATE_PUSHGATEWAY
+  value: {{ . | quote }}
+- name: DBMIGRATE_METRICS_GROUPING
+  value: {{ $metrics.pushgateway.grouping | default (printf "release=%s,namespace=%s" $.root.Release.Name $.root.Release.Namespace) | quote }}
+{{- end }}
+{{- with $metrics.textfile.path }}
+- name: DBMIGRATE_METRICS_TEXTFILE
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Volume mounts of every container: /tmp (the root filesystem is read-only), the database Secret file,
+the metrics directory (the Job only) and extraVolumeMounts. Takes a scope.
+*/}}
+{{- define "dbmigrate.volumeMounts" -}}
+- name: dbmigrate-tmp
+  mountPath: /tmp
+{{- if has .values.database.source (list "urlFile" "passwordFile") }}
+- name: dbmigrate-database
+  mountPath: {{ (get .values.database .values.database.source).mountPath | quote }}
+  readOnly: true
+{{- end }}
+{{- if and .metrics .values.metrics.textfile.path }}
+- name: dbmigrate-metrics
+  mountPath: {{ dir .values.metrics.textfile.path | quote }}
+{{- end }}
+{{- with .values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The volumes those mounts need. Secret files are mode 0444 so the non-root user reads them whatever
+the pod's fsGroup; only containers that mount the volume see them. Takes a scope.
+*/}}
+{{- define "dbmigrate.volumes" -}}
+- name: dbmigrate-tmp
+  emptyDir:
+    {{- with .values.tmpSizeLimit }}
+    sizeLimit: {{ . }}
+    {{- else }} {}
+    {{- end }}
+{{- if has .values.database.source (list "urlFile" "passwordFile") }}
+{{- $file := get .values.database .values.database.source }}
+- name: dbmigrate-database
+  secret:
+    secretName: {{ tpl $file.secretName .root | quote }}
+    defaultMode: 292
+    items:
+      - key: {{ $file.key | quote }}
+        path: {{ $file.key | quote }}
+{{- end }}
+{{- if and .metrics .values.metrics.textfile.path }}
+- name: dbmigrate-metrics
+  {{- toYaml .values.metrics.textfile.volume | nindent 2 }}
+{{- end }}
+{{- with .values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+One container running `command` + .args. Takes a scope with containerName, args, resources and
+metrics (whether the metrics environment and volume belong to it).
+*/}}
+{{- define "dbmigrate.container" -}}
+- name: {{ .containerName }}
+  image: {{ include "dbmigrate.image" . | quote }}
+  imagePullPolicy: {{ .values.image.pullPolicy }}
+  {{- with .values.command }}
+  command:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .args }}
+  args:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .values.workingDir }}
+  workingDir: {{ . | quote }}
+  {{- end }}
+  env:
+    {{- include "dbmigrate.env" . | nindent 4 }}
+  {{- with .values.extraEnvFrom }}
+  envFrom:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    {{- include "dbmigrate.volumeMounts" . | nindent 4 }}
+  {{- with .values.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  terminationMessagePolicy: FallbackToLogsOnError
+{{- end -}}
+
+{{/*
+Pod spec fields shared by the Job's pod and the test pod (everything but containers and
+restartPolicy). Takes a scope.
+*/}}
+{{- define "dbmigrate.podSpec" -}}
+{{- with .values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.serviceAccountName }}
+serviceAccountName: {{ tpl . $.root | quote }}
+{{- end }}
+automountServiceAccountToken: {{ .values.automountServiceAccountToken }}
+enableServiceLinks: false
+{{- with .values.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:
+  {{- include "dbmigrate.volumes" . | nindent 2 }}
+{{- end -}}
+
+{{/*
+Pod metadata (labels and annotations) for a scope with a component; a podAnnotations key in the
+scope adds annotations to the values' podAnnotations.
+*/}}
+{{- define "dbmigrate.podMetadata" -}}
+labels:
+  {{- include "dbmigrate.labels" . | nindent 2 }}
+  {{- with .values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with merge (dict) (.podAnnotations | default dict) .values.podAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The init container an application chart puts into its Deployment's pod spec, to start the
+application only once the schema is ready:
+
+  initContainers:
+    {{- include "dbmigrate.waitInitContainer" (dict "context" $ "values" .Values.dbmigrate) | nindent 8 }}
+  volumes:
+    {{- include "dbmigrate.waitVolumes" (dict "context" $ "values" .Values.dbmigrate) | nindent 8 }}
+
+It runs `dbmigrate wait --timeout <wait.timeout>` with the same image, database URL and settings as
+the migration Job. Takes the root context or a dict (see "dbmigrate.scope").
+*/}}
+{{- define "dbmigrate.waitInitContainer" -}}
+{{- $scope := dict "in" . -}}
+{{- include "dbmigrate.scope" $scope -}}
+{{- $wait := $scope.values.wait -}}
+{{- $args := $wait.args -}}
+{{- if and (not (kindIs "invalid" $wait.timeout)) (ne (toString $wait.timeout) "") -}}
+{{- $args = concat $args (list "--timeout" (toString $wait.timeout)) -}}
+{{- end -}}
+{{- $_ := set $scope "containerName" "dbmigrate-wait" -}}
+{{- $_ := set $scope "args" $args -}}
+{{- $_ := set $scope "resources" ($wait.resources | default $scope.values.resources) -}}
+{{- include "dbmigrate.container" $scope -}}
+{{- end -}}
+
+{{/*
+The volumes "dbmigrate.waitInitContainer" mounts (all named dbmigrate-*). Takes the same argument.
+*/}}
+{{- define "dbmigrate.waitVolumes" -}}
+{{- $scope := dict "in" . -}}
+{{- include "dbmigrate.scope" $scope -}}
+{{- include "dbmigrate.volumes" $scope -}}
+{{- end -}}
