@@ -20,9 +20,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import EXAMPLE_REVISIONS, add_revision, current_revisions, history_rows, log_events, start_dbmigrate
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+from tests.conftest import (
+    EXAMPLE_REVISIONS,
+    add_revision,
+    current_revisions,
+    history_rows,
+    log_events,
+    run_dbmigrate,
+    start_dbmigrate,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -223,3 +232,34 @@ def sessions(database_url: str) -> set[int]:
             return {int(row[0]) for row in connection.exec_driver_sql(sql)}
     finally:
         engine.dispose()
+
+
+def test_a_run_that_waits_longer_than_lock_wait_timeout_exits_3_naming_the_holder(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    add_revision(
+        project,
+        "0007_gate",
+        "0006_name_contract",
+        'op.create_table("gated", sa.Column("id", sa.Integer, primary_key=True))\npause("open")',
+        'op.drop_table("gated")',
+    )
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    runs = start_upgrades(project, database_url, tmp_path / "first", count=1, TEST_GATE_DIR=str(gates))
+    first = runs[0]
+    try:
+        wait_for(
+            lambda: any(e["revision"] == "0007_gate" for e in first.events("applying revision")),
+            "the first run reaches the gate",
+            runs,
+        )
+        late = run_dbmigrate("upgrade", "--lock-wait-timeout", "1", cwd=project, database_url=database_url)
+        (gates / "open").touch()
+        wait_all(runs)
+    finally:
+        stop_leftovers(runs)
+
+    assert late.returncode == 3, late.stderr
+    assert "held the migration lock" in late.stderr and "0007_gate" in late.stderr
+    assert first.process.returncode == 0

@@ -26,7 +26,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import (
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from tests.conftest import (
     EXAMPLE_REVISIONS,
     add_revision,
     current_revisions,
@@ -35,8 +38,6 @@ from conftest import (
     run_dbmigrate,
     start_dbmigrate,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 pytestmark = pytest.mark.slow
 
