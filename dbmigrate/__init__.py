@@ -6,9 +6,9 @@
 Every error is a :class:`DbmigrateError`; its ``exit_code`` is what the CLI exits with.
 """
 
+from dbmigrate._version import __version__
 from dbmigrate.api import (
     Status,
-    __version__,
     downgrade,
     history,
     is_ready,

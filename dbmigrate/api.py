@@ -11,8 +11,6 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _package_version
 from typing import Any
 
 import structlog
@@ -23,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dbmigrate import database, readiness, scripts
 from dbmigrate import history as hist
+from dbmigrate._version import __version__
 from dbmigrate.errors import ConfigurationError, DbmigrateError, NotReady
 from dbmigrate.locking import lock_is_free
 from dbmigrate.masking import mask_url
@@ -32,11 +31,6 @@ from dbmigrate.runner import Runner, RunResult, interrupted_status, new_identity
 from dbmigrate.settings import Settings
 
 log = structlog.get_logger("dbmigrate")
-
-try:
-    __version__ = _package_version("dbmigrate")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0+unknown"
 
 
 @dataclasses.dataclass
@@ -304,10 +298,13 @@ def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Run
     try:
         with database.transactional_sqlite_ddl():
             control = database.connect(engine, resolved.wait_timeout).execution_options(isolation_level="AUTOCOMMIT")
+            caps = database.capabilities(engine)
+            if caps.is_postgresql:
+                # History rows need not wait for their own fsync: a killed process loses none of them
+                # (the server has them), and the steps themselves still commit durably.
+                control.exec_driver_sql("SET synchronous_commit = off")
             try:
-                yield Runner(
-                    resolved, config, script, engine, database.capabilities(engine), control, __version__, identity
-                )
+                yield Runner(resolved, config, script, engine, caps, control, __version__, identity)
             finally:
                 control.close()
     finally:

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from dbmigrate import api
+from dbmigrate._version import __version__
 from dbmigrate.errors import EXIT_CODES, DbmigrateError, NotAtHead, RepairNeeded, Terminated
 from dbmigrate.masking import redact
 from dbmigrate.observability import configure_logging, write_termination_message
@@ -141,7 +142,7 @@ def _wants_json(argv: list[str]) -> bool:
 @click.group(
     cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
-@click.version_option(api.__version__, prog_name="dbmigrate")
+@click.version_option(__version__, prog_name="dbmigrate")
 def main() -> None:
     """Safe Alembic migrations: one run at a time, online-friendly locking, history, clear exits."""
     signal.signal(signal.SIGTERM, _terminate)

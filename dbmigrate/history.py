@@ -154,9 +154,12 @@ class History:
         kept = [{**s, "sql": redact(s["sql"])[:_MAX_STATEMENT_CHARS]} for s in statements]
         self._update(row_id, statements=json.dumps(kept))
 
-    def finish(self, row_id: int, status: str, started_at: datetime | None = None, error: str | None = None) -> None:
+    def finish(
+        self, row_id: int, status: str, started_at: datetime | None = None, error: str | None = None, **counters: int
+    ) -> None:
+        """Close a row with its status; ``counters`` (attempts, lock_waits, lock_wait_ms) in the same update."""
         finished = now()
-        values: dict[str, Any] = {"status": status, "finished_at": finished}
+        values: dict[str, Any] = {"status": status, "finished_at": finished, **counters}
         if started_at is not None:
             values["duration_ms"] = int((finished - started_at).total_seconds() * 1000)
         if error is not None:
@@ -198,10 +201,12 @@ class History:
 
     def unresolved_partials(self) -> list[Entry]:
         """Partial steps with no later row for the same revision: the database needs repair."""
-        latest: dict[str, Entry] = {}
-        for entry in reversed(self.entries()):
-            latest[entry.revision] = entry
-        return [e for e in latest.values() if e.status == PARTIAL]
+        unresolved = []
+        for entry in self.entries(status=PARTIAL):
+            later = select(self.table.c.id).where(self.table.c.revision == entry.revision, self.table.c.id > entry.id)
+            if self.connection.execute(later.limit(1)).first() is None:
+                unresolved.append(entry)
+        return unresolved
 
 
 def _entry(row: Any) -> Entry:

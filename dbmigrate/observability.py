@@ -11,12 +11,14 @@ import logging
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, Info, push_to_gateway, write_to_textfile
 
 from dbmigrate.masking import redact
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
 def _redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
@@ -93,6 +95,8 @@ class RunReport:
 
 def run_metrics(report: RunReport) -> CollectorRegistry:
     """The Prometheus metrics of one run, in a registry of their own (pushed or written, never served)."""
+    from prometheus_client import CollectorRegistry, Gauge, Info  # only runs that publish metrics pay for it
+
     registry = CollectorRegistry()
     prefix = "dbmigrate_"
     Gauge(prefix + "last_run_timestamp_seconds", "When the last run ended", registry=registry).set_to_current_time()
@@ -155,6 +159,8 @@ def publish_metrics(report: RunReport, pushgateway: str | None, grouping: str | 
     """
     if not pushgateway and textfile is None:
         return
+    from prometheus_client import push_to_gateway, write_to_textfile
+
     registry = run_metrics(report)
     log = structlog.get_logger("dbmigrate.metrics")
     if pushgateway:

@@ -1,10 +1,11 @@
 """Keeping the database online while a step runs: timeouts, polite lock waits, retries.
 
 The PostgreSQL lock queue is the danger: an ``ALTER TABLE`` waiting for a long transaction queues
-an ACCESS EXCLUSIVE request that blocks every later query on the table. So before a step we find
-the tables it will lock and wait, *without queueing*, while an older transaction holds a lock on
-one of them; then the step runs with a short ``lock_timeout``, and a lock timeout rolls the step
-back and retries it with exponential backoff and jitter.
+an ACCESS EXCLUSIVE request that blocks every later query on the table. So before a step, when a
+long transaction holds locks at all, we find the tables the step will lock and wait, *without
+queueing*, while an older transaction holds a lock on one of them; then the step runs with a short
+``lock_timeout``, and a lock timeout rolls the step back and retries it with exponential backoff and
+jitter.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable
+from typing import Any
 
-import sqlglot
 import structlog
 import tenacity
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlglot import exp
 
 from dbmigrate.database import Capabilities
 from dbmigrate.settings import Settings
@@ -56,6 +56,9 @@ def tables_locked_by(sql: str, caps: Capabilities) -> set[str]:
     tables created in the same chunk do not. SQL that cannot be parsed yields nothing: the
     ``lock_timeout`` still bounds what such a step can do to the application.
     """
+    import sqlglot  # imported here: only a run that meets a long transaction needs the parser
+    from sqlglot import exp
+
     try:
         statements = sqlglot.parse(sql, read=_SQLGLOT_DIALECTS.get(caps.name, caps.name))
     except sqlglot.errors.ParseError:
@@ -67,6 +70,8 @@ def tables_locked_by(sql: str, caps: Capabilities) -> set[str]:
             table = statement.find(exp.Table)
             if table is not None:
                 created.add(_qualified(table))
+            # A new table's foreign keys lock the tables they reference (SHARE ROW EXCLUSIVE).
+            locked.update(_qualified(ref) for ref in statement.find_all(exp.Table) if ref is not table)
             continue
         if isinstance(statement, exp.Create) and statement.args.get("concurrently"):
             continue
@@ -75,7 +80,7 @@ def tables_locked_by(sql: str, caps: Capabilities) -> set[str]:
     return locked - created
 
 
-def _qualified(table: exp.Table) -> str:
+def _qualified(table: Any) -> str:
     return f"{table.db}.{table.name}" if table.db else table.name
 
 
@@ -125,6 +130,27 @@ def wait_for_lock_holders(
             reported = True
             log.info("waiting for long transactions holding locks on the step's tables", tables=names, holders=holders)
         time.sleep(POLL_INTERVAL)
+
+
+def long_transactions_hold_locks(control: Connection, own_pids: Iterable[int]) -> bool:
+    """PostgreSQL: whether any other session's long transaction holds a lock on a table of this database.
+
+    One cheap query before each step; only when it says yes does a run work out which tables its
+    steps lock (rendering and parsing their SQL).
+    """
+    return (
+        control.execute(
+            text(
+                "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.granted AND l.locktype = 'relation' "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND NOT (a.pid = ANY(CAST(:own AS int[]))) AND a.pid <> pg_backend_pid() "
+                "AND a.xact_start < clock_timestamp() - make_interval(secs => :min_age) LIMIT 1"
+            ),
+            {"own": list(own_pids), "min_age": LONG_TRANSACTION_MS / 1000},
+        ).first()
+        is not None
+    )
 
 
 def _long_lock_holders(control: Connection, names: list[str], own_pids: list[int]) -> list[str]:

@@ -355,8 +355,6 @@ class _Migration:
     def run(self) -> RunResult:
         runner = self.runner
         self.result.before = runner.current_heads()
-        if self.caps.is_postgresql:
-            self._find_tables_to_lock()
         backoff = online.retry_backoff()
         attempt = 0
         while True:
@@ -368,6 +366,8 @@ class _Migration:
                     )
                 self._flush_deferred()
                 break
+            except _TablesNeeded:
+                self._find_tables_to_lock()
             except DbmigrateError:
                 raise
             except Exception as exc:  # a step failed: record it, then retry or stop
@@ -435,8 +435,14 @@ class _Migration:
         self.statements = []
         bind(revision=revision)
         waits = self.waits.setdefault(revision, online.LockWaits())
-        if self.caps.is_postgresql and self.tables.get(revision):
-            own = [self.migration_pid] if self.migration_pid else []
+        own = [self.migration_pid] if self.migration_pid else []
+        if (
+            self.caps.is_postgresql
+            and revision not in self.tables
+            and online.long_transactions_hold_locks(self.runner.control, own)
+        ):
+            raise _TablesNeeded  # before anything of this step ran: env.py runs again once they are known
+        if self.tables.get(revision):
             online.wait_for_lock_holders(
                 self.runner.control, self.tables[revision], own, self.settings.lock_conflict_wait, waits
             )
@@ -480,10 +486,9 @@ class _Migration:
             error=error,
         )
         row = self.rows.get(revision) or self._start_row(step)
-        self.runner.history.progress(
-            row, attempts=result.attempts, lock_waits=waits.count, lock_wait_ms=waits.waited_ms
+        self.runner.history.finish(
+            row, status, started, error, attempts=result.attempts, lock_waits=waits.count, lock_wait_ms=waits.waited_ms
         )
-        self.runner.history.finish(row, status, started, error)
         self.results[revision] = result
         self.result.steps.append(result)
         log.info("revision " + status, duration_ms=result.duration_ms, attempts=result.attempts, lock_waits=waits.count)
@@ -603,10 +608,16 @@ class _Migration:
     # -- lock pre-check (PostgreSQL) ----------------------------------------------------------------
 
     def _find_tables_to_lock(self) -> None:
-        planned = scripts.plan(self.runner.script, self.target, self.result.before, self.upgrade)
-        rendered = scripts.render_sql(self.runner.config, self.runner.script, planned, self.result.before)
+        """Render the rest of the plan offline and note, per revision, the existing tables it locks."""
+        current = self.heads_after if self.heads_after is not None else self.result.before
+        planned = scripts.plan(self.runner.script, self.target, current, self.upgrade)
+        rendered = scripts.render_sql(self.runner.config, self.runner.script, planned, current)
         for step, sql in zip(planned, rendered, strict=True):
             self.tables[scripts.step_revision(step)] = online.tables_locked_by(sql, self.caps)
+
+
+class _TablesNeeded(Exception):
+    """A long transaction holds locks: the remaining steps' tables must be known before going on."""
 
 
 @contextlib.contextmanager

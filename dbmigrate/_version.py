@@ -1,0 +1,3 @@
+"""The package version, read by the build (pyproject.toml) and at run time."""
+
+__version__ = "0.1.0"
