@@ -132,12 +132,31 @@ def wait_for_lock_holders(
         time.sleep(POLL_INTERVAL)
 
 
-def long_transactions_hold_locks(control: Connection, own_pids: Iterable[int]) -> bool:
+class LongTransactionWatch:
     """PostgreSQL: whether any other session's long transaction holds a lock on a table of this database.
 
-    One cheap query before each step; only when it says yes does a run work out which tables its
-    steps lock (rendering and parsing their SQL).
+    Asked before each step; only when it says yes does a run work out which tables its steps lock
+    (rendering and parsing their SQL). Steps come fast, so the answer is reused for a short while:
+    it counts transactions already half as old as "long", so none that is long by the time a step
+    starts can slip through.
     """
+
+    REUSE_SECONDS = LONG_TRANSACTION_MS / 2000
+
+    def __init__(self, control: Connection) -> None:
+        self.control = control
+        self.asked_at = -self.REUSE_SECONDS
+        self.answer = False
+
+    def any_hold_locks(self, own_pids: Iterable[int]) -> bool:
+        now = time.monotonic()
+        if self.answer or now - self.asked_at >= self.REUSE_SECONDS:
+            self.answer = _any_long_lock_holder(self.control, own_pids, LONG_TRANSACTION_MS / 2000)
+            self.asked_at = now
+        return self.answer
+
+
+def _any_long_lock_holder(control: Connection, own_pids: Iterable[int], min_age: float) -> bool:
     return (
         control.execute(
             text(
@@ -147,7 +166,7 @@ def long_transactions_hold_locks(control: Connection, own_pids: Iterable[int]) -
                 "AND NOT (a.pid = ANY(CAST(:own AS int[]))) AND a.pid <> pg_backend_pid() "
                 "AND a.xact_start < clock_timestamp() - make_interval(secs => :min_age) LIMIT 1"
             ),
-            {"own": list(own_pids), "min_age": LONG_TRANSACTION_MS / 1000},
+            {"own": list(own_pids), "min_age": min_age},
         ).first()
         is not None
     )

@@ -350,6 +350,7 @@ class _Migration:
         self.external_transaction = False
         self.heads_after: tuple[str, ...] | None = None
         self.seen: list[RevisionStep] = []
+        self.long_transactions = online.LongTransactionWatch(runner.control) if self.caps.is_postgresql else None
         self._retries: dict[str, int] = {}
 
     def run(self) -> RunResult:
@@ -436,11 +437,8 @@ class _Migration:
         bind(revision=revision)
         waits = self.waits.setdefault(revision, online.LockWaits())
         own = [self.migration_pid] if self.migration_pid else []
-        if (
-            self.caps.is_postgresql
-            and revision not in self.tables
-            and online.long_transactions_hold_locks(self.runner.control, own)
-        ):
+        watch = self.long_transactions
+        if watch is not None and revision not in self.tables and watch.any_hold_locks(own):
             raise _TablesNeeded  # before anything of this step ran: env.py runs again once they are known
         if self.tables.get(revision):
             online.wait_for_lock_holders(
