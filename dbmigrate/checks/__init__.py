@@ -1,0 +1,84 @@
+"""What revisions do to a live database, before anyone deploys them: ``check(...) -> Report``.
+
+collect (the statements each step executes, with their lines) -> rules (findings per statement,
+dialect-aware) -> directives (intended data loss) -> report (JSON, SARIF, text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from dbmigrate.checks.collect import DIALECT_URLS, StepStatements, collect_all
+from dbmigrate.checks.directives import read_directives
+from dbmigrate.checks.report import Finding, NotAnalysed, Report
+from dbmigrate.checks.rules import RULES, evaluate
+
+__all__ = ["DIALECT_URLS", "RULES", "Finding", "NotAnalysed", "Report", "check"]
+
+
+def check(config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str) -> Report:
+    """Check the upgrade and the downgrade of each of ``revisions`` (ids, in the order given) for ``dialect``.
+
+    ``dialect`` is postgresql, mysql (or mariadb) or sqlite. Findings come in revision order, upgrade
+    before downgrade, then statement order; file paths are relative to the directory of the
+    config file when inside it. Raises :class:`dbmigrate.errors.ConfigurationError` for an unknown
+    dialect or revision; a step that cannot be rendered offline is listed in ``not_analysed``.
+    """
+    root = Path(config.config_file_name or ".").resolve().parent
+    findings: list[Finding] = []
+    not_analysed: list[NotAnalysed] = []
+    for step in collect_all(config, script, revisions, dialect):
+        findings.extend(_findings(step, dialect, root))
+        if step.error is not None:
+            not_analysed.append(NotAnalysed(step.revision, step.direction, step.error))
+    return Report(len(revisions), tuple(findings), tuple(not_analysed))
+
+
+def _findings(step: StepStatements, dialect: str, root: Path) -> list[Finding]:
+    file = _relative(step.path, root)
+    directives = read_directives(step.path)
+    findings = []
+    if step.direction == "upgrade":
+        # A directive belongs to the file, not to a direction: report it once.
+        invalid = RULES["DM001"]
+        for line, written in directives.invalid:
+            names = {"directive": written}
+            findings.append(
+                Finding(
+                    step.revision,
+                    step.direction,
+                    invalid.id,
+                    invalid.category,
+                    invalid.severity,
+                    invalid.message.format_map(names),
+                    invalid.suggestion,
+                    file,
+                    line,
+                )
+            )
+    for match in evaluate(step.statements, dialect):
+        allowed = directives.allow_data_loss_reason if match.rule.category == "data-loss" else None
+        findings.append(
+            Finding(
+                step.revision,
+                step.direction,
+                match.rule.id,
+                match.rule.category,
+                match.rule.severity,
+                match.message,
+                match.suggestion,
+                file,
+                match.line,
+                allowed,
+            )
+        )
+    return findings
+
+
+def _relative(path: Path, root: Path) -> str:
+    resolved = path.resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else resolved.as_posix()

@@ -8,10 +8,10 @@ functions (in the revision file or imported from elsewhere) are seen exactly as 
 
 Covered:
   * every ``op.*`` call and ``op.execute(...)`` with raw SQL (kept as written; the rules parse it);
-  * ``op.get_bind().execute(...)`` and ``conn.exec_driver_sql``-free SQLAlchemy use of the bind
-    (``table.create(bind)``, ``metadata.create_all(bind)``): offline, the bind records what it is
-    given instead of sending it, and answers every query with an empty result, as an empty database
-    would, so loops over rows end;
+  * ``op.get_bind().execute(...)`` and SQLAlchemy DDL run on the bind (``table.create(bind)``,
+    ``metadata.create_all(bind)``): offline, the bind records what it is given instead of sending
+    it, and answers every query with an empty result, as an empty database would, so loops over
+    rows end;
   * ``batch_alter_table`` on SQLite with ``recreate="auto"`` (the default): offline there is no
     table to reflect, so the batch is rendered as the plain ``ALTER TABLE`` statements it stands for
     (its intent), as ``recreate="never"`` would.
@@ -19,7 +19,9 @@ Covered:
 Not covered (the step is reported in :attr:`StepStatements.error` with the statements seen before):
   * a revision that uses what a query returns beyond "no rows" (``.scalar_one()``, ``rowcount``);
   * ``batch_alter_table(recreate="always")`` without ``copy_from`` on any dialect;
-  * SQL sent through a raw DBAPI connection (``bind.connection.cursor()``), which bypasses SQLAlchemy.
+  * ``bind.exec_driver_sql(...)`` and raw DBAPI cursors (``bind.connection.cursor()``), which the
+    offline bind does not offer (the step stops there, reported in ``error``);
+  * ``batch_alter_table`` statements point at the ``with`` line: Alembic runs them when the block ends.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from alembic import context as alembic_context
 from alembic.config import Config
 from alembic.runtime.migration import RevisionStep
 from alembic.script import Script, ScriptDirectory
@@ -43,6 +44,7 @@ from sqlalchemy.engine.mock import MockConnection
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.sql.ddl import ExecutableDDLElement
 
+from alembic import context as alembic_context
 from dbmigrate.errors import ConfigurationError
 from dbmigrate.masking import redact
 from dbmigrate.scripts import _quiet_alembic_logger, run_env
@@ -76,7 +78,7 @@ class StepStatements:
     error: str | None = None
 
 
-class _Recorder(io.TextIOBase):
+class _Recorder(io.StringIO):
     """Alembic's offline output buffer: keeps each statement written while the revision file is on the stack.
 
     Alembic writes its own statements too (``alembic_version`` updates, the transaction around a
@@ -114,7 +116,9 @@ class _Recorder(io.TextIOBase):
         return None
 
 
-def collect(config: Config, script: ScriptDirectory, revision: str, direction: Direction, dialect: str) -> StepStatements:
+def collect(
+    config: Config, script: ScriptDirectory, revision: str, direction: Direction, dialect: str
+) -> StepStatements:
     """The statements ``revision``'s upgrade or downgrade executes when rendered for ``dialect``.
 
     ``dialect`` is one of :data:`DIALECT_URLS`; any other raises :class:`ConfigurationError`.
@@ -188,7 +192,7 @@ def _recording_step(step: RevisionStep, recorder: _Recorder, dialect: str) -> An
         context.impl.connection = bind  # type: ignore[assignment]
         if dialect == "sqlite":
             # No live table to reflect: render a batch as the ALTER statements it stands for.
-            context.impl.requires_recreate_in_batch = lambda batch: False  # type: ignore[method-assign]
+            context.impl.requires_recreate_in_batch = lambda batch_op: False  # type: ignore[method-assign]
         yield step
 
     return steps

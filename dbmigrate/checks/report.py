@@ -118,7 +118,13 @@ class Report:
             "version": "2.1.0",
             "runs": [
                 {
-                    "tool": {"driver": {"name": "dbmigrate", "informationUri": "https://pypi.org/project/dbmigrate/", "rules": rules}},
+                    "tool": {
+                        "driver": {
+                            "name": "dbmigrate",
+                            "informationUri": "https://pypi.org/project/dbmigrate/",
+                            "rules": rules,
+                        }
+                    },
                     "results": results,
                 }
             ],

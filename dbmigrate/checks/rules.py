@@ -232,7 +232,7 @@ _RULE_LIST = [
         "directive",
         "error",
         "A dbmigrate directive in a revision is malformed or has no reason.",
-        "The directive `{directive}` is not valid: it must read # dbmigrate: allow-data-loss reason=\"...\" with a "
+        'The directive `{directive}` is not valid: it must read # dbmigrate: allow-data-loss reason="..." with a '
         "non-empty reason. It allows nothing.",
         'Write # dbmigrate: allow-data-loss reason="why losing this data is intended".',
     ),
@@ -290,7 +290,7 @@ def evaluate(statements: tuple[Statement, ...], dialect: str) -> Iterator[Match]
         except sqlglot.errors.SqlglotError:
             continue
         for expression in parsed:
-            if expression is not None:
+            if isinstance(expression, exp.Expression):
                 for rule_id, names in _matches(expression, read, new):
                     yield Match(RULES[rule_id], statement.line, names)
 
@@ -322,9 +322,9 @@ def _matches(expression: exp.Expression, dialect: str, new: _NewObjects) -> Iter
 def _create(expression: exp.Create, dialect: str, new: _NewObjects) -> Iterator[Hit]:
     kind = expression.args.get("kind")
     if kind == "TABLE":
-        table = expression.find(exp.Table)
-        if table is not None:
-            new.tables.add(_name(table))
+        created = expression.find(exp.Table)
+        if created is not None:
+            new.tables.add(_name(created))
     elif kind == "INDEX" and dialect == "postgres" and not expression.args.get("concurrently"):
         index = expression.this
         table = _name(index.args["table"]) if isinstance(index, exp.Index) and index.args.get("table") else ""
@@ -345,6 +345,7 @@ def _drop(expression: exp.Drop, new: _NewObjects) -> Iterator[Hit]:
 def _alter_table(expression: exp.Alter, dialect: str, new: _NewObjects) -> Iterator[Hit]:
     table = _name(expression.this)
     existing_table = not new.has_table(table)
+    renamed_column_to = _renamed_column_target(expression)
     for action in expression.args.get("actions") or []:
         if isinstance(action, exp.ColumnDef):
             column = action.name
@@ -362,6 +363,10 @@ def _alter_table(expression: exp.Alter, dialect: str, new: _NewObjects) -> Itera
             old, renamed = action.args["rename_from"].name, action.this.name
             if old != renamed and not new.has_column(table, old):
                 yield "BR003", {"table": table, "column": old, "new_name": renamed}
+        elif isinstance(action, exp.AlterRename) and renamed_column_to is not None:
+            # PostgreSQL's COLUMN keyword is optional; sqlglot reads `RENAME a TO b` as this shape.
+            if not new.has_column(table, action.this.name):
+                yield "BR003", {"table": table, "column": action.this.name, "new_name": renamed_column_to}
         elif isinstance(action, exp.AlterRename) and existing_table:
             yield "BR004", {"table": table, "new_name": _name(action.this)}
         elif isinstance(action, exp.AlterColumn) and dialect == "postgres":
@@ -373,6 +378,12 @@ def _alter_table(expression: exp.Alter, dialect: str, new: _NewObjects) -> Itera
                     yield "BL005", {"table": table, "column": column}
         elif isinstance(action, exp.AddConstraint) and existing_table:
             yield from _added_constraints(action, expression, table, dialect)
+
+
+def _renamed_column_target(alter: exp.Alter) -> str | None:
+    """The new name in ``ALTER TABLE t RENAME a TO b`` (no COLUMN keyword), else None."""
+    target = next((o for o in alter.args.get("options") or [] if isinstance(o, exp.ToTableProperty)), None)
+    return target.this.name if target is not None else None
 
 
 # PostgreSQL functions whose value differs per row: a default using one rewrites the table.

@@ -1,0 +1,40 @@
+"""The example application's revisions, checked for each dialect: what a reviewer should be told."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.checks.conftest import DIALECTS, check_project
+from tests.conftest import EXAMPLE_REVISIONS
+
+
+def findings_of(project: Path, dialect: str) -> list[tuple[str, str, str, int]]:
+    report = check_project(project, EXAMPLE_REVISIONS, dialect)
+    assert report.revisions_checked == 6
+    assert report.not_analysed == ()
+    return [(f.revision, f.direction, f.rule, f.line) for f in report.findings]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_upgrades_lose_only_the_contracted_name_column(project: Path, dialect: str) -> None:
+    upgrades = [f for f in findings_of(project, dialect) if f[1] == "upgrade" and f[2] != "BL005"]
+    assert upgrades == [("0006_name_contract", "upgrade", "DL002", 23), ("0006_name_contract", "upgrade", "BR001", 23)]
+
+
+def test_concurrent_index_of_0003_is_not_blocking_but_set_not_null_of_0006_is(project: Path) -> None:
+    upgrades = [f for f in findings_of(project, "postgresql") if f[1] == "upgrade"]
+    assert not any(f[0] == "0003_orders_customer_idx" for f in upgrades)
+    assert ("0006_name_contract", "upgrade", "BL005", 23) in upgrades
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_downgrades_drop_what_their_upgrades_created(project: Path, dialect: str) -> None:
+    downgrades = {(f[0], f[2]) for f in findings_of(project, dialect) if f[1] == "downgrade"}
+    assert downgrades == {
+        ("0001_customers", "DL001"), ("0001_customers", "BR002"),
+        ("0002_orders", "DL001"), ("0002_orders", "BR002"),
+        ("0004_email_domain", "DL002"), ("0004_email_domain", "BR001"),
+        ("0005_full_name_expand", "DL002"), ("0005_full_name_expand", "BR001"),
+    }  # fmt: skip
