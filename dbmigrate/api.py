@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from alembic.runtime.migration import RevisionStep
@@ -27,6 +27,9 @@ from dbmigrate.locking import lock_is_free
 from dbmigrate.masking import mask_url
 from dbmigrate.observability import RunReport, publish_metrics, write_termination_message
 from dbmigrate.readiness import Readiness
+
+if TYPE_CHECKING:
+    from dbmigrate.checks import Report
 from dbmigrate.runner import Runner, RunResult, interrupted_status, new_identity, repair_message
 from dbmigrate.settings import Settings
 
@@ -192,6 +195,37 @@ def _probe_for(settings: Settings) -> _Probe:
     return _probes[key]
 
 
+def check(
+    revision_range: str | None = None,
+    *,
+    all_revisions: bool = False,
+    dialect: str | None = None,
+    settings: Settings | None = None,
+    **options: Any,
+) -> Report:
+    """What revisions would do to a live database: data-loss, blocking and breaking findings.
+
+    By default the revisions pending on the configured database (which is then only read);
+    ``all_revisions`` or ``revision_range`` (``A:B``: those an upgrade from A to B runs) need no
+    database when ``dialect`` is given, and otherwise take the dialect from the configured URL.
+    """
+    from dbmigrate.checks import check as check_revisions
+
+    resolved = _settings(settings, options)
+    if all_revisions or revision_range:
+        config = scripts.load_config(resolved)
+        script = scripts.load_scripts(config)
+        ids = scripts.revision_range(script, revision_range)
+        if dialect is None:
+            dialect = database.parse_url(resolved.resolved_url(scripts.ini_url(config))).get_backend_name()
+        return check_revisions(config, script, ids, dialect)
+    with _session(resolved, {}) as runner:
+        current = runner.current_heads()
+        scripts.ensure_known(runner.script, current)
+        ids = [scripts.step_revision(step) for step in _pending(runner, current)]
+        return check_revisions(runner.config, runner.script, ids, dialect or runner.caps.name)
+
+
 def history(limit: int | None = 50, *, settings: Settings | None = None, **options: Any) -> list[hist.Entry]:
     """The newest ``limit`` history rows, newest first (empty before the first run)."""
     with _session(settings, options) as runner:
@@ -311,4 +345,15 @@ def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Run
         engine.dispose()
 
 
-__all__ = ["Readiness", "Status", "downgrade", "history", "is_ready", "repair", "status", "upgrade", "wait_until_ready"]
+__all__ = [
+    "check",
+    "Readiness",
+    "Status",
+    "downgrade",
+    "history",
+    "is_ready",
+    "repair",
+    "status",
+    "upgrade",
+    "wait_until_ready",
+]

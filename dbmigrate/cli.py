@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import click
 
 from dbmigrate import api
 from dbmigrate._version import __version__
-from dbmigrate.errors import EXIT_CODES, DbmigrateError, NotAtHead, RepairNeeded, Terminated
+from dbmigrate.errors import EXIT_CODES, ChecksFailed, DbmigrateError, NotAtHead, RepairNeeded, Terminated
 from dbmigrate.masking import redact
 from dbmigrate.observability import configure_logging, write_termination_message
 from dbmigrate.runner import RunResult
@@ -58,16 +59,16 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 
 
-def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def common_options(command: Callable[..., Any], formats: tuple[str, ...] = ("text", "json")) -> Callable[..., Any]:
     """The options every command shares; each can also be set as DBMIGRATE_<OPTION>."""
     for names, attrs in reversed(_SETTING_OPTIONS):
         command = click.option(*names, default=None, **attrs)(command)
     command = click.option(
         "--format",
         "output_format",
-        type=click.Choice(["text", "json"]),
+        type=click.Choice(list(formats)),
         default="text",
-        help="Output on stdout: text or json",
+        help="Output on stdout: " + " or ".join(formats),
     )(command)
     command = click.option("--debug", is_flag=True, help="Show tracebacks and debug logs")(command)
     return command
@@ -88,6 +89,8 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
                 write_termination_message(Path(path or Settings.termination_log), f"dbmigrate: {exc}")
                 raise
             configure_logging(settings.log_format, debug)
+            if "output_format" in inspect.signature(render).parameters:
+                kwargs["output_format"] = output_format
             output = render(settings, **kwargs)
         except DbmigrateError as exc:
             _fail(exc, output_format, debug)
@@ -99,7 +102,7 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
             )
         else:
             data, text, code = output
-            click.echo(redact(json.dumps(data, indent=2, default=str) if output_format == "json" else text))
+            click.echo(redact(text if output_format == "text" else json.dumps(data, indent=2, default=str)))
             sys.exit(code)
 
     return wrapper
@@ -157,10 +160,17 @@ def _terminate(signum: int, frame: object) -> None:
 @main.command(epilog=EPILOG)
 @click.argument("target", default="head")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing")
+@click.option(
+    "--allow-data-loss",
+    is_flag=True,
+    default=None,
+    help="Let the gate pass data-loss findings [DBMIGRATE_ALLOW_DATA_LOSS]",
+)
+@click.option("--refuse-findings", default=None, help="Categories the gate refuses, comma separated [data-loss]")
 @common_options
 @run_command
 def upgrade(settings: Settings, target: str, dry_run: bool) -> tuple[Any, str, int]:
-    """Upgrade the database to TARGET (default: head)."""
+    """Upgrade the database to TARGET (default: head), refusing unintended data loss."""
     result = api.upgrade(target, dry_run=dry_run, settings=settings)
     return result.as_dict(), _render_run(result), 0
 
@@ -174,6 +184,23 @@ def downgrade(settings: Settings, target: str, dry_run: bool) -> tuple[Any, str,
     """Downgrade the database to TARGET (a revision, -1, or base)."""
     result = api.downgrade(target, dry_run=dry_run, settings=settings)
     return result.as_dict(), _render_run(result), 0
+
+
+@main.command("check", epilog=EPILOG)
+@click.option("--all", "all_revisions", is_flag=True, help="Check every revision, not only the pending ones")
+@click.option("--range", "revision_range", help="LOWER:UPPER: the revisions an upgrade from LOWER to UPPER runs")
+@click.option("--dialect", type=click.Choice(["postgresql", "mysql", "sqlite"]), help="Check for this database kind")
+@functools.partial(common_options, formats=("text", "json", "sarif"))
+@run_command
+def check_command(
+    settings: Settings, all_revisions: bool, revision_range: str | None, dialect: str | None, output_format: str
+) -> tuple[Any, str, int]:
+    """Report what revisions would do to a live database: data-loss, blocking and breaking findings."""
+    report = api.check(revision_range, all_revisions=all_revisions, dialect=dialect, settings=settings)
+    refused = any(f.severity == "error" and not f.allowed for f in report.findings)
+    code = ChecksFailed.exit_code if refused else 0
+    data = report.to_sarif() if output_format == "sarif" else report.as_dict()
+    return data, report.render_text(), code
 
 
 @main.command(epilog=EPILOG)

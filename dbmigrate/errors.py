@@ -55,6 +55,18 @@ class Terminated(Exception):
     """The process was asked to stop (SIGTERM); raised where it runs, so the step in flight rolls back."""
 
 
+class UnsafeMigration(DbmigrateError):
+    """The upgrade gate refused: a pending revision would lose data (or hit another refused finding)."""
+
+    exit_code = 4
+
+
+class ChecksFailed(DbmigrateError):
+    """``check`` found an error-severity finding that the revision does not declare intended."""
+
+    exit_code = 4
+
+
 class NotAtHead(DbmigrateError):
     """``status --check``: the database is not at the heads of the scripts."""
 

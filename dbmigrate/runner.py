@@ -28,7 +28,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from dbmigrate import history as hist
 from dbmigrate import online, readiness, scripts
 from dbmigrate.database import Capabilities, track_statements
-from dbmigrate.errors import ConfigurationError, DbmigrateError, LockTimeout, MigrationFailed, RepairNeeded
+from dbmigrate.errors import (
+    ConfigurationError,
+    DbmigrateError,
+    LockTimeout,
+    MigrationFailed,
+    RepairNeeded,
+    UnsafeMigration,
+)
 from dbmigrate.locking import Identity, lock_name, run_lock, utcnow
 from dbmigrate.masking import redact
 from dbmigrate.observability import bind, unbind
@@ -356,6 +363,8 @@ class _Migration:
     def run(self) -> RunResult:
         runner = self.runner
         self.result.before = runner.current_heads()
+        if self.upgrade:
+            self._gate(scripts.plan(runner.script, self.target, self.result.before, upgrade=True))
         backoff = online.retry_backoff()
         attempt = 0
         while True:
@@ -389,6 +398,49 @@ class _Migration:
             steps=len(self.result.steps),
         )
         return self.result
+
+    # -- the gate ---------------------------------------------------------------------------------
+
+    def _gate(self, planned: list[RevisionStep]) -> None:
+        """Refuse the plan when a revision would lose data (or hit another refused category) unintended."""
+        if not planned:
+            return
+        from dbmigrate.checks import check_upgrades  # parsing rules load only when there is a plan
+
+        report = check_upgrades(
+            self.runner.config, self.runner.script, [scripts.step_revision(s) for s in planned], self.caps.name
+        )
+        refused_categories = {c.strip() for c in self.settings.refuse_findings.split(",") if c.strip()} | {"directive"}
+        if self.settings.allow_data_loss:
+            refused_categories.discard("data-loss")
+        refused = []
+        for finding in report.findings:
+            if finding.allowed_reason is not None:
+                log.info(
+                    "intended data loss", revision=finding.revision, rule=finding.rule, reason=finding.allowed_reason
+                )
+            elif finding.category in refused_categories:
+                refused.append(finding)
+            else:
+                log.warning(
+                    "check finding",
+                    revision=finding.revision,
+                    rule=finding.rule,
+                    category=finding.category,
+                    message=finding.message,
+                    file=f"{finding.file}:{finding.line}",
+                )
+        for missing in report.not_analysed:
+            log.warning("revision could not be checked offline", revision=missing.revision, reason=missing.reason)
+        if refused:
+            first = refused[0]
+            raise UnsafeMigration(
+                f"Refusing to upgrade: revision {first.revision} ({first.file}:{first.line}) {first.rule} "
+                f"{first.category}: {first.message} Nothing was applied. If the loss is intended, add "
+                '`# dbmigrate: allow-data-loss reason="..."` to the revision file, or run with --allow-data-loss; '
+                f"otherwise: {first.suggestion}"
+                + (f" ({len(refused) - 1} more finding(s): dbmigrate check.)" if len(refused) > 1 else "")
+            )
 
     # -- env.py hooks -------------------------------------------------------------------------------
 

@@ -149,6 +149,19 @@ def plan(script: ScriptDirectory, target: str, current: Sequence[str], upgrade: 
         raise ConfigurationError(_explain_plan_error(str(exc), target, heads(script))) from None
 
 
+def revision_range(script: ScriptDirectory, spec: str | None) -> list[str]:
+    """Revision ids oldest first: all of them (``spec`` None), or ``A:B``, those an upgrade from A to B runs."""
+    try:
+        if spec is None:
+            return [r.revision for r in reversed(list(script.walk_revisions("base", "heads")))]
+        lower, separator, upper = spec.partition(":")
+        if not separator or not upper:
+            raise ConfigurationError(f"A range is LOWER:UPPER (for example base:head or 0002:0005), not {spec!r}.")
+        return [r.revision for r in reversed(list(script.iterate_revisions(upper, lower or "base")))]
+    except CommandError as exc:
+        raise ConfigurationError(f"Cannot resolve the range {spec!r}: {exc}") from None
+
+
 def stamp_steps(script: ScriptDirectory, revision: str, current: Sequence[str]) -> list[Any]:
     """The steps of ``alembic stamp revision`` from ``current``."""
     try:

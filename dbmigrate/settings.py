@@ -48,6 +48,8 @@ class Settings:
     termination_log: Path = Path("/dev/termination-log")
     log_format: str = "auto"
     app_version: str | None = None
+    allow_data_loss: bool = False
+    refuse_findings: str = "data-loss"
     pushgateway: str | None = None
     metrics_grouping: str | None = None
     metrics_textfile: Path | None = None
@@ -138,6 +140,14 @@ def _lookup(
 
 def _convert(name: str, annotation: Any, raw: Any) -> Any:
     kind = str(annotation)
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(raw).strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigurationError(f"Option {name} must be true or false, not {raw!r}.")
     try:
         if kind.startswith("float"):
             number: float = float(raw)

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
+# dbmigrate: allow-data-loss reason="the downgrade removes only what this revision added"
 revision = "0002_orders"
 down_revision = "0001_customers"
 branch_labels = None

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
+# dbmigrate: allow-data-loss reason="the downgrade removes only what this revision added"
 revision = "0004_email_domain"
 down_revision = "0003_orders_customer_idx"
 branch_labels = None

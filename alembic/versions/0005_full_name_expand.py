@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
+# dbmigrate: allow-data-loss reason="the downgrade removes only what this revision added"
 revision = "0005_full_name_expand"
 down_revision = "0004_email_domain"
 branch_labels = None

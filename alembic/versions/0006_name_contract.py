@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
+# dbmigrate: allow-data-loss reason="name was copied to full_name by 0005, which every deployed version reads"
 revision = "0006_name_contract"
 down_revision = "0005_full_name_expand"
 branch_labels = None

@@ -6,18 +6,18 @@ dialect-aware) -> directives (intended data loss) -> report (JSON, SARIF, text).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from dbmigrate.checks.collect import DIALECT_URLS, StepStatements, collect_all
+from dbmigrate.checks.collect import DIALECT_URLS, StepStatements, collect_all, collect_upgrades
 from dbmigrate.checks.directives import read_directives
 from dbmigrate.checks.report import Finding, NotAnalysed, Report
 from dbmigrate.checks.rules import RULES, evaluate
 
-__all__ = ["DIALECT_URLS", "RULES", "Finding", "NotAnalysed", "Report", "check"]
+__all__ = ["DIALECT_URLS", "RULES", "Finding", "NotAnalysed", "Report", "check", "check_upgrades"]
 
 
 def check(config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str) -> Report:
@@ -28,14 +28,23 @@ def check(config: Config, script: ScriptDirectory, revisions: Sequence[str], dia
     config file when inside it. Raises :class:`dbmigrate.errors.ConfigurationError` for an unknown
     dialect or revision; a step that cannot be rendered offline is listed in ``not_analysed``.
     """
+    return _report(config, collect_all(config, script, revisions, dialect), len(revisions), dialect)
+
+
+def check_upgrades(config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str) -> Report:
+    """The upgrade gate's check: only the upgrades of a plan (in order), collected in one offline pass."""
+    return _report(config, collect_upgrades(config, script, revisions, dialect), len(revisions), dialect)
+
+
+def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect: str) -> Report:
     root = Path(config.config_file_name or ".").resolve().parent
     findings: list[Finding] = []
     not_analysed: list[NotAnalysed] = []
-    for step in collect_all(config, script, revisions, dialect):
+    for step in steps:
         findings.extend(_findings(step, dialect, root))
         if step.error is not None:
             not_analysed.append(NotAnalysed(step.revision, step.direction, step.error))
-    return Report(len(revisions), tuple(findings), tuple(not_analysed))
+    return Report(count, tuple(findings), tuple(not_analysed))
 
 
 def _findings(step: StepStatements, dialect: str, root: Path) -> list[Finding]:

@@ -92,6 +92,13 @@ class _Recorder(io.StringIO):
         self._is_revision_file: dict[str, bool] = {}
         self.statements: list[Statement] = []
 
+    def follow(self, revision_path: Path) -> list[Statement]:
+        """From now on record for another revision file; returns what was recorded for the previous one."""
+        recorded, self.statements = self.statements, []
+        self._revision_path = os.path.realpath(revision_path)
+        self._is_revision_file = {}
+        return recorded
+
     def write(self, chunk: str) -> int:
         self.record(chunk)
         return len(chunk)
@@ -155,6 +162,50 @@ def collect(
     return StepStatements(revision, direction, path, tuple(recorder.statements), error)
 
 
+def collect_upgrades(
+    config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str
+) -> list[StepStatements]:
+    """The upgrades of ``revisions`` (a plan, in order) in one offline pass; for the upgrade gate.
+
+    One env.py run for the whole plan; when a step cannot run offline the pass stops there, and
+    the rest is collected step by step (see :func:`collect`).
+    """
+    url = DIALECT_URLS.get(dialect)
+    if url is None or not revisions:
+        return [collect(config, script, revision, "upgrade", dialect) for revision in revisions]
+    found = [script.get_revision(revision) for revision in revisions]
+    steps = [RevisionStep(script.revision_map, revision, True) for revision in found if revision is not None]
+    recorder = _Recorder(Path(steps[0].revision.path))
+    collected: list[StepStatements] = []
+
+    def each_step(context: Any) -> Iterator[RevisionStep]:
+        for step in steps:
+            path = Path(step.revision.path)
+            recorder.follow(path)
+            yield step
+            collected.append(StepStatements(step.revision.revision, "upgrade", path, tuple(recorder.statements)))
+
+    previous_buffer = config.output_buffer
+    config.output_buffer = recorder
+    try:
+        with _quiet_alembic_logger():
+            run_env(
+                config,
+                script,
+                _recording_steps(each_step, recorder, dialect),
+                as_sql=True,
+                on_configure=_render_for(url),
+                starting_rev=_starting_revision(steps[0].revision, "upgrade"),
+                destination_rev=revisions[-1],
+            )
+    except Exception:  # noqa: BLE001 - the step that stopped the pass is collected again on its own below
+        pass
+    finally:
+        config.output_buffer = previous_buffer
+    rest = revisions[len(collected) :]
+    return collected + [collect(config, script, revision, "upgrade", dialect) for revision in rest]
+
+
 def collect_all(
     config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str
 ) -> Iterator[StepStatements]:
@@ -185,6 +236,15 @@ def _render_for(url: str) -> Any:
 def _recording_step(step: RevisionStep, recorder: _Recorder, dialect: str) -> Any:
     """The step source for run_env; before yielding the step it prepares the offline context."""
 
+    def one_step(context: Any) -> Iterator[RevisionStep]:
+        yield step
+
+    return _recording_steps(one_step, recorder, dialect)
+
+
+def _recording_steps(steps_of: Any, recorder: _Recorder, dialect: str) -> Any:
+    """A step source for run_env that prepares the offline context, then yields ``steps_of(context)``."""
+
     def steps(_: tuple[str, ...]) -> Iterator[RevisionStep]:
         context = alembic_context.get_context()
         bind = MockConnection(context.dialect, _recording_execute(context.dialect, recorder))
@@ -193,7 +253,7 @@ def _recording_step(step: RevisionStep, recorder: _Recorder, dialect: str) -> An
         if dialect == "sqlite":
             # No live table to reflect: render a batch as the ALTER statements it stands for.
             context.impl.requires_recreate_in_batch = lambda batch_op: False  # type: ignore[method-assign]
-        yield step
+        yield from steps_of(context)
 
     return steps
 
