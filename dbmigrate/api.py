@@ -343,17 +343,3 @@ def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Run
                 control.close()
     finally:
         engine.dispose()
-
-
-__all__ = [
-    "check",
-    "Readiness",
-    "Status",
-    "downgrade",
-    "history",
-    "is_ready",
-    "repair",
-    "status",
-    "upgrade",
-    "wait_until_ready",
-]

@@ -43,10 +43,6 @@ class Capabilities:
     def is_mysql(self) -> bool:
         return self.name in ("mysql", "mariadb")
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.name == "sqlite"
-
 
 def parse_url(url: str) -> URL:
     """Parse a database URL; raises :class:`ConfigurationError` (password masked) when malformed."""

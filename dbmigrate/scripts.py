@@ -272,25 +272,53 @@ def render_sql(
     return rendered
 
 
+def render_offline(
+    config: Config,
+    script: ScriptDirectory,
+    steps: StepSource,
+    output: io.StringIO,
+    *,
+    starting_rev: str | None,
+    destination_rev: str,
+    on_configure: ConfigureHook | None = None,
+) -> None:
+    """Run env.py in Alembic's offline (``--sql``) mode, writing to ``output``; raises what env.py raises."""
+    previous = config.output_buffer
+    config.output_buffer = output
+    try:
+        with _quiet_alembic_logger():
+            run_env(
+                config,
+                script,
+                steps,
+                as_sql=True,
+                on_configure=on_configure,
+                starting_rev=starting_rev,
+                destination_rev=destination_rev,
+            )
+    finally:
+        config.output_buffer = previous
+
+
 def _render(config: Config, script: ScriptDirectory, planned: Sequence[RevisionStep], current: Sequence[str]) -> str:
     buffer = io.StringIO()
-    config.output_buffer = buffer
-    starting = ",".join(current) if current else None
 
     def replay(_: tuple[str, ...]) -> Iterator[RevisionStep]:
         yield from planned
 
     try:
-        with _quiet_alembic_logger():
-            run_env(
-                config, script, replay, as_sql=True, starting_rev=starting, destination_rev=step_revision(planned[-1])
-            )
+        render_offline(
+            config,
+            script,
+            replay,
+            buffer,
+            starting_rev=",".join(current) if current else None,
+            destination_rev=step_revision(planned[-1]),
+        )
     except DbmigrateError:
         raise
     except Exception as exc:  # noqa: BLE001 - env.py and revisions can raise anything offline
         raise ConfigurationError(f"{type(exc).__name__}: {redact(str(exc))}") from None
-    finally:
-        config.output_buffer = io.StringIO()
     return buffer.getvalue()
 
 

@@ -26,6 +26,7 @@ Not covered (the step is reported in :attr:`StepStatements.error` with the state
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -47,7 +48,7 @@ from sqlalchemy.sql.ddl import ExecutableDDLElement
 from alembic import context as alembic_context
 from dbmigrate.errors import ConfigurationError
 from dbmigrate.masking import redact
-from dbmigrate.scripts import _quiet_alembic_logger, run_env
+from dbmigrate.scripts import render_offline
 
 Direction = Literal["upgrade", "downgrade"]
 
@@ -142,23 +143,18 @@ def collect(
     recorder = _Recorder(path)
     step = RevisionStep(script.revision_map, found, direction == "upgrade")
     error = None
-    previous_buffer = config.output_buffer
-    config.output_buffer = recorder
     try:
-        with _quiet_alembic_logger():
-            run_env(
-                config,
-                script,
-                _recording_step(step, recorder, dialect),
-                as_sql=True,
-                on_configure=_render_for(url),
-                starting_rev=_starting_revision(found, direction),
-                destination_rev=revision,
-            )
+        render_offline(
+            config,
+            script,
+            _recording_step(step, recorder, dialect),
+            recorder,
+            starting_rev=_starting_revision(found, direction),
+            destination_rev=revision,
+            on_configure=_render_for(url),
+        )
     except Exception as exc:  # noqa: BLE001 - env.py and revisions can raise anything offline
         error = f"{type(exc).__name__}: {redact(str(exc)).strip()}"
-    finally:
-        config.output_buffer = previous_buffer
     return StepStatements(revision, direction, path, tuple(recorder.statements), error)
 
 
@@ -185,23 +181,17 @@ def collect_upgrades(
             yield step
             collected.append(StepStatements(step.revision.revision, "upgrade", path, tuple(recorder.statements)))
 
-    previous_buffer = config.output_buffer
-    config.output_buffer = recorder
-    try:
-        with _quiet_alembic_logger():
-            run_env(
-                config,
-                script,
-                _recording_steps(each_step, recorder, dialect),
-                as_sql=True,
-                on_configure=_render_for(url),
-                starting_rev=_starting_revision(steps[0].revision, "upgrade"),
-                destination_rev=revisions[-1],
-            )
-    except Exception:  # noqa: BLE001 - the step that stopped the pass is collected again on its own below
-        pass
-    finally:
-        config.output_buffer = previous_buffer
+    # A step that stops the pass is collected again on its own below, where its error is kept.
+    with contextlib.suppress(Exception):
+        render_offline(
+            config,
+            script,
+            _recording_steps(each_step, recorder, dialect),
+            recorder,
+            starting_rev=_starting_revision(steps[0].revision, "upgrade"),
+            destination_rev=revisions[-1],
+            on_configure=_render_for(url),
+        )
     rest = revisions[len(collected) :]
     return collected + [collect(config, script, revision, "upgrade", dialect) for revision in rest]
 
