@@ -156,25 +156,12 @@ def test_runs_started_while_another_migrates_wait_and_name_the_holder(
 ) -> None:
     # The first run holds the lock at the last revision until the test opens the gate; the seven
     # started meanwhile are certain to find the lock taken, and must say so and name the first run.
-    add_revision(
-        project,
-        "0007_gate",
-        "0006_name_contract",
-        'op.create_table("gated", sa.Column("id", sa.Integer, primary_key=True))\npause("open")',
-        'op.drop_table("gated")',
-    )
     revisions = [*EXAMPLE_REVISIONS, "0007_gate"]
     gates = tmp_path / "gates"
-    gates.mkdir()
     env = {"TEST_GATE_DIR": str(gates)}
-    runs = start_upgrades(project, database_url, tmp_path / "first", count=1, **env)
+    runs = start_first_run_at_gate(project, database_url, tmp_path)
     first = runs[0]
     try:
-        wait_for(
-            lambda: any(e["revision"] == "0007_gate" for e in first.events("applying revision")),
-            "the first run reaches the gate",
-            runs,
-        )
         first_sessions = sessions(database_url)  # the first run's connections: one of them holds the lock
         others = start_upgrades(project, database_url, tmp_path / "others", count=RUNS - 1, **env)
         runs += others
@@ -237,6 +224,26 @@ def sessions(database_url: str) -> set[int]:
 def test_a_run_that_waits_longer_than_lock_wait_timeout_exits_3_naming_the_holder(
     project: Path, database_url: str, tmp_path: Path
 ) -> None:
+    gates = tmp_path / "gates"
+    runs = start_first_run_at_gate(project, database_url, tmp_path)
+    first = runs[0]
+    try:
+        late = run_dbmigrate("upgrade", "--lock-wait-timeout", "1", cwd=project, database_url=database_url)
+        (gates / "open").touch()
+        wait_all(runs)
+    finally:
+        stop_leftovers(runs)
+
+    assert late.returncode == 3, late.stderr
+    assert "held the migration lock" in late.stderr and "0007_gate" in late.stderr
+    assert first.process.returncode == 0
+
+
+def start_first_run_at_gate(project: Path, database_url: str, tmp_path: Path) -> list[Run]:
+    """Start one upgrade and return once it holds the lock, paused in revision 0007_gate.
+
+    It goes on when the test creates the file ``tmp_path/gates/open``.
+    """
     add_revision(
         project,
         "0007_gate",
@@ -247,19 +254,13 @@ def test_a_run_that_waits_longer_than_lock_wait_timeout_exits_3_naming_the_holde
     gates = tmp_path / "gates"
     gates.mkdir()
     runs = start_upgrades(project, database_url, tmp_path / "first", count=1, TEST_GATE_DIR=str(gates))
-    first = runs[0]
     try:
         wait_for(
-            lambda: any(e["revision"] == "0007_gate" for e in first.events("applying revision")),
+            lambda: any(e["revision"] == "0007_gate" for e in runs[0].events("applying revision")),
             "the first run reaches the gate",
             runs,
         )
-        late = run_dbmigrate("upgrade", "--lock-wait-timeout", "1", cwd=project, database_url=database_url)
-        (gates / "open").touch()
-        wait_all(runs)
-    finally:
+    except BaseException:
         stop_leftovers(runs)
-
-    assert late.returncode == 3, late.stderr
-    assert "held the migration lock" in late.stderr and "0007_gate" in late.stderr
-    assert first.process.returncode == 0
+        raise
+    return runs

@@ -36,6 +36,10 @@ from pathlib import Path
 
 import psycopg
 
+# The scripts run as files (python bench/NAME/run.py): make the shared bench module importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from postgres_server import Server, add_server_arguments, admin_execute, drop_database, recreate_database
+
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 ALEMBIC_INI = HERE / "alembic.ini"
@@ -58,21 +62,6 @@ WAYS = ("none", "alembic", "dbmigrate")
 # Targets from the issue: dbmigrate stays close to no migration and far below plain alembic.
 TARGET_DBMIGRATE_VS_NONE = 2.0
 TARGET_ALEMBIC_VS_DBMIGRATE = 20.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Server:
-    """Where PostgreSQL listens; the password, if any, stays in PGPASSWORD."""
-
-    host: str
-    port: int
-    user: str
-
-    def conninfo(self, database: str) -> str:
-        return f"host={self.host} port={self.port} user={self.user} dbname={database} application_name=bench"
-
-    def url(self, database: str) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
 
 
 @dataclasses.dataclass
@@ -111,15 +100,9 @@ class WayResult:
         return self.latencies.percentile(0.999)
 
 
-def admin_execute(server: Server, statements: Sequence[str], database: str = "postgres") -> None:
-    with psycopg.connect(server.conninfo(database), autocommit=True) as connection:
-        for statement in statements:
-            connection.execute(statement)
-
-
 def prepare_database(server: Server, name: str) -> None:
     """A fresh database with the application's table, analysed."""
-    admin_execute(server, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"])
+    recreate_database(server, name)
     admin_execute(
         server,
         [
@@ -129,10 +112,6 @@ def prepare_database(server: Server, name: str) -> None:
         ],
         database=name,
     )
-
-
-def drop_database(server: Server, name: str) -> None:
-    admin_execute(server, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"])
 
 
 def start_load(server: Server, database: str, log_dir: Path) -> subprocess.Popen[bytes]:
@@ -314,9 +293,7 @@ def print_ratios(results: list[WayResult]) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5432)
-    parser.add_argument("--user", default="postgres")
+    add_server_arguments(parser)
     parser.add_argument(
         "--ways", nargs="+", choices=WAYS, default=list(WAYS), help="which ways to run (ratios need all three)"
     )
@@ -327,7 +304,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    server = Server(args.host, args.port, args.user)
+    server = Server.from_args(args)
     print(
         f"lock_queue: {CLIENTS} clients at {RATE_TPS} tx/s on {ROWS} rows for {DURATION_S}s; reader at "
         f"{READER_AT_S:g}s for {READER_HOLDS_S:g}s; migration at {MIGRATION_AT_S:g}s; {args.rounds} round(s); "

@@ -29,6 +29,10 @@ from pathlib import Path
 
 import psycopg
 
+# The scripts run as files (python bench/NAME/run.py): make the shared bench module importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from postgres_server import Server, add_server_arguments, drop_database, recreate_database
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 REVISIONS = 300
@@ -110,21 +114,6 @@ def downgrade() -> None:
 '''
 
 
-@dataclasses.dataclass(frozen=True)
-class Server:
-    """Where PostgreSQL listens; the password, if any, stays in PGPASSWORD."""
-
-    host: str
-    port: int
-    user: str
-
-    def conninfo(self, database: str) -> str:
-        return f"host={self.host} port={self.port} user={self.user} dbname={database} application_name=bench"
-
-    def url(self, database: str) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
-
-
 def generate_project(root: Path, count: int) -> Path:
     """An Alembic project with ``count`` chained revisions; returns its alembic.ini."""
     versions = root / "migrations" / "versions"
@@ -137,20 +126,6 @@ def generate_project(root: Path, count: int) -> Path:
         source = REVISION_TEMPLATE.format(n=n, rev=rev, down=down or "", down_literal=repr(down))
         (versions / f"{rev}_create_t{n:04d}.py").write_text(source)
     return ini
-
-
-def admin_execute(server: Server, statement: str) -> None:
-    with psycopg.connect(server.conninfo("postgres"), autocommit=True) as connection:
-        connection.execute(statement)
-
-
-def create_database(server: Server, name: str) -> None:
-    admin_execute(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin_execute(server, f"CREATE DATABASE {name}")
-
-
-def drop_database(server: Server, name: str) -> None:
-    admin_execute(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def version_of(server: Server, database: str) -> str | None:
@@ -201,7 +176,7 @@ def bench_upgrade(server: Server, ini: Path, reps: int, head: str, keep: str) ->
     for rep in range(reps):
         for tool in order(rep):
             name = keep if tool == "dbmigrate" and rep == reps - 1 else f"bench_oh_{tool}_{os.getpid()}"
-            create_database(server, name)
+            recreate_database(server, name)
             try:
                 timed(command(tool, "upgrade", ini), server.url(name), tool, timings)
                 if version_of(server, name) != head:
@@ -239,9 +214,7 @@ def verdict(name: str, timings: Timings, target: float) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5432)
-    parser.add_argument("--user", default="postgres")
+    add_server_arguments(parser)
     parser.add_argument("--revisions", type=int, default=REVISIONS)
     parser.add_argument("--upgrade-reps", type=int, default=UPGRADE_REPS)
     parser.add_argument("--status-reps", type=int, default=STATUS_REPS)
@@ -251,7 +224,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    server = Server(args.host, args.port, args.user)
+    server = Server.from_args(args)
     print(
         f"overhead: {args.revisions} revisions (a table and an index each), {args.upgrade_reps} upgrade and "
         f"{args.status_reps} status repetitions per tool, {os.cpu_count()} CPU(s), "

@@ -1,0 +1,53 @@
+"""The PostgreSQL server the benchmarks run against, shared by the benchmark scripts.
+
+A password, if the server wants one, comes from PGPASSWORD and is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+
+import psycopg
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """Where PostgreSQL listens."""
+
+    host: str
+    port: int
+    user: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Server:
+        return cls(args.host, args.port, args.user)
+
+    def conninfo(self, database: str) -> str:
+        return f"host={self.host} port={self.port} user={self.user} dbname={database} application_name=bench"
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """--host, --port and --user, defaulting to the local test server."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5432)
+    parser.add_argument("--user", default="postgres")
+
+
+def admin_execute(server: Server, statements: Sequence[str], database: str = "postgres") -> None:
+    """Run statements in autocommit (CREATE/DROP DATABASE cannot run in a transaction)."""
+    with psycopg.connect(server.conninfo(database), autocommit=True) as connection:
+        for statement in statements:
+            connection.execute(statement)
+
+
+def recreate_database(server: Server, name: str) -> None:
+    admin_execute(server, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"])
+
+
+def drop_database(server: Server, name: str) -> None:
+    admin_execute(server, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"])
