@@ -267,7 +267,7 @@ def _report(runner: Runner, command: str, outcome: str, exit_code: int) -> RunRe
     if not (runner.settings.pushgateway or runner.settings.metrics_textfile):
         return RunReport(command, runner.identity.run_id, outcome, exit_code)
     try:
-        current = runner.current_heads()
+        current = runner.read_heads()  # one query: the run already learnt where env.py keeps the version table
         pending = len(_pending(runner, current))
         steps = [e.as_dict() for e in runner.history.entries(run_id=runner.identity.run_id)]
         runs = runner.history.runs_by_outcome()
