@@ -13,10 +13,23 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, func, inspect, select, update
-from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from dbmigrate.errors import ConfigurationError
 from dbmigrate.masking import redact
@@ -26,7 +39,19 @@ RUNNING, APPLIED, FAILED, PARTIAL, REPAIRED = "running", "applied", "failed", "p
 _MAX_STATEMENT_CHARS = 2000
 _MAX_ERROR_CHARS = 4000
 
-_Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+class _Timestamp(TypeDecorator[datetime]):
+    """DATETIME with microseconds on MySQL/MariaDB (whose default drops them), the plain type elsewhere."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import DATETIME  # the MySQL dialect loads only when it is used
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
 
 
 def history_table(name: str, schema: str | None) -> Table:
@@ -95,6 +120,9 @@ class History:
     def __init__(self, connection: Connection, name: str, schema: str | None) -> None:
         self.connection = connection
         self.table = history_table(name, schema)
+        # Built once: a run writes two rows' worth of statements per step.
+        self._insert_row = self.table.insert()
+        self._update_row = update(self.table).where(self.table.c.id == bindparam("row_id"))
 
     def exists(self) -> bool:
         return inspect(self.connection).has_table(self.table.name, schema=self.table.schema)
@@ -129,20 +157,21 @@ class History:
     ) -> int:
         """Record that a step is starting; returns the row id to finish it with."""
         result = self.connection.execute(
-            self.table.insert().values(
-                run_id=run_id,
-                revision=revision,
-                from_revision=from_revision or None,
-                direction=direction,
-                status=RUNNING,
-                started_at=now(),
-                attempts=1,
-                lock_waits=0,
-                lock_wait_ms=0,
-                runner=runner,
-                dbmigrate_version=dbmigrate_version,
-                app_version=app_version,
-            )
+            self._insert_row,
+            {
+                "run_id": run_id,
+                "revision": revision,
+                "from_revision": from_revision or None,
+                "direction": direction,
+                "status": RUNNING,
+                "started_at": now(),
+                "attempts": 1,
+                "lock_waits": 0,
+                "lock_wait_ms": 0,
+                "runner": runner,
+                "dbmigrate_version": dbmigrate_version,
+                "app_version": app_version,
+            },
         )
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
@@ -155,19 +184,31 @@ class History:
         self._update(row_id, statements=json.dumps(kept))
 
     def finish(
-        self, row_id: int, status: str, started_at: datetime | None = None, error: str | None = None, **counters: int
+        self,
+        row_id: int,
+        status: str,
+        started_at: datetime | None = None,
+        error: str | None = None,
+        *,
+        within: Connection | None = None,
+        **counters: int,
     ) -> None:
-        """Close a row with its status; ``counters`` (attempts, lock_waits, lock_wait_ms) in the same update."""
+        """Close a row with its status; ``counters`` (attempts, lock_waits, lock_wait_ms) in the same update.
+
+        With ``within``, the update runs on that connection, in its open transaction, and commits
+        or rolls back with it.
+        """
         finished = now()
         values: dict[str, Any] = {"status": status, "finished_at": finished, **counters}
         if started_at is not None:
             values["duration_ms"] = int((finished - started_at).total_seconds() * 1000)
         if error is not None:
             values["error"] = redact(error)[:_MAX_ERROR_CHARS]
-        self._update(row_id, **values)
+        self._update(row_id, within=within, **values)
 
-    def _update(self, row_id: int, **values: Any) -> None:
-        self.connection.execute(update(self.table).where(self.table.c.id == row_id).values(**values))
+    def _update(self, row_id: int, *, within: Connection | None = None, **values: Any) -> None:
+        connection = within if within is not None else self.connection
+        connection.execute(self._update_row, {"row_id": row_id, **values})
 
     def entries(self, limit: int | None = None, run_id: str | None = None, status: str | None = None) -> list[Entry]:
         """Newest first."""

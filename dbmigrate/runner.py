@@ -357,6 +357,7 @@ class _Migration:
         self.external_transaction = False
         self.heads_after: tuple[str, ...] | None = None
         self.seen: list[RevisionStep] = []
+        self.applied_within_step: StepResult | None = None
         self.long_transactions = online.LongTransactionWatch(runner.control) if self.caps.is_postgresql else None
         self._retries: dict[str, int] = {}
 
@@ -466,6 +467,13 @@ class _Migration:
 
     def _version_applied(self, *, heads: Collection[str], **_: Any) -> None:
         self.heads_after = tuple(heads)
+        step, connection = self.current, self.migration_connection
+        if step is None or connection is None or self.external_transaction or not self.caps.transactional_ddl:
+            return
+        if scripts.step_revision(step) in self.rows:
+            # Alembic calls this inside the step's transaction, right after it moves alembic_version:
+            # the 'applied' row then commits atomically with the step, one round trip and commit fewer.
+            self.applied_within_step = self._finish_row(step, hist.APPLIED, within=connection)
 
     def _steps(self, current: tuple[str, ...]) -> Iterator[RevisionStep]:
         planned = scripts.plan(self.runner.script, self.target, current, self.upgrade)
@@ -486,6 +494,7 @@ class _Migration:
             connection.commit()
         self.current = step
         self.statements = []
+        self.applied_within_step = None
         bind(revision=revision)
         waits = self.waits.setdefault(revision, online.LockWaits())
         own = [self.migration_pid] if self.migration_pid else []
@@ -510,7 +519,11 @@ class _Migration:
     def _after(self, step: RevisionStep) -> None:
         if self.external_transaction:
             return  # committed only when env.py's own transaction ends: see _flush_deferred
-        self._record(step, hist.APPLIED)
+        applied, self.applied_within_step = self.applied_within_step, None
+        if applied is not None and applied.revision == scripts.step_revision(step):
+            self._note(applied)
+        else:
+            self._record(step, hist.APPLIED)
         self.current = None
 
     def _flush_deferred(self) -> None:
@@ -521,6 +534,12 @@ class _Migration:
         self.current = None
 
     def _record(self, step: RevisionStep, status: str, error: str | None = None) -> StepResult:
+        return self._note(self._finish_row(step, status, error))
+
+    def _finish_row(
+        self, step: RevisionStep, status: str, error: str | None = None, within: Connection | None = None
+    ) -> StepResult:
+        """Close the step's history row (on the control connection unless ``within``); the result to note."""
         revision = scripts.step_revision(step)
         waits = self.waits.get(revision, online.LockWaits())
         started = self.started_at[revision]
@@ -537,11 +556,27 @@ class _Migration:
         )
         row = self.rows.get(revision) or self._start_row(step)
         self.runner.history.finish(
-            row, status, started, error, attempts=result.attempts, lock_waits=waits.count, lock_wait_ms=waits.waited_ms
+            row,
+            status,
+            started,
+            error,
+            within=within,
+            attempts=result.attempts,
+            lock_waits=waits.count,
+            lock_wait_ms=waits.waited_ms,
         )
-        self.results[revision] = result
+        return result
+
+    def _note(self, result: StepResult) -> StepResult:
+        """Count a step whose history row is closed (and committed) in the run's result, and log it."""
+        self.results[result.revision] = result
         self.result.steps.append(result)
-        log.info("revision " + status, duration_ms=result.duration_ms, attempts=result.attempts, lock_waits=waits.count)
+        log.info(
+            "revision " + result.status,
+            duration_ms=result.duration_ms,
+            attempts=result.attempts,
+            lock_waits=result.lock_waits,
+        )
         return result
 
     def _start_row(self, step: RevisionStep) -> int:

@@ -20,6 +20,7 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, RevisionStep
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from alembic.util.pyfiles import pyc_file_from_path
 from sqlalchemy.engine import Connection
@@ -157,9 +158,24 @@ def revision_range(script: ScriptDirectory, spec: str | None) -> list[str]:
         lower, separator, upper = spec.partition(":")
         if not separator or not upper:
             raise ConfigurationError(f"A range is LOWER:UPPER (for example base:head or 0002:0005), not {spec!r}.")
-        return [r.revision for r in reversed(list(script.iterate_revisions(upper, lower or "base")))]
-    except CommandError as exc:
+        lower = lower or "base"
+        for top in script.get_revisions(upper):
+            if top is not None and not _descends(script, top.revision, lower):
+                raise ConfigurationError(
+                    f"The range {spec!r} is empty for head {top.revision}: it does not descend from {lower}, so no "
+                    "upgrade from the lower end runs it. Name a lower end it descends from (or base)."
+                )
+        return [r.revision for r in reversed(list(script.iterate_revisions(upper, lower)))]
+    except (CommandError, RevisionError) as exc:
         raise ConfigurationError(f"Cannot resolve the range {spec!r}: {exc}") from None
+
+
+def _descends(script: ScriptDirectory, revision: str, ancestor: str) -> bool:
+    """Whether ``revision`` is ``ancestor`` or above it (every revision is above base)."""
+    if ancestor == "base":
+        return True
+    resolved = {r.revision for r in script.get_revisions(ancestor) if r is not None}
+    return any(r.revision in resolved for r in script.revision_map.iterate_revisions(revision, "base"))
 
 
 def stamp_steps(script: ScriptDirectory, revision: str, current: Sequence[str]) -> list[Any]:

@@ -176,3 +176,21 @@ def test_check_a_range(project: Path, database_url: str) -> None:
     report = json.loads(proc.stdout)
     assert report["revisions_checked"] == 1
     assert {f["revision"] for f in report["findings"]} == {"0006_name_contract"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ("0004_email_domain:0002_orders", "does not descend from 0004_email_domain"),
+        ("0004_no_such_revision:heads", "0004_no_such_revision"),
+        ("0002_orders", "LOWER:UPPER"),
+    ],
+)
+def test_a_range_that_selects_nothing_or_names_an_unknown_revision_is_a_usage_error(
+    project: Path, database_url: str, spec: str, said: str
+) -> None:
+    proc = run_dbmigrate("check", "--range", spec, "--dialect", "postgresql", cwd=project, database_url=database_url)
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert said in proc.stderr

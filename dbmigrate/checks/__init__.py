@@ -12,7 +12,7 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from dbmigrate.checks.collect import DIALECT_URLS, StepStatements, collect_all, collect_upgrades
+from dbmigrate.checks.collect import DIALECT_URLS, StepStatements, collect_all, collect_pass
 from dbmigrate.checks.directives import read_directives
 from dbmigrate.checks.report import Finding, NotAnalysed, Report
 from dbmigrate.checks.rules import RULES, evaluate
@@ -24,20 +24,24 @@ def check(config: Config, script: ScriptDirectory, revisions: Sequence[str], dia
     """Check the upgrade and the downgrade of each of ``revisions`` (ids, in the order given) for ``dialect``.
 
     ``dialect`` is postgresql, mysql (or mariadb) or sqlite. Findings come in revision order, upgrade
-    before downgrade, then statement order; file paths are relative to the directory of the
-    config file when inside it. Raises :class:`dbmigrate.errors.ConfigurationError` for an unknown
-    dialect or revision; a step that cannot be rendered offline is listed in ``not_analysed``.
+    before downgrade, then statement order. File paths are relative to the working directory when
+    the config file is inside it (a repository's root, in CI), else to the config file's directory.
+    Raises :class:`dbmigrate.errors.ConfigurationError` for an unknown dialect or revision; a step
+    that cannot be rendered offline is listed in ``not_analysed``.
     """
     return _report(config, collect_all(config, script, revisions, dialect), len(revisions), dialect)
 
 
 def check_upgrades(config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str) -> Report:
     """The upgrade gate's check: only the upgrades of a plan (in order), collected in one offline pass."""
-    return _report(config, collect_upgrades(config, script, revisions, dialect), len(revisions), dialect)
+    return _report(config, collect_pass(config, script, revisions, "upgrade", dialect), len(revisions), dialect)
 
 
 def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect: str) -> Report:
-    root = Path(config.config_file_name or ".").resolve().parent
+    # Relative to where check runs (a repository's root in CI, which code scanning expects),
+    # else to the config file's directory.
+    config_dir = Path(config.config_file_name or ".").resolve().parent
+    root = Path.cwd() if config_dir.is_relative_to(Path.cwd()) else config_dir
     findings: list[Finding] = []
     not_analysed: list[NotAnalysed] = []
     for step in steps:
@@ -83,6 +87,8 @@ def _findings(step: StepStatements, dialect: str, root: Path) -> list[Finding]:
                 file,
                 match.line,
                 allowed,
+                table=match.names.get("table"),
+                column=match.names.get("column"),
             )
         )
     return findings

@@ -1,10 +1,11 @@
 """What each revision step really executes, statement by statement, with the line that caused it.
 
-Each step (a revision's ``upgrade()`` or ``downgrade()``) runs on its own through the project's
-``env.py`` in Alembic's offline (``--sql``) mode, rendered for the chosen dialect whatever URL the
-env.py would use. Every statement Alembic emits is captured together with the innermost line of the
-revision file on the call stack at that moment, so loops, ``if`` branches on the dialect and helper
-functions (in the revision file or imported from elsewhere) are seen exactly as they run.
+Each step (a revision's ``upgrade()`` or ``downgrade()``) runs through the project's ``env.py`` in
+Alembic's offline (``--sql``) mode, all steps of one direction in one pass, rendered for the chosen
+dialect whatever URL the env.py would use. Every statement Alembic emits is captured together with
+the innermost line of the revision file on the call stack at that moment, so loops, ``if``
+branches on the dialect and helper functions (in the revision file or imported from elsewhere) are
+seen exactly as they run.
 
 Covered:
   * every ``op.*`` call and ``op.execute(...)`` with raw SQL (kept as written; the rules parse it);
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import os
 import sys
@@ -89,15 +91,13 @@ class _Recorder(io.StringIO):
 
     def __init__(self, revision_path: Path) -> None:
         super().__init__()
-        self._revision_path = os.path.realpath(revision_path)
-        self._is_revision_file: dict[str, bool] = {}
+        self._revision_path = _real_path(revision_path)
         self.statements: list[Statement] = []
 
     def follow(self, revision_path: Path) -> list[Statement]:
         """From now on record for another revision file; returns what was recorded for the previous one."""
         recorded, self.statements = self.statements, []
-        self._revision_path = os.path.realpath(revision_path)
-        self._is_revision_file = {}
+        self._revision_path = _real_path(revision_path)
         return recorded
 
     def write(self, chunk: str) -> int:
@@ -114,14 +114,16 @@ class _Recorder(io.StringIO):
     def _revision_line(self) -> int | None:
         frame = sys._getframe(1)
         while frame is not None:
-            filename = frame.f_code.co_filename
-            known = self._is_revision_file.get(filename)
-            if known is None:
-                known = self._is_revision_file[filename] = os.path.realpath(filename) == self._revision_path
-            if known:
+            if _real_path(frame.f_code.co_filename) == self._revision_path:
                 return frame.f_lineno
             frame = frame.f_back  # type: ignore[assignment]
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_path(path: str | Path) -> str:
+    """Resolved once per file: the recorder asks for every frame of every statement."""
+    return os.path.realpath(path)
 
 
 def collect(
@@ -158,19 +160,21 @@ def collect(
     return StepStatements(revision, direction, path, tuple(recorder.statements), error)
 
 
-def collect_upgrades(
-    config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str
+def collect_pass(
+    config: Config, script: ScriptDirectory, revisions: Sequence[str], direction: Direction, dialect: str
 ) -> list[StepStatements]:
-    """The upgrades of ``revisions`` (a plan, in order) in one offline pass; for the upgrade gate.
+    """One direction of ``revisions`` (a plan, in upgrade order) in one offline pass, in the order it runs.
 
-    One env.py run for the whole plan; when a step cannot run offline the pass stops there, and
-    the rest is collected step by step (see :func:`collect`).
+    Upgrades run oldest first, downgrades newest first. One env.py run for the whole pass; when a
+    step cannot run offline the pass stops there, and the rest is collected step by step (see
+    :func:`collect`).
     """
+    ordered = list(revisions) if direction == "upgrade" else list(reversed(revisions))
     url = DIALECT_URLS.get(dialect)
-    if url is None or not revisions:
-        return [collect(config, script, revision, "upgrade", dialect) for revision in revisions]
-    found = [script.get_revision(revision) for revision in revisions]
-    steps = [RevisionStep(script.revision_map, revision, True) for revision in found if revision is not None]
+    if url is None or not ordered:
+        return [collect(config, script, revision, direction, dialect) for revision in ordered]
+    found = [script.get_revision(revision) for revision in ordered]
+    steps = [RevisionStep(script.revision_map, r, direction == "upgrade") for r in found if r is not None]
     recorder = _Recorder(Path(steps[0].revision.path))
     collected: list[StepStatements] = []
 
@@ -179,7 +183,7 @@ def collect_upgrades(
             path = Path(step.revision.path)
             recorder.follow(path)
             yield step
-            collected.append(StepStatements(step.revision.revision, "upgrade", path, tuple(recorder.statements)))
+            collected.append(StepStatements(step.revision.revision, direction, path, tuple(recorder.statements)))
 
     # A step that stops the pass is collected again on its own below, where its error is kept.
     with contextlib.suppress(Exception):
@@ -188,21 +192,22 @@ def collect_upgrades(
             script,
             _recording_steps(each_step, recorder, dialect),
             recorder,
-            starting_rev=_starting_revision(steps[0].revision, "upgrade"),
-            destination_rev=revisions[-1],
+            starting_rev=_starting_revision(steps[0].revision, direction),
+            destination_rev=ordered[-1],
             on_configure=_render_for(url),
         )
-    rest = revisions[len(collected) :]
-    return collected + [collect(config, script, revision, "upgrade", dialect) for revision in rest]
+    rest = ordered[len(collected) :]
+    return collected + [collect(config, script, revision, direction, dialect) for revision in rest]
 
 
 def collect_all(
     config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str
 ) -> Iterator[StepStatements]:
-    """For each revision in order, its upgrade then its downgrade (see :func:`collect`)."""
-    for revision in revisions:
-        yield collect(config, script, revision, "upgrade", dialect)
-        yield collect(config, script, revision, "downgrade", dialect)
+    """For each revision in order, its upgrade then its downgrade; one offline pass per direction."""
+    downgrades = {step.revision: step for step in collect_pass(config, script, revisions, "downgrade", dialect)}
+    for upgrade in collect_pass(config, script, revisions, "upgrade", dialect):
+        yield upgrade
+        yield downgrades[upgrade.revision]
 
 
 def _starting_revision(revision: Script, direction: Direction) -> str | None:

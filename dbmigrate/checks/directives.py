@@ -14,10 +14,13 @@ reason, allows nothing and is itself a finding (DM001).
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 import tokenize
 from pathlib import Path
 
+# Tokenizing is what costs; a file that never names dbmigrate cannot hold a directive.
+_MENTION = re.compile(rb"dbmigrate", re.IGNORECASE)
 _DIRECTIVE = re.compile(r"^#\s*dbmigrate\s*:", re.IGNORECASE)
 _ALLOW_DATA_LOSS = re.compile(r'^#\s*dbmigrate:\s*allow-data-loss\s+reason="(?P<reason>[^"]*)"\s*$')
 
@@ -34,9 +37,10 @@ def read_directives(path: Path) -> Directives:
     """The directives in the revision file at ``path`` (the first valid allow-data-loss reason wins)."""
     reason = None
     invalid = []
-    with path.open("rb") as source:
-        tokens = list(tokenize.tokenize(source.readline))
-    for token in tokens:
+    source = path.read_bytes()
+    if _MENTION.search(source) is None:
+        return Directives(None, ())
+    for token in tokenize.tokenize(io.BytesIO(source).readline):
         if token.type != tokenize.COMMENT or not _DIRECTIVE.match(token.string):
             continue
         found = _ALLOW_DATA_LOSS.match(token.string.strip())

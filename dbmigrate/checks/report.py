@@ -16,7 +16,8 @@ class Finding:
     """One thing a revision step does to a live database; ``file`` is relative to the project when inside it.
 
     ``allowed_reason`` is set when the revision declares the data loss intended: the finding is
-    still reported, but does not count against the revision.
+    still reported, but does not count against the revision. ``table`` and ``column`` name what the
+    finding is about, where a rule knows it (``schema.table`` when the statement names a schema).
     """
 
     revision: str
@@ -29,6 +30,8 @@ class Finding:
     file: str
     line: int
     allowed_reason: str | None = None
+    table: str | None = None
+    column: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -47,6 +50,8 @@ class Finding:
             "line": self.line,
             "allowed": self.allowed,
             "allowed_reason": self.allowed_reason,
+            "table": self.table,
+            "column": self.column,
         }
 
 

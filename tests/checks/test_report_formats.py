@@ -22,12 +22,13 @@ def test_json_has_the_documented_shape(check_revision: CheckRevision, project: P
     first = document["findings"][0]
     assert set(first) == {
         "revision", "direction", "rule", "category", "severity", "message", "suggestion", "file", "line",
-        "allowed", "allowed_reason",
+        "allowed", "allowed_reason", "table", "column",
     }  # fmt: skip
     assert (first["revision"], first["direction"], first["rule"], first["category"], first["file"], first["line"]) == (
         REVISION, "upgrade", "DL002", "data-loss", REVISION_FILE, line_of(project, "op.drop_column"),
     )  # fmt: skip
     assert (first["allowed"], first["allowed_reason"]) == (True, "archived")
+    assert (first["table"], first["column"]) == ("customers", "email")
 
 
 def test_sarif_lists_rules_results_locations_and_suppressions(check_revision: CheckRevision, project: Path) -> None:
