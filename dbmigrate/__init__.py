@@ -9,12 +9,17 @@ Every error is a :class:`DbmigrateError`; its ``exit_code`` is what the CLI exit
 from dbmigrate._version import __version__
 from dbmigrate.api import (
     Status,
+    backups,
     downgrade,
+    drop_backup,
     history,
     is_ready,
     repair,
+    restore_backup,
+    rollback,
     status,
     upgrade,
+    verify,
     wait_until_ready,
 )
 from dbmigrate.errors import (
@@ -26,12 +31,17 @@ from dbmigrate.errors import (
     NotAtHead,
     NotReady,
     RepairNeeded,
+    UnsafeMigration,
+    VerificationFailed,
 )
 from dbmigrate.readiness import Readiness
-from dbmigrate.runner import RunResult, StepResult
+from dbmigrate.rollback import Backup
+from dbmigrate.runner import RollbackResult, RunResult, StepResult
 from dbmigrate.settings import Settings
+from dbmigrate.verify import VerifyResult
 
 __all__ = [
+    "Backup",
     "ConfigurationError",
     "DatabaseUnavailable",
     "DbmigrateError",
@@ -41,16 +51,25 @@ __all__ = [
     "NotReady",
     "Readiness",
     "RepairNeeded",
+    "RollbackResult",
     "RunResult",
     "Settings",
     "Status",
     "StepResult",
+    "UnsafeMigration",
+    "VerificationFailed",
+    "VerifyResult",
     "__version__",
+    "backups",
     "downgrade",
+    "drop_backup",
     "history",
     "is_ready",
     "repair",
+    "restore_backup",
+    "rollback",
     "status",
     "upgrade",
+    "verify",
     "wait_until_ready",
 ]

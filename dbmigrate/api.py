@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from alembic.runtime.migration import RevisionStep
@@ -30,8 +30,13 @@ from dbmigrate.readiness import Readiness
 
 if TYPE_CHECKING:
     from dbmigrate.checks import Report
-from dbmigrate.runner import Runner, RunResult, interrupted_status, new_identity, repair_message
+from dbmigrate.rollback import Backup
+from dbmigrate.runner import RollbackResult, Runner, RunResult, interrupted_status, new_identity, repair_message
 from dbmigrate.settings import Settings
+
+# Loaded with the API, so before dbmigrate/__init__.py binds the name ``verify`` to the function below:
+# a submodule imported later would rebind the package's attribute to itself.
+from dbmigrate.verify import VerifyResult
 
 log = structlog.get_logger("dbmigrate")
 
@@ -49,6 +54,7 @@ class Status:
     run_in_progress: bool
     last_run: list[dict[str, Any]]
     needs_repair: str | None
+    kept_ahead: str | None = None  # why a rollback left the database ahead of these scripts on purpose
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,6 +96,7 @@ def status(*, settings: Settings | None = None, **options: Any) -> Status:
                     partials.append(dataclasses.replace(entry, status=state, error=error))
         if partials:
             needs_repair = repair_message(partials[0])
+        kept = runner.kept_ahead(current) if ahead else None
         return Status(
             database=mask_url(runner.engine.url),
             current=list(current),
@@ -100,6 +107,7 @@ def status(*, settings: Settings | None = None, **options: Any) -> Status:
             run_in_progress=not lock_free,
             last_run=[entry.as_dict() for entry in last_run],
             needs_repair=needs_repair,
+            kept_ahead=f"rollback run {kept.run_id}: {kept.note}" if kept else None,
         )
 
 
@@ -226,6 +234,36 @@ def check(
         return check_revisions(runner.config, runner.script, ids, dialect or runner.caps.name)
 
 
+def verify(
+    revision_range: str | None = None,
+    *,
+    url: str | None = None,
+    with_data: bool = False,
+    settings: Settings | None = None,
+    **options: Any,
+) -> VerifyResult:
+    """Round-trip each revision: upgrade, downgrade, upgrade again, comparing the schema each time.
+
+    Runs on a scratch database created beside the configured one (same server; a temporary file
+    for SQLite) and dropped afterwards, or on ``url``, a throwaway database used from the state it
+    is in and never dropped. All revisions by default, or ``revision_range`` (``A:B``). With
+    ``with_data`` a row seeded in every table before each downgrade must come back. The problems
+    are in the result (``result.raise_if_problems()`` raises :class:`VerificationFailed`, exit 4).
+    """
+    from dbmigrate.verify import run as run_verify
+
+    resolved = _settings(settings, options)
+    try:
+        result = run_verify(
+            resolved, revision_range, url=url, with_data=with_data, upgrade=upgrade, downgrade=downgrade
+        )
+    except DbmigrateError as exc:
+        write_termination_message(resolved.termination_log, f"dbmigrate verify failed: {exc}")
+        raise
+    write_termination_message(resolved.termination_log, result.summary())
+    return result
+
+
 def history(limit: int | None = 50, *, settings: Settings | None = None, **options: Any) -> list[hist.Entry]:
     """The newest ``limit`` history rows, newest first (empty before the first run)."""
     with _session(settings, options) as runner:
@@ -262,6 +300,46 @@ def repair(resolution: str, *, settings: Settings | None = None, **options: Any)
         return runner.history.entries(limit=1)[0]
 
 
+def rollback(
+    to: str = "code-head", *, schema: str = "auto", settings: Settings | None = None, **options: Any
+) -> RollbackResult:
+    """Roll the database back to ``to`` (default: the heads of these scripts) without losing data.
+
+    Revisions the scripts lack are run from dbmigrate's archive (refused, exit 4, when an entry is
+    tampered with or, with an archive key, not signed by it). ``schema="auto"`` keeps the newer
+    schema unless a revision above the target is breaking for the older code; ``"always"``
+    downgrades, ``"never"`` keeps. A downgrade backs up the data it drops first.
+    """
+    return _locked_run(_settings(settings, options), "rollback", lambda runner: runner.rollback(to, schema))
+
+
+def backups(*, settings: Settings | None = None, **options: Any) -> list[Backup]:
+    """Every copy of data taken before a step that would lose it, newest first."""
+    with _session(settings, options) as runner:
+        return runner.backups.all()
+
+
+def restore_backup(backup_id: int, *, settings: Settings | None = None, **options: Any) -> Backup:
+    """Put a backup's values back into its table now (by primary key); the table and columns must exist."""
+    with _session(settings, options) as runner, runner.locked():
+        backup = runner.backups.get(backup_id)
+        with runner.engine.begin() as connection:
+            restored = runner.backups.restore(backup, connection)
+        if restored is None:
+            raise ConfigurationError(
+                f"Backup {backup_id} cannot be restored: {backup.source_table} or one of its columns "
+                f"({', '.join(backup.columns or ()) or 'all'}) does not exist now."
+            )
+        return runner.backups.get(backup_id)
+
+
+def drop_backup(backup_id: int, *, settings: Settings | None = None, **options: Any) -> Backup:
+    """Delete a backup's copy of the data for good (its registry row stays, marked dropped)."""
+    with _session(settings, options) as runner, runner.locked():
+        runner.backups.drop(runner.backups.get(backup_id))
+        return runner.backups.get(backup_id)
+
+
 def _report(runner: Runner, command: str, outcome: str, exit_code: int) -> RunReport:
     """This run's metrics, read back from the history table (so failures are described too)."""
     if not (runner.settings.pushgateway or runner.settings.metrics_textfile):
@@ -280,25 +358,34 @@ def _migrate(
     target: str, *, upgrade: bool, dry_run: bool, settings: Settings | None, options: dict[str, Any]
 ) -> RunResult:
     resolved = _settings(settings, options)
+    if dry_run:
+        with _session(resolved, {}) as runner:
+            return runner.dry_run(target, upgrade)
     command = "upgrade" if upgrade else "downgrade"
+    return _locked_run(resolved, command, lambda runner: runner.migrate(target, upgrade))
+
+
+_Result = TypeVar("_Result", RunResult, RollbackResult)
+
+
+def _locked_run(settings: Settings, command: str, work: Callable[[Runner], _Result]) -> _Result:
+    """``work`` under the run lock; its outcome goes to the termination message and metrics, failures too."""
     report = RunReport(command, "", "error", ConfigurationError.exit_code)
     try:
-        with _session(resolved, {}) as runner:
-            if dry_run:
-                return runner.dry_run(target, upgrade)
+        with _session(settings, {}) as runner:
             try:
                 with runner.locked():
-                    result = runner.migrate(target, upgrade)
+                    result = work(runner)
             except DbmigrateError as exc:
                 report = _report(runner, command, "error", exc.exit_code)
                 raise
             report = _report(runner, command, result.outcome, 0)
     except DbmigrateError as exc:
-        write_termination_message(resolved.termination_log, f"dbmigrate {command} failed: {exc}")
-        _publish(resolved, dataclasses.replace(report, exit_code=exc.exit_code))
+        write_termination_message(settings.termination_log, f"dbmigrate {command} failed: {exc}")
+        _publish(settings, dataclasses.replace(report, exit_code=exc.exit_code))
         raise
-    write_termination_message(resolved.termination_log, result.summary())
-    _publish(resolved, report)
+    write_termination_message(settings.termination_log, result.summary())
+    _publish(settings, report)
     return result
 
 

@@ -17,7 +17,15 @@ import click
 
 from dbmigrate import api
 from dbmigrate._version import __version__
-from dbmigrate.errors import EXIT_CODES, ChecksFailed, DbmigrateError, NotAtHead, RepairNeeded, Terminated
+from dbmigrate.errors import (
+    EXIT_CODES,
+    ChecksFailed,
+    DbmigrateError,
+    NotAtHead,
+    RepairNeeded,
+    Terminated,
+    VerificationFailed,
+)
 from dbmigrate.masking import redact
 from dbmigrate.observability import configure_logging, write_termination_message
 from dbmigrate.runner import RunResult
@@ -47,6 +55,12 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--max-lock-retries",), {"type": int, "help": "Retries of a step that hit its lock timeout [10]"}),
     (("--history-table",), {"help": "Name of dbmigrate's history table [dbmigrate_history]"}),
     (("--table-schema",), {"help": "Schema for dbmigrate's tables [the connection's default]"}),
+    (("--archive-table",), {"help": "Name of dbmigrate's revision archive table [dbmigrate_archive]"}),
+    (("--backups-table",), {"help": "Name of dbmigrate's backups registry table [dbmigrate_backups]"}),
+    (
+        ("--backup-schema",),
+        {"help": "Backups go to this schema (PostgreSQL), database (MySQL), table prefix (SQLite) [dbmigrate_backup]"},
+    ),
     (("--termination-log",), {"help": "Where the outcome is written if the file exists [/dev/termination-log]"}),
     (("--app-version",), {"help": "Application version recorded in history [DBMIGRATE_APP_VERSION]"}),
     (("--pushgateway",), {"help": "Push run metrics to this Prometheus Pushgateway URL"}),
@@ -72,6 +86,23 @@ def common_options(command: Callable[..., Any], formats: tuple[str, ...] = ("tex
     )(command)
     command = click.option("--debug", is_flag=True, help="Show tracebacks and debug logs")(command)
     return command
+
+
+def _data_loss_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--allow-data-loss and --no-backup, for every command that may lose data."""
+    command = click.option(
+        "--no-backup",
+        "backup",
+        flag_value=False,
+        default=None,
+        help="Do not copy aside data a step would lose (needs --allow-data-loss) [DBMIGRATE_BACKUP=false]",
+    )(command)
+    return click.option(
+        "--allow-data-loss",
+        is_flag=True,
+        default=None,
+        help="Let data-loss findings pass (still backed up unless --no-backup) [DBMIGRATE_ALLOW_DATA_LOSS]",
+    )(command)
 
 
 def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
@@ -160,12 +191,7 @@ def _terminate(signum: int, frame: object) -> None:
 @main.command(epilog=EPILOG)
 @click.argument("target", default="head")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing")
-@click.option(
-    "--allow-data-loss",
-    is_flag=True,
-    default=None,
-    help="Let the gate pass data-loss findings [DBMIGRATE_ALLOW_DATA_LOSS]",
-)
+@_data_loss_options
 @click.option("--refuse-findings", default=None, help="Categories the gate refuses, comma separated [data-loss]")
 @common_options
 @run_command
@@ -178,12 +204,68 @@ def upgrade(settings: Settings, target: str, dry_run: bool) -> tuple[Any, str, i
 @main.command(epilog=EPILOG, context_settings={"ignore_unknown_options": True})  # so "-1" is a target
 @click.argument("target")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing")
+@_data_loss_options
 @common_options
 @run_command
 def downgrade(settings: Settings, target: str, dry_run: bool) -> tuple[Any, str, int]:
     """Downgrade the database to TARGET (a revision, -1, or base)."""
     result = api.downgrade(target, dry_run=dry_run, settings=settings)
     return result.as_dict(), _render_run(result), 0
+
+
+@main.command(epilog=EPILOG)
+@click.option("--to", "to", default="code-head", show_default=True, help="Revision to roll back to")
+@click.option(
+    "--schema",
+    "policy",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="auto: keep the newer schema unless a newer revision breaks the older code; always: downgrade; never: keep",
+)
+@_data_loss_options
+@common_options
+@run_command
+def rollback(settings: Settings, to: str, policy: str) -> tuple[Any, str, int]:
+    """Roll the database back to this image's scripts, through archived newer revisions, losing nothing."""
+    result = api.rollback(to, schema=policy, settings=settings)
+    return result.as_dict(), result.summary(), 0
+
+
+@main.group(cls=_Group, epilog=EPILOG)
+def backups() -> None:
+    """Copies of data taken before steps that would lose it: list, restore, drop."""
+
+
+@backups.command("list", epilog=EPILOG)
+@common_options
+@run_command
+def backups_list(settings: Settings) -> tuple[Any, str, int]:
+    """List every backup, newest first."""
+    found = api.backups(settings=settings)
+    lines = [f"{'id':>4} {'status':<9} {'revision':<20} {'direction':<9} what"]
+    lines += [f"{b.id:>4} {b.status:<9} {b.revision:<20} {b.direction:<9} {b.describe()}" for b in found]
+    return [b.as_dict() for b in found], "\n".join(lines) if found else "No backups.", 0
+
+
+@backups.command("restore", epilog=EPILOG)
+@click.argument("backup_id", type=int)
+@common_options
+@run_command
+def backups_restore(settings: Settings, backup_id: int) -> tuple[Any, str, int]:
+    """Put backup BACKUP_ID's values back into its table now, by primary key."""
+    backup = api.restore_backup(backup_id, settings=settings)
+    return backup.as_dict(), f"Restored {backup.restored_rows} row(s) from {backup.backup_table}.", 0
+
+
+@backups.command("drop", epilog=EPILOG)
+@click.argument("backup_id", type=int)
+@common_options
+@run_command
+def backups_drop(settings: Settings, backup_id: int) -> tuple[Any, str, int]:
+    """Delete backup BACKUP_ID's copy of the data for good."""
+    backup = api.drop_backup(backup_id, settings=settings)
+    return backup.as_dict(), f"Dropped {backup.backup_table}.", 0
 
 
 @main.command("check", epilog=EPILOG)
@@ -203,8 +285,36 @@ def check_command(
     return data, report.render_text(), code
 
 
+@main.command("verify", epilog=EPILOG)
+@click.option("--range", "revision_range", help="LOWER:UPPER: the revisions an upgrade from LOWER to UPPER runs [all]")
+@click.option(
+    "--url",
+    envvar="DBMIGRATE_VERIFY_URL",
+    help="Verify on this throwaway database, from the state it is in, instead of a scratch database "
+    "created and dropped beside the configured one; never dropped [DBMIGRATE_VERIFY_URL]",
+)
+@click.option("--with-data", is_flag=True, help="Seed a row per table before each downgrade; it must come back")
+@click.option(
+    "--no-backup",
+    "backup",
+    flag_value=False,
+    default=None,
+    help="Run the steps without dbmigrate's backups, to see what a downgrade loses on its own",
+)
+@common_options
+@run_command
+def verify_command(
+    settings: Settings, revision_range: str | None, url: str | None, with_data: bool
+) -> tuple[Any, str, int]:
+    """Upgrade, downgrade and upgrade each revision on a scratch database; report every trace left."""
+    result = api.verify(revision_range, url=url, with_data=with_data, settings=settings)
+    return result.as_dict(), result.render_text(), 0 if result.ok else VerificationFailed.exit_code
+
+
 @main.command(epilog=EPILOG)
-@click.option("--check", is_flag=True, help="Exit 4 unless the database is at the scripts' heads")
+@click.option(
+    "--check", is_flag=True, help="Exit 4 unless the database is at the scripts' heads (or kept ahead by a rollback)"
+)
 @common_options
 @run_command
 def status(settings: Settings, check: bool) -> tuple[Any, str, int]:
@@ -213,7 +323,7 @@ def status(settings: Settings, check: bool) -> tuple[Any, str, int]:
     code = 0
     if state.needs_repair:
         code = RepairNeeded.exit_code
-    elif check and not state.at_head:
+    elif check and not state.at_head and not state.kept_ahead:
         code = NotAtHead.exit_code
     return state.as_dict(), _render_status(state), code
 
@@ -248,6 +358,8 @@ def history(settings: Settings, limit: int) -> tuple[Any, str, int]:
         )
         if e.error:
             lines.append(f"    {e.error}")
+        if e.note:
+            lines.append(f"    {e.note}")
     if not entries:
         lines = ["No history yet: dbmigrate has not run against this database."]
     return [e.as_dict() for e in entries], "\n".join(lines), 0
@@ -284,6 +396,8 @@ def _render_status(state: api.Status) -> str:
     ]
     if state.ahead:
         lines.append(f"ahead:     the database is at {', '.join(state.ahead)}, which these scripts do not contain")
+        if state.kept_ahead:
+            lines.append(f"on purpose: {state.kept_ahead}")
     lines.append(f"at head:   {'yes' if state.at_head else 'no'}")
     if state.run_in_progress:
         lines.append("running:   another dbmigrate run holds the lock right now")

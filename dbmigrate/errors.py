@@ -67,6 +67,12 @@ class ChecksFailed(DbmigrateError):
     exit_code = 4
 
 
+class VerificationFailed(DbmigrateError):
+    """``verify``: a revision's downgrade failed, left a trace of its upgrade, or lost seeded data."""
+
+    exit_code = 4
+
+
 class NotAtHead(DbmigrateError):
     """``status --check``: the database is not at the heads of the scripts."""
 

@@ -35,6 +35,8 @@ from dbmigrate.errors import ConfigurationError
 from dbmigrate.masking import redact
 
 RUNNING, APPLIED, FAILED, PARTIAL, REPAIRED = "running", "applied", "failed", "partial", "repaired"
+KEPT = "kept"  # a rollback that kept the newer schema on purpose
+ROLLBACK = "rollback"  # the direction of a rollback's decision row
 
 _MAX_STATEMENT_CHARS = 2000
 _MAX_ERROR_CHARS = 4000
@@ -52,6 +54,59 @@ class _Timestamp(TypeDecorator[datetime]):
 
             return dialect.type_descriptor(DATETIME(fsp=6))
         return dialect.type_descriptor(DateTime())
+
+
+class _LongText(TypeDecorator[str]):
+    """MEDIUMTEXT on MySQL/MariaDB (TEXT stops at 64 KB there), TEXT elsewhere."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import MEDIUMTEXT
+
+            return dialect.type_descriptor(MEDIUMTEXT())
+        return dialect.type_descriptor(Text())
+
+
+def archive_table(name: str, schema: str | None) -> Table:
+    """Every applied revision's script, so that an older image can still downgrade through it."""
+    return Table(
+        name,
+        MetaData(),
+        Column("revision", String(255), primary_key=True),
+        Column("down_revisions", Text, nullable=False),  # a JSON list
+        Column("filename", String(255), nullable=False),
+        Column("source", _LongText, nullable=False),
+        Column("sha256", String(64), nullable=False),
+        Column("signature", String(64)),  # HMAC-SHA256 with DBMIGRATE_ARCHIVE_KEY, when set
+        Column("archived_at", _Timestamp, nullable=False),
+        Column("run_id", String(32), nullable=False),
+        schema=schema,
+    )
+
+
+def backups_table(name: str, schema: str | None) -> Table:
+    """One row per copy of data taken before a step that would lose it."""
+    return Table(
+        name,
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("run_id", String(32), nullable=False),
+        Column("revision", String(255), nullable=False),
+        Column("direction", String(16), nullable=False),
+        Column("source_table", String(255), nullable=False),
+        Column("columns", Text),  # a JSON list; NULL: the whole table
+        Column("key_columns", Text, nullable=False),  # a JSON list (the primary key), may be empty
+        Column("backup_table", String(255), nullable=False),
+        Column("row_count", Integer, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("created_at", _Timestamp, nullable=False),
+        Column("restored_at", _Timestamp),
+        Column("restored_rows", Integer),
+        schema=schema,
+    )
 
 
 def history_table(name: str, schema: str | None) -> Table:
@@ -73,6 +128,7 @@ def history_table(name: str, schema: str | None) -> Table:
         Column("lock_wait_ms", Integer, nullable=False, default=0),
         Column("statements", Text),
         Column("error", Text),
+        Column("note", Text),
         Column("runner", String(255), nullable=False),
         Column("dbmigrate_version", String(32), nullable=False),
         Column("app_version", String(64)),
@@ -103,6 +159,7 @@ class Entry:
     lock_wait_ms: int
     statements: list[dict[str, Any]]
     error: str | None
+    note: str | None
     runner: str
     dbmigrate_version: str
     app_version: str | None
@@ -137,12 +194,20 @@ class History:
             self.table.create(self.connection, checkfirst=True)
             for index in self.table.indexes:
                 index.create(self.connection, checkfirst=True)
+            self._add_missing_note_column()
         except SQLAlchemyError as exc:
             where = f"{self.table.schema}.{self.table.name}" if self.table.schema else self.table.name
             raise ConfigurationError(
                 f"Cannot create dbmigrate's history table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
                 "Check --table-schema (the schema must exist) and that the user may create tables."
             ) from None
+
+    def _add_missing_note_column(self) -> None:
+        """Tables created by dbmigrate 0.1.0 before rollback notes existed get the column."""
+        columns = {c["name"] for c in inspect(self.connection).get_columns(self.table.name, schema=self.table.schema)}
+        if "note" not in columns:
+            preparer = self.connection.dialect.identifier_preparer
+            self.connection.exec_driver_sql(f"ALTER TABLE {preparer.format_table(self.table)} ADD COLUMN note TEXT")
 
     def start(
         self,
@@ -191,6 +256,7 @@ class History:
         error: str | None = None,
         *,
         within: Connection | None = None,
+        note: str | None = None,
         **counters: int,
     ) -> None:
         """Close a row with its status; ``counters`` (attempts, lock_waits, lock_wait_ms) in the same update.
@@ -204,17 +270,27 @@ class History:
             values["duration_ms"] = int((finished - started_at).total_seconds() * 1000)
         if error is not None:
             values["error"] = redact(error)[:_MAX_ERROR_CHARS]
+        if note is not None:
+            values["note"] = redact(note)[:_MAX_ERROR_CHARS]
         self._update(row_id, within=within, **values)
 
     def _update(self, row_id: int, *, within: Connection | None = None, **values: Any) -> None:
         connection = within if within is not None else self.connection
         connection.execute(self._update_row, {"row_id": row_id, **values})
 
-    def entries(self, limit: int | None = None, run_id: str | None = None, status: str | None = None) -> list[Entry]:
+    def entries(
+        self,
+        limit: int | None = None,
+        run_id: str | None = None,
+        status: str | None = None,
+        direction: str | None = None,
+    ) -> list[Entry]:
         """Newest first."""
         if not self.exists():
             return []
         query = select(self.table).order_by(self.table.c.id.desc())
+        if direction is not None:
+            query = query.where(self.table.c.direction == direction)
         if run_id is not None:
             query = query.where(self.table.c.run_id == run_id)
         if status is not None:

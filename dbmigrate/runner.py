@@ -39,6 +39,17 @@ from dbmigrate.errors import (
 from dbmigrate.locking import Identity, lock_name, run_lock, utcnow
 from dbmigrate.masking import redact
 from dbmigrate.observability import bind, unbind
+from dbmigrate.rollback import (
+    POLICIES,
+    Archive,
+    Backup,
+    Backups,
+    decide,
+    losses,
+    missing_from_scripts,
+    refuse_tampered,
+    with_archived,
+)
 from dbmigrate.settings import Settings
 
 log = structlog.get_logger("dbmigrate.runner")
@@ -113,6 +124,37 @@ class RunResult:
         return data
 
 
+@dataclasses.dataclass
+class RollbackResult:
+    """What a rollback decided and did: kept the newer schema, downgraded, or found nothing to do."""
+
+    run_id: str
+    target: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    decision: str  # "nothing-to-do", "kept" or "downgraded"
+    reason: str
+    from_archive: list[str] = dataclasses.field(default_factory=list)
+    downgrade: RunResult | None = None
+
+    @property
+    def outcome(self) -> str:
+        return self.decision
+
+    def summary(self) -> str:
+        before, after = ", ".join(self.before) or "base", ", ".join(self.after) or "base"
+        if self.decision == "nothing-to-do":
+            return f"dbmigrate rollback run {self.run_id}: nothing to do, the database is at {after}."
+        verb = "kept the schema at" if self.decision == "kept" else f"downgraded from {before} to"
+        return f"dbmigrate rollback run {self.run_id}: {verb} {after}: {self.reason}"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["outcome"] = self.outcome
+        data["before"], data["after"] = list(self.before), list(self.after)
+        return data
+
+
 def new_identity(settings: Settings) -> Identity:
     """A fresh run id for this invocation, bound to every log line from here on."""
     identity = Identity(run_id=uuid.uuid4().hex[:12], runner=settings.runner, started=utcnow())
@@ -143,6 +185,8 @@ class Runner:
         self.version = version
         self.identity = identity
         self.history = hist.History(control, settings.history_table, settings.table_schema)
+        self.archive = Archive(control, settings.archive_table, settings.table_schema, settings.archive_key)
+        self.backups = Backups(control, caps, settings.backups_table, settings.table_schema, settings.backup_schema)
         self.version_table: tuple[str, str | None] = ("alembic_version", None)
 
     # -- reading --------------------------------------------------------------------------------
@@ -233,9 +277,111 @@ class Runner:
             self.history.ensure()
             self.settle_interrupted()
             self.refuse_if_needs_repair()
-            return _Migration(self, target, upgrade).run()
+            result = _Migration(self, target, upgrade).run()
+            if upgrade:
+                self.archive_applied(result.after)
+            return result
         finally:
             unbind("revision")
+
+    def rollback(self, to: str, policy: str) -> RollbackResult:
+        """Take the database back to ``to`` (``code-head``: these scripts' head) without losing data.
+
+        Revisions newer than these scripts come from the archive. ``policy`` (auto, always, never)
+        decides whether the schema is downgraded or kept; call while holding :meth:`locked`.
+        """
+        if policy not in POLICIES:
+            raise ConfigurationError(f"--schema is one of {', '.join(POLICIES)}, not {policy!r}.")
+        try:
+            self.history.ensure()
+            self.settle_interrupted()
+            self.refuse_if_needs_repair()
+            current = self.current_heads()
+            target = self._rollback_target(to)
+            archived = missing_from_scripts(current, self.script, self.archive.entries())
+            refuse_tampered(archived, self.settings.archive_key)
+            code_scripts = self.script
+            with with_archived(code_scripts, archived) as merged:
+                self.script = merged
+                try:
+                    return self._roll_back(current, target, policy, [entry.revision for entry in archived])
+                finally:
+                    self.script = code_scripts
+        finally:
+            unbind("revision")
+
+    def _rollback_target(self, to: str) -> str:
+        if to != "code-head":
+            return to
+        code_heads = scripts.heads(self.script)
+        if len(code_heads) > 1:
+            raise ConfigurationError(
+                f"These scripts have {len(code_heads)} heads ({', '.join(code_heads)}); name the revision to roll "
+                "back to with --to."
+            )
+        return code_heads[0] if code_heads else "base"
+
+    def _roll_back(self, current: tuple[str, ...], target: str, policy: str, archived: list[str]) -> RollbackResult:
+        result = RollbackResult(self.identity.run_id, target, current, current, "nothing-to-do", "", archived)
+        revisions = [scripts.step_revision(s) for s in scripts.plan(self.script, target, current, upgrade=False)]
+        if not revisions:
+            result.reason = f"the database is at or below {target}"
+            log.info("rollback: nothing to do", heads=list(current), target=target)
+            return result
+        breaking = []
+        if policy == "auto":
+            from dbmigrate.checks import check_steps
+
+            report = check_steps(self.config, self.script, revisions[::-1], "upgrade", self.caps.name)
+            breaking = [f for f in report.findings if f.category == "breaking"]
+        downgrade, result.reason = decide(policy, revisions, target, breaking)
+        log.info(
+            "rollback decision",
+            decision="downgrade" if downgrade else "keep the schema",
+            reason=result.reason,
+            target=target,
+            revisions=revisions,
+            from_archive=archived,
+        )
+        row = self.history.start(
+            run_id=self.identity.run_id,
+            revision=",".join(current),
+            from_revision=target,
+            direction=hist.ROLLBACK,
+            runner=self.identity.runner,
+            dbmigrate_version=self.version,
+            app_version=self.settings.app_version,
+        )
+        started = hist.now()
+        if not downgrade:
+            self.history.finish(row, hist.KEPT, started, note=result.reason)
+            result.decision = "kept"
+            return result
+        try:
+            result.downgrade = _Migration(self, target, upgrade=False).run()
+        except DbmigrateError as exc:
+            self.history.finish(row, hist.FAILED, started, error=str(exc), note=result.reason)
+            raise
+        self.history.finish(row, hist.APPLIED, started, note=result.reason)
+        result.decision, result.after = "downgraded", result.downgrade.after
+        return result
+
+    def archive_applied(self, heads: tuple[str, ...]) -> None:
+        """Archive the script of every revision at or below ``heads`` that these scripts contain."""
+        if scripts.unknown_revisions(self.script, heads):
+            return  # the database is ahead of these scripts: the newer image archived its revisions
+        revisions = [r.revision for r in self.script.revision_map.iterate_revisions(heads, "base") if r is not None]
+        self.archive.ensure()
+        stored = self.archive.store(self.script, revisions, self.identity.run_id)
+        if stored:
+            log.info("revision scripts archived", revisions=stored)
+
+    def kept_ahead(self, current: tuple[str, ...]) -> hist.Entry | None:
+        """The rollback that kept the database at ``current`` on purpose, if that is the last rollback."""
+        last = self.history.entries(limit=1, direction=hist.ROLLBACK)
+        if last and last[0].status == hist.KEPT and last[0].revision == ",".join(current):
+            return last[0]
+        return None
 
     def settle_interrupted(self) -> list[hist.Entry]:
         """Name the steps of runs that died mid-step (their rows still say 'running').
@@ -250,6 +396,10 @@ class Runner:
         for entry in running:
             status, error = interrupted_status(entry, self.caps, applied)
             self.history.finish(entry.id, status, error=error)
+            if status == hist.FAILED:  # rolled back: the data its backups copied is still in place
+                self.backups.discard(
+                    b for b in self.backups.pending() if (b.run_id, b.revision) == (entry.run_id, entry.revision)
+                )
             log.warning(
                 "settled a step of an interrupted run", revision=entry.revision, run=entry.run_id, status=status
             )
@@ -358,14 +508,28 @@ class _Migration:
         self.heads_after: tuple[str, ...] | None = None
         self.seen: list[RevisionStep] = []
         self.applied_within_step: StepResult | None = None
+        self.losses: dict[str, list[Any]] = {}  # revision -> the data-loss findings of its step, backed up first
+        self.taken: dict[str, list[Backup]] = {}
+        self.pending_backups: list[Backup] = []
+        self.notes: dict[str, list[str]] = {}
         self.long_transactions = online.LongTransactionWatch(runner.control) if self.caps.is_postgresql else None
         self._retries: dict[str, int] = {}
 
     def run(self) -> RunResult:
         runner = self.runner
         self.result.before = runner.current_heads()
-        if self.upgrade:
-            self._gate(scripts.plan(runner.script, self.target, self.result.before, upgrade=True))
+        kept = runner.kept_ahead(self.result.before) if self.upgrade else None
+        if kept is not None and scripts.unknown_revisions(runner.script, self.result.before):
+            log.info(
+                "nothing to do: a rollback kept the database ahead of these scripts on purpose",
+                heads=list(self.result.before),
+                rollback_run=kept.run_id,
+                reason=kept.note,
+            )
+            self.result.after = self.result.before
+            return self.result
+        self._gate(scripts.plan(runner.script, self.target, self.result.before, self.upgrade))
+        self.pending_backups = runner.backups.pending()
         backoff = online.retry_backoff()
         attempt = 0
         while True:
@@ -403,23 +567,44 @@ class _Migration:
     # -- the gate ---------------------------------------------------------------------------------
 
     def _gate(self, planned: list[RevisionStep]) -> None:
-        """Refuse the plan when a revision would lose data (or hit another refused category) unintended."""
+        """Refuse the plan when a revision would lose data (or hit another refused category) unintended.
+
+        Notes, per revision, the data-loss findings that proceed: their data is backed up first.
+        Downgrades lose data by design (what the upgrade added goes); they are refused only when
+        backups are off and the loss is not allowed.
+        """
         if not planned:
             return
-        from dbmigrate.checks import check_upgrades  # parsing rules load only when there is a plan
+        from dbmigrate.checks import check_steps  # parsing rules load only when there is a plan
 
-        report = check_upgrades(
-            self.runner.config, self.runner.script, [scripts.step_revision(s) for s in planned], self.caps.name
+        revisions = [scripts.step_revision(s) for s in planned]
+        report = check_steps(
+            self.runner.config,
+            self.runner.script,
+            revisions if self.upgrade else revisions[::-1],
+            "upgrade" if self.upgrade else "downgrade",
+            self.caps.name,
         )
         refused_categories = {c.strip() for c in self.settings.refuse_findings.split(",") if c.strip()} | {"directive"}
-        if self.settings.allow_data_loss:
+        if self.settings.allow_data_loss or not self.upgrade:
             refused_categories.discard("data-loss")
-        refused = []
+        unprotected = not self.settings.backup and not self.settings.allow_data_loss
+        refused, unbacked = [], []
         for finding in report.findings:
-            if finding.allowed_reason is not None:
+            if finding.category == "data-loss" and (finding.allowed or "data-loss" not in refused_categories):
+                if unprotected:
+                    unbacked.append(finding)
+                    continue
+                self.losses.setdefault(finding.revision, []).append(finding)
+                why = "intended data loss" if finding.allowed else "data loss allowed by --allow-data-loss"
                 log.info(
-                    "intended data loss", revision=finding.revision, rule=finding.rule, reason=finding.allowed_reason
+                    why + ("; backed up first" if self.settings.backup else "; no backup (--no-backup)"),
+                    revision=finding.revision,
+                    rule=finding.rule,
+                    reason=finding.allowed_reason,
                 )
+            elif not self.upgrade:
+                continue  # a downgrade undoes its upgrade: only what it loses matters here
             elif finding.category in refused_categories:
                 refused.append(finding)
             else:
@@ -433,6 +618,14 @@ class _Migration:
                 )
         for missing in report.not_analysed:
             log.warning("revision could not be checked offline", revision=missing.revision, reason=missing.reason)
+        if unbacked and not refused:
+            first = unbacked[0]
+            raise UnsafeMigration(
+                f"Refusing to {self.result.direction}: revision {first.revision} ({first.file}:{first.line}) "
+                f"{first.rule}: {first.message} Backups are off (--no-backup), and losing data without a backup "
+                "needs --allow-data-loss as well. Nothing was applied. Run without --no-backup to have dbmigrate "
+                "copy the data aside first."
+            )
         if refused:
             first = refused[0]
             raise UnsafeMigration(
@@ -468,7 +661,10 @@ class _Migration:
     def _version_applied(self, *, heads: Collection[str], **_: Any) -> None:
         self.heads_after = tuple(heads)
         step, connection = self.current, self.migration_connection
-        if step is None or connection is None or self.external_transaction or not self.caps.transactional_ddl:
+        if step is None or connection is None:
+            return
+        self._restore(step, connection)
+        if self.external_transaction or not self.caps.transactional_ddl:
             return
         if scripts.step_revision(step) in self.rows:
             # Alembic calls this inside the step's transaction, right after it moves alembic_version:
@@ -510,11 +706,51 @@ class _Migration:
             self.started_at[revision] = hist.now()
         if revision not in self.rows and not self.external_transaction:
             self._start_row(step)
+        self.notes[revision] = []
+        if revision in self.losses and self.settings.backup:
+            self._back_up(revision)
         log.info(
             "applying revision" if self.upgrade else "reverting revision",
             from_revision=scripts.step_from(step),
             file=scripts.step_path(step).name,
         )
+
+    def _back_up(self, revision: str) -> None:
+        """Copy aside what the step is about to lose (again on a retry: the data may have changed)."""
+        backups = self.runner.backups
+        backups.discard(self.taken.pop(revision, []))
+        found, uncopyable = losses(self.losses[revision])
+        backups.ensure()
+        taken = []
+        for loss in found:
+            backup = backups.take(
+                loss, run_id=self.runner.identity.run_id, revision=revision, direction=self.result.direction
+            )
+            if backup is not None:
+                taken.append(backup)
+                self.notes[revision].append("backed up " + backup.describe())
+                log.info(
+                    "data backed up before the step",
+                    table=backup.source_table,
+                    rows=backup.row_count,
+                    backup=backup.backup_table,
+                )
+        for finding in uncopyable:
+            log.warning("data loss that no backup covers", rule=finding.rule, message=finding.message)
+        self.taken[revision] = taken
+
+    def _restore(self, step: RevisionStep, connection: Connection) -> None:
+        """Put back what the other direction of this revision backed up, now that its tables and columns are back."""
+        revision = scripts.step_revision(step)
+        for backup in reversed(self.pending_backups):  # the last copied came from the first dropped
+            if backup.revision != revision or backup.direction == self.result.direction:
+                continue
+            restored = self.runner.backups.restore(backup, connection)
+            if restored is None:
+                log.warning("backup not restored: its table or columns are not there", backup=backup.backup_table)
+                continue
+            self.notes.setdefault(revision, []).append(f"restored {restored} row(s) from {backup.backup_table}")
+            log.info("data restored from backup", table=backup.source_table, rows=restored, backup=backup.backup_table)
 
     def _after(self, step: RevisionStep) -> None:
         if self.external_transaction:
@@ -561,6 +797,7 @@ class _Migration:
             started,
             error,
             within=within,
+            note="; ".join(self.notes.get(revision, [])) or None,
             attempts=result.attempts,
             lock_waits=waits.count,
             lock_wait_ms=waits.waited_ms,
@@ -668,6 +905,7 @@ class _Migration:
                 f"Revision {revision} ({path.name}) failed after part of it committed: {reason}. "
                 + repair_message(entry)
             )
+        self.runner.backups.discard(self.taken.pop(revision, []))  # rolled back: nothing was lost
         if online.is_lock_timeout(exc, self.caps):
             self._record(step, hist.FAILED, f"lock not acquired after {self._attempts(revision)} attempt(s): {reason}")
             return LockTimeout(

@@ -50,6 +50,11 @@ class Settings:
     app_version: str | None = None
     allow_data_loss: bool = False
     refuse_findings: str = "data-loss"
+    backup: bool = True
+    backup_schema: str = "dbmigrate_backup"
+    backups_table: str = "dbmigrate_backups"
+    archive_table: str = "dbmigrate_archive"
+    archive_key: str | None = None
     pushgateway: str | None = None
     metrics_grouping: str | None = None
     metrics_textfile: Path | None = None
@@ -92,6 +97,8 @@ class Settings:
         settings = cls(**values)
         for secret in _passwords_of(settings.database_url):
             register_secret(secret)
+        if settings.archive_key:
+            register_secret(settings.archive_key)
         return settings
 
     def resolved_url(self, ini_url: str | None) -> str:

@@ -83,7 +83,8 @@ def test_gate_passes_a_declared_data_loss(at_head: Path, database_url: str) -> N
     proc = run_dbmigrate("upgrade", cwd=at_head, database_url=database_url)
 
     assert proc.returncode == 0, proc.stderr
-    assert "intended data loss" in proc.stderr
+    assert "intended data loss; backed up first" in proc.stderr
+    assert "data backed up before the step" in proc.stderr
     assert not email_exists(database_url)
 
 

@@ -32,3 +32,4 @@ def downgrade() -> None:
     op.execute("UPDATE customers SET name = full_name")
     with op.batch_alter_table("customers") as batch:
         batch.alter_column("name", existing_type=sa.String(100), nullable=False)
+        batch.alter_column("full_name", existing_type=sa.String(100), nullable=True)

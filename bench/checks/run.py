@@ -15,7 +15,7 @@ alternating which goes first, several repetitions:
   downgrade (the default of ``check``, the revisions pending on a database, needs a database;
   with an empty one it is the same 300 revisions);
 * ``alembic upgrade head --sql``: the upgrades' SQL, rendered offline in one pass;
-* the upgrade gate's check of the 300 upgrades (``dbmigrate.checks.check_upgrades``, one offline
+* the upgrade gate's check of the 300 upgrades (``dbmigrate.checks.check_steps`` for "upgrade", one offline
   pass, what ``dbmigrate upgrade`` runs before applying), as a library call in a cold process.
 
 Target (issue 4): checking 300 revisions takes at most 2x the time of ``alembic upgrade head --sql``
@@ -179,12 +179,12 @@ GATE = """\
 import sys
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from dbmigrate.checks import check_upgrades
+from dbmigrate.checks import check_steps
 
 config = Config(sys.argv[1])
 script = ScriptDirectory.from_config(config)
 ids = [r.revision for r in reversed(list(script.walk_revisions("base", "heads")))]
-report = check_upgrades(config, script, ids, "postgresql")
+report = check_steps(config, script, ids, "upgrade", "postgresql")
 print(len(ids), len(report.findings), len(report.not_analysed))
 """
 
@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "alembic upgrade head --sql", [str(VENV_BIN / "alembic"), "-c", str(ini), "upgrade", "head", "--sql"]
             ),
             "check": Way("dbmigrate check --all", [*check, "--format", "json", "--log-format", "json"], ok=(0, 4)),
-            "gate": Way("gate check_upgrades", [sys.executable, "-c", GATE, str(ini)]),
+            "gate": Way("gate check_steps", [sys.executable, "-c", GATE, str(ini)]),
         }
         names = list(ways)
         for rep in range(args.reps):

@@ -12,12 +12,12 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from dbmigrate.checks.collect import DIALECT_URLS, StepStatements, collect_all, collect_pass
+from dbmigrate.checks.collect import DIALECT_URLS, Direction, StepStatements, collect_all, collect_pass
 from dbmigrate.checks.directives import read_directives
 from dbmigrate.checks.report import Finding, NotAnalysed, Report
 from dbmigrate.checks.rules import RULES, evaluate
 
-__all__ = ["DIALECT_URLS", "RULES", "Finding", "NotAnalysed", "Report", "check", "check_upgrades"]
+__all__ = ["DIALECT_URLS", "RULES", "Finding", "NotAnalysed", "Report", "check", "check_steps"]
 
 
 def check(config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str) -> Report:
@@ -32,9 +32,11 @@ def check(config: Config, script: ScriptDirectory, revisions: Sequence[str], dia
     return _report(config, collect_all(config, script, revisions, dialect), len(revisions), dialect)
 
 
-def check_upgrades(config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str) -> Report:
-    """The upgrade gate's check: only the upgrades of a plan (in order), collected in one offline pass."""
-    return _report(config, collect_pass(config, script, revisions, "upgrade", dialect), len(revisions), dialect)
+def check_steps(
+    config: Config, script: ScriptDirectory, revisions: Sequence[str], direction: Direction, dialect: str
+) -> Report:
+    """One direction of ``revisions`` (ids in upgrade order), collected in one offline pass: for a run's plan."""
+    return _report(config, collect_pass(config, script, revisions, direction, dialect), len(revisions), dialect)
 
 
 def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect: str) -> Report:

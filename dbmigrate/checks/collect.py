@@ -15,7 +15,12 @@ Covered:
     rows end;
   * ``batch_alter_table`` on SQLite with ``recreate="auto"`` (the default): offline there is no
     table to reflect, so the batch is rendered as the plain ``ALTER TABLE`` statements it stands for
-    (its intent), as ``recreate="never"`` would.
+    (its intent), as ``recreate="never"`` would;
+  * the type a column had before ``op.alter_column`` (or a batch's ``alter_column``) changed it: the
+    call's ``existing_type=`` (autogenerate always writes it), else the type an earlier
+    ``create_table``/``add_column``/``alter_column`` of the same pass gave the column, is kept on
+    the statements the call emits (:attr:`Statement.existing_type`). Raw SQL that names a table
+    (``op.execute``, the bind) makes the pass forget what it knew of that table's columns.
 
 Not covered (the step is reported in :attr:`StepStatements.error` with the statements seen before):
   * a revision that uses what a query returns beyond "no rows" (``.scalar_one()``, ``rowcount``);
@@ -32,6 +37,7 @@ import dataclasses
 import functools
 import io
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -45,7 +51,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.mock import MockConnection
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.ddl import ExecutableDDLElement
+from sqlalchemy.sql.type_api import TypeEngine
 
 from alembic import context as alembic_context
 from dbmigrate.errors import ConfigurationError
@@ -64,6 +72,10 @@ class Statement:
 
     sql: str
     line: int
+    # For statements an alter_column call emitted: the column's type before the call, rendered for
+    # the dialect (None when unknown), and whether the call was given a new type (``type_=``).
+    existing_type: str | None = None
+    changes_type: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +105,9 @@ class _Recorder(io.StringIO):
         super().__init__()
         self._revision_path = _real_path(revision_path)
         self.statements: list[Statement] = []
+        self.column_types = _ColumnTypes()
+        # Set while an alter_column call runs: what its statements carry (existing type, type change).
+        self.altering: tuple[str | None, bool] = (None, False)
 
     def follow(self, revision_path: Path) -> list[Statement]:
         """From now on record for another revision file; returns what was recorded for the previous one."""
@@ -109,7 +124,7 @@ class _Recorder(io.StringIO):
         sql = sql.strip()
         line = self._revision_line()
         if sql and line is not None:
-            self.statements.append(Statement(sql, line))
+            self.statements.append(Statement(sql, line, *self.altering))
 
     def _revision_line(self) -> int | None:
         frame = sys._getframe(1)
@@ -118,6 +133,41 @@ class _Recorder(io.StringIO):
                 return frame.f_lineno
             frame = frame.f_back  # type: ignore[assignment]
         return None
+
+
+class _ColumnTypes:
+    """The column types one offline pass has seen declared: ``(table, column) -> type`` (``schema.table``)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, dict[str, TypeEngine[Any]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._tables)
+
+    def get(self, table: str, column: str) -> TypeEngine[Any] | None:
+        return self._tables.get(table, {}).get(column)
+
+    def set(self, table: str, column: str, type_: TypeEngine[Any] | None) -> None:
+        if type_ is None:
+            self.forget(table, column)
+        else:
+            self._tables.setdefault(table, {})[column] = type_
+
+    def forget(self, table: str, column: str | None = None) -> None:
+        if column is None:
+            self._tables.pop(table, None)
+        else:
+            self._tables.get(table, {}).pop(column, None)
+
+    def forget_mentioned(self, sql: str) -> None:
+        """Raw SQL may change any column of a table it names: forget those tables."""
+        if self:
+            words = {word.lower() for word in _WORDS.findall(sql)}
+            for table in [t for t in self._tables if t.rsplit(".", 1)[-1].lower() in words]:
+                del self._tables[table]
+
+
+_WORDS = re.compile(r"[\w$]+")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -248,14 +298,101 @@ def _recording_steps(steps_of: Any, recorder: _Recorder, dialect: str) -> Any:
         if dialect == "sqlite":
             # No live table to reflect: render a batch as the ALTER statements it stands for.
             context.impl.requires_recreate_in_batch = lambda batch_op: False  # type: ignore[method-assign]
+        _track_column_types(context.impl, recorder)
         yield from steps_of(context)
 
     return steps
 
 
+def _track_column_types(impl: Any, recorder: _Recorder) -> None:
+    """Wrap the offline impl so that alter_column's statements carry the column's existing type.
+
+    Dialect impls reach their parent's methods through ``super()``, so each wrapper runs once per
+    op; batch operations reach the impl through ``getattr``, so they are seen too.
+    """
+    types = recorder.column_types
+    dialect = impl.dialect
+    originals: dict[str, Any] = {}
+
+    def alter_column(table_name: str, column_name: str, **kw: Any) -> Any:
+        table = _qualified(table_name, kw.get("schema"))
+        existing = kw.get("existing_type")
+        before = sqltypes.to_instance(existing) if existing is not None else types.get(table, column_name)
+        after = sqltypes.to_instance(kw["type_"]) if kw.get("type_") is not None else before
+        recorder.altering = (_render_type(before, dialect), kw.get("type_") is not None)
+        try:
+            return originals["alter_column"](table_name, column_name, **kw)
+        finally:
+            recorder.altering = (None, False)
+            types.forget(table, column_name)
+            types.set(table, kw.get("name") or column_name, after)
+
+    # Known after the op: what it runs on the bind (a CREATE TYPE for an enum) may name the table.
+    def create_table(table: Any, **kw: Any) -> Any:
+        created = originals["create_table"](table, **kw)
+        name = _qualified(table.name, table.schema)
+        types.forget(name)
+        for column in table.columns:
+            types.set(name, column.name, column.type)
+        return created
+
+    def add_column(table_name: str, column: Any, **kw: Any) -> Any:
+        added = originals["add_column"](table_name, column, **kw)
+        types.set(_qualified(table_name, kw.get("schema")), column.name, column.type)
+        return added
+
+    def drop_table(table: Any, **kw: Any) -> Any:
+        types.forget(_qualified(table.name, table.schema))
+        return originals["drop_table"](table, **kw)
+
+    def drop_column(table_name: str, column: Any, **kw: Any) -> Any:
+        types.forget(_qualified(table_name, kw.get("schema")), column.name)
+        return originals["drop_column"](table_name, column, **kw)
+
+    def rename_table(old_table_name: str, new_table_name: str, schema: str | None = None) -> Any:
+        types.forget(_qualified(old_table_name, schema))
+        types.forget(_qualified(new_table_name, schema))
+        return originals["rename_table"](old_table_name, new_table_name, schema)
+
+    def execute(sql: Any, *args: Any, **kw: Any) -> Any:
+        if types:
+            types.forget_mentioned(sql if isinstance(sql, str) else _compile(sql, dialect))
+        return originals["execute"](sql, *args, **kw)
+
+    wrappers = {
+        "alter_column": alter_column,
+        "create_table": create_table,
+        "add_column": add_column,
+        "drop_table": drop_table,
+        "drop_column": drop_column,
+        "rename_table": rename_table,
+        "execute": execute,
+    }
+    for name, wrapper in wrappers.items():
+        originals[name] = getattr(impl, name)
+        setattr(impl, name, wrapper)
+
+
+def _qualified(table: str, schema: str | None) -> str:
+    """A table's name as the rules name it: ``schema.table`` or ``table``."""
+    return f"{schema}.{table}" if schema else str(table)
+
+
+def _render_type(type_: TypeEngine[Any] | None, dialect: Dialect) -> str | None:
+    """``type_`` as the dialect's DDL writes it, or None when it has none there."""
+    if type_ is None:
+        return None
+    try:
+        return str(type_.compile(dialect=dialect))
+    except Exception:  # noqa: BLE001 - a type of another dialect, or one that needs arguments here
+        return None
+
+
 def _recording_execute(dialect: Dialect, recorder: _Recorder) -> Any:
     def execute(construct: Any, parameters: Any = None) -> IteratorResult[Any]:
-        recorder.record(_compile(construct, dialect))
+        sql = _compile(construct, dialect)
+        recorder.column_types.forget_mentioned(sql)
+        recorder.record(sql)
         return IteratorResult(SimpleResultMetaData([]), iter([]))
 
     return execute

@@ -1,9 +1,17 @@
-"""The rules' reading of statements that need the parser: sqlglot, for the step's dialect."""
+"""The rules' reading of statements that need the parser: sqlglot, for the step's dialect.
+
+Type changes (DL006, BL002) compare the column's type before the statement (the existing type
+collect found for an ``alter_column`` call, or the type an earlier statement of the step gave the
+column) with the type the statement sets, both reduced to a :class:`ColumnType`. Without a known
+existing type nothing is guessed: no DL006, and BL002 only where any type change rewrites
+(PostgreSQL) or where the statement comes from an ``alter_column`` given ``type_`` (MySQL).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import sqlglot
 from sqlglot import exp
@@ -11,7 +19,15 @@ from sqlglot import exp
 from dbmigrate.checks.rules import Hit, NewObjects
 
 
-def parsed_hits(sql: str, dialect: str, new: NewObjects) -> list[Hit]:
+@dataclasses.dataclass(frozen=True)
+class Altering:
+    """What collect knows of the ``alter_column`` call behind a statement (see ``Statement``)."""
+
+    existing_type: str | None = None
+    changes_type: bool = False
+
+
+def parsed_hits(sql: str, dialect: str, new: NewObjects, altering: Altering = Altering()) -> list[Hit]:
     """The hits of every statement in ``sql`` (sqlglot dialect name); nothing when it does not parse."""
     try:
         parsed = sqlglot.parse(sql, read=dialect)
@@ -21,17 +37,17 @@ def parsed_hits(sql: str, dialect: str, new: NewObjects) -> list[Hit]:
         hit
         for expression in parsed
         if isinstance(expression, exp.Expression)
-        for hit in _matches(expression, dialect, new)
+        for hit in _matches(expression, dialect, new, altering)
     ]
 
 
-def _matches(expression: exp.Expression, dialect: str, new: NewObjects) -> Iterator[Hit]:
+def _matches(expression: exp.Expression, dialect: str, new: NewObjects, altering: Altering) -> Iterator[Hit]:
     if isinstance(expression, exp.Create):
         yield from _create(expression, dialect, new)
     elif isinstance(expression, exp.Drop):
         yield from _drop(expression, new)
     elif isinstance(expression, exp.Alter) and expression.args.get("kind") == "TABLE":
-        yield from _alter_table(expression, dialect, new)
+        yield from _alter_table(expression, dialect, new, altering)
     elif isinstance(expression, exp.TruncateTable):
         for table in expression.expressions:
             if isinstance(table, exp.Table) and not new.has_table(_name(table)):
@@ -69,7 +85,7 @@ def _drop(expression: exp.Drop, new: NewObjects) -> Iterator[Hit]:
             yield "DL007", {"schema": target.db or target.name}
 
 
-def _alter_table(expression: exp.Alter, dialect: str, new: NewObjects) -> Iterator[Hit]:
+def _alter_table(expression: exp.Alter, dialect: str, new: NewObjects, altering: Altering) -> Iterator[Hit]:
     table = _name(expression.this)
     existing_table = not new.has_table(table)
     renamed_column_to = _renamed_column_target(expression)
@@ -86,25 +102,447 @@ def _alter_table(expression: exp.Alter, dialect: str, new: NewObjects) -> Iterat
                     yield "BR001", {"table": table, "column": dropped.name}
         elif isinstance(action, exp.RenameColumn) and not new.has_column(table, action.this.name):
             yield "BR003", {"table": table, "column": action.this.name, "new_name": action.args["to"].name}
-        elif isinstance(action, exp.ModifyColumn) and action.args.get("rename_from") is not None:
-            old, renamed = action.args["rename_from"].name, action.this.name
+        elif isinstance(action, exp.ModifyColumn) and isinstance(action.this, exp.ColumnDef):
+            # MySQL's MODIFY c <definition> and CHANGE old new <definition>.
+            renamed = action.this.name
+            old = action.args["rename_from"].name if action.args.get("rename_from") is not None else renamed
             if old != renamed and not new.has_column(table, old):
                 yield "BR003", {"table": table, "column": old, "new_name": renamed}
+            kind = action.this.args.get("kind")
+            if isinstance(kind, exp.DataType) and not new.has_column(table, old):
+                after = _type_sql(kind, dialect) + _charset_clause(action.this.sql(dialect=dialect))
+                yield from _type_change(table, old, after, False, dialect, new, altering)
+                new.types[(table, renamed)] = new.types.pop((table, old))
         elif isinstance(action, exp.AlterRename) and renamed_column_to is not None:
             # PostgreSQL's COLUMN keyword is optional; sqlglot reads `RENAME a TO b` as this shape.
             if not new.has_column(table, action.this.name):
                 yield "BR003", {"table": table, "column": action.this.name, "new_name": renamed_column_to}
         elif isinstance(action, exp.AlterRename) and existing_table:
             yield "BR004", {"table": table, "new_name": _name(action.this)}
-        elif isinstance(action, exp.AlterColumn) and dialect == "postgres":
+        elif isinstance(action, exp.AlterColumn) and not new.has_column(table, action.name):
             column = action.name
-            if not new.has_column(table, column):
-                if action.args.get("dtype") is not None:
-                    yield "BL002", {"table": table, "column": column}
-                if action.args.get("allow_null") is False:
-                    yield "BL005", {"table": table, "column": column}
+            dtype = action.args.get("dtype")
+            if isinstance(dtype, exp.DataType):
+                using = bool(action.args.get("using"))
+                yield from _type_change(table, column, _type_sql(dtype, dialect), using, dialect, new, altering)
+            elif altering.existing_type is not None:
+                new.types.setdefault((table, column), altering.existing_type)
+            if action.args.get("allow_null") is False and dialect == "postgres":
+                yield "BL005", {"table": table, "column": column}
         elif isinstance(action, exp.AddConstraint) and existing_table:
             yield from _added_constraints(action, expression, table, dialect)
+
+
+def _type_change(
+    table: str, column: str, after_sql: str, using: bool, dialect: str, new: NewObjects, altering: Altering
+) -> Iterator[Hit]:
+    """DL006 and BL002 for a statement that sets ``table.column``'s type to ``after_sql``."""
+    before_sql = altering.existing_type or new.types.get((table, column))
+    new.types[(table, column)] = after_sql
+    names = {"table": table, "column": column}
+    if before_sql is None:
+        # Nothing to compare with: no DL006. PostgreSQL rewrites for almost every change; on MySQL a
+        # MODIFY may only restate the type, unless alter_column was given a new one.
+        if dialect == "postgres" or (dialect == "mysql" and altering.changes_type):
+            yield "BL002", {**names, "rewrite": _REWRITE[dialect]}
+        return
+    before, after = column_type(before_sql, dialect), column_type(after_sql, dialect)
+    if before == after and not using:
+        return
+    loss = lossy_change(before, after, dialect)
+    if loss is not None:
+        yield "DL006", {**names, "old_type": before_sql, "new_type": after_sql, "loss": loss}
+    if (dialect == "postgres" and (using or not _postgres_keeps_rows(before, after))) or (
+        dialect == "mysql" and not _mysql_in_place(before, after)
+    ):
+        yield "BL002", {**names, "rewrite": _REWRITE[dialect]}
+
+
+_REWRITE = {
+    "postgres": "rewrites the table and rebuilds its indexes under an ACCESS EXCLUSIVE lock (unless the change "
+    "is binary-compatible, such as widening a varchar): reads and writes on the table wait until it ends",
+    "mysql": "is not an in-place change for InnoDB (only widening a VARCHAR within its length-byte class or "
+    "adding ENUM values at the end is): the table is copied (ALGORITHM=COPY) and writes to it wait until the "
+    "copy ends",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnType:
+    """A column type reduced to what decides whether its values survive a change to another type.
+
+    ``size`` is, by family: text, the characters it holds; binary, bytes; integer, bytes of storage;
+    decimal, the precision; float, the mantissa bits; time and timestamp, the fractional second
+    digits. None means unbounded. ``scale`` is a decimal's (None: unbounded numeric);
+    ``bytes_per_char`` a MySQL text's, from its character set (utf8mb4, 4, unless it names another).
+    """
+
+    family: str  # text binary integer decimal float boolean date time timestamp interval json uuid enum other
+    name: str
+    size: int | None = None
+    scale: int | None = 0
+    zone: bool = False
+    unsigned: bool = False
+    values: tuple[str, ...] = ()
+    bytes_per_char: int = 0
+
+
+_INTEGER_BYTES = {
+    "TINYINT": 1, "SMALLINT": 2, "SMALLSERIAL": 2, "MEDIUMINT": 3, "INT": 4, "SERIAL": 4, "BIGINT": 8,
+    "BIGSERIAL": 8,
+}  # fmt: skip
+_UNSIGNED = {
+    "UTINYINT": "TINYINT",
+    "USMALLINT": "SMALLINT",
+    "UMEDIUMINT": "MEDIUMINT",
+    "UINT": "INT",
+    "UBIGINT": "BIGINT",
+}
+_FAMILIES = {
+    "text": {"CHAR", "NCHAR", "VARCHAR", "NVARCHAR", "BPCHAR", "TEXT", "TINYTEXT", "MEDIUMTEXT", "LONGTEXT", "NAME"},
+    "binary": {"BINARY", "VARBINARY", "BLOB", "TINYBLOB", "MEDIUMBLOB", "LONGBLOB", "IMAGE"},
+    "decimal": {"DECIMAL", "UDECIMAL", "BIGDECIMAL"},
+    "float": {"FLOAT", "DOUBLE"},
+    "boolean": {"BOOLEAN"},
+    "date": {"DATE", "DATE32"},
+    "time": {"TIME", "TIMETZ"},
+    "timestamp": {"TIMESTAMP", "DATETIME", "DATETIME2", "TIMESTAMPTZ", "TIMESTAMPLTZ", "TIMESTAMPNTZ", "SMALLDATETIME"},
+    "interval": {"INTERVAL"},
+    "json": {"JSON", "JSONB"},
+    "uuid": {"UUID"},
+    "enum": {"ENUM", "ENUM8", "ENUM16"},
+}
+_FAMILY = {name: family for family, names in _FAMILIES.items() for name in names}
+# MySQL sizes in bytes (TEXT and BLOB kinds); a text's characters also depend on its character set.
+_MYSQL_BYTES = {"TINYTEXT": 255, "TEXT": 65535, "MEDIUMTEXT": 16777215, "TINYBLOB": 255, "BLOB": 65535}
+_MYSQL_BYTES["MEDIUMBLOB"] = _MYSQL_BYTES["MEDIUMTEXT"]
+_CHARSET = re.compile(r"\b(?:CHARACTER\s+SET|CHARSET)\s*=?\s*[`'\"]?(\w+)", re.IGNORECASE)
+_BYTES_PER_CHAR = {"latin1": 1, "ascii": 1, "binary": 1, "ucs2": 2, "utf8": 3, "utf8mb3": 3, "utf16": 4}
+
+
+def column_type(sql: str, dialect: str) -> ColumnType:
+    """The :class:`ColumnType` of a type as ``dialect`` writes it (family ``other`` when unrecognised)."""
+    try:
+        dtype = exp.DataType.build(sql, dialect=dialect)
+    except (sqlglot.errors.SqlglotError, ValueError):
+        return ColumnType("other", " ".join(sql.upper().split()))
+    name = dtype.this.name
+    params = [p.this if isinstance(p, exp.DataTypeParam) else p for p in dtype.expressions]
+    numbers = [int(p.name) if isinstance(p, exp.Literal) and p.name.isdigit() else None for p in params]
+    first = numbers[0] if numbers else None
+    if name in _UNSIGNED or name in _INTEGER_BYTES:
+        return ColumnType("integer", name, _INTEGER_BYTES[_UNSIGNED.get(name, name)], unsigned=name in _UNSIGNED)
+    family = _FAMILY.get(name, "other")
+    if family == "boolean" and dialect == "mysql":
+        return ColumnType("integer", name, 1)  # BOOL is TINYINT(1) there
+    if family == "text":
+        per_char = _BYTES_PER_CHAR.get(m[1].lower(), 4) if (m := _CHARSET.search(sql)) else 4
+        if name in ("CHAR", "NCHAR"):
+            return ColumnType(family, name, first or 1, bytes_per_char=per_char if dialect == "mysql" else 0)
+        if dialect != "mysql":
+            return ColumnType(family, name, first)
+        size = _MYSQL_BYTES[name] // per_char if name in _MYSQL_BYTES else first
+        return ColumnType(family, name, size, bytes_per_char=per_char)
+    if family == "binary":
+        size = _MYSQL_BYTES.get(name) if dialect == "mysql" else None
+        return ColumnType(family, name, first if first is not None else (1 if name == "BINARY" else size))
+    if family == "decimal":
+        if not numbers:
+            return ColumnType(family, name, 10, 0) if dialect == "mysql" else ColumnType(family, name, None, None)
+        return ColumnType(family, name, first, numbers[1] if len(numbers) > 1 else 0)
+    if family == "float":
+        bits = 24 if name == "FLOAT" else 53
+        if len(numbers) == 1 and first is not None:
+            bits = 24 if first <= 24 else 53
+        return ColumnType(family, name, bits)
+    if family in ("time", "timestamp"):
+        default = 0 if dialect == "mysql" else 6
+        zone = name in ("TIMETZ", "TIMESTAMPTZ", "TIMESTAMPLTZ")
+        return ColumnType(family, name, first if first is not None else default, zone=zone)
+    if family == "enum":
+        return ColumnType(family, name, values=tuple(p.name for p in params))
+    if family == "other":
+        return ColumnType(family, dtype.sql(dialect=dialect).upper())
+    return ColumnType(family, name)
+
+
+# Characters the longest value of a type takes as text (a sign, digits, separators).
+_TEXT_WIDTH = {"boolean": 5, "date": 10, "time": 21, "timestamp": 32, "uuid": 36}
+
+
+def lossy_change(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    """What a change from ``before`` to ``after`` does to existing values, when some may be lost; else None.
+
+    The answer completes "Changing the type of t.c from X to Y loses data: ...".
+    """
+    old, new = before.family, after.family
+    if before == after:
+        return None
+    if new == "boolean" and old != "boolean":
+        return (
+            "every existing value collapses to true or false, or makes the ALTER fail when it is not a boolean "
+            "literal, so what the values were is gone"
+        )
+    if new == "text" and old != "text":
+        width = _text_width(before)
+        declared_length = after.name in ("VARCHAR", "NVARCHAR", "CHAR", "NCHAR")
+        if old == "other" or after.size is None or (width is None and not declared_length):
+            return None  # not guessed; unlimited; a MySQL TEXT kind for values of no known length (JSON)
+        return _too_long(after.size) if width is None or after.size < width else None
+    handler = _LOSSES.get(old)
+    return handler(before, after, dialect) if handler is not None else None
+
+
+def _too_long(size: int) -> str:
+    return (
+        f"existing values longer than {size} characters are truncated or make the ALTER fail, depending on "
+        "the database and its SQL mode"
+    )
+
+
+def _does_not_convert(before: ColumnType, after: ColumnType) -> str:
+    return (
+        "existing values that do not convert to the new type are lost (set to 0, NULL or a zero date by a "
+        "lenient database) or make the ALTER fail part-way through the deploy"
+    )
+
+
+def _text_width(column: ColumnType) -> int | None:
+    """The characters the longest value of ``column`` takes as text (None: no limit known)."""
+    if column.family == "integer":
+        return len(str(2 ** (8 * (column.size or 8)))) + 1
+    if column.family == "decimal":
+        return None if column.size is None else column.size + 2
+    if column.family == "float":
+        return 24
+    if column.family == "enum":
+        return max((len(value) for value in column.values), default=0)
+    return _TEXT_WIDTH.get(column.family)
+
+
+def _narrower(old: int | None, new: int | None, loss: Callable[[int], str]) -> str | None:
+    if new is not None and (old is None or new < old):
+        return loss(new)
+    return None
+
+
+def _from_text(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    if after.family in ("text", "binary"):
+        return _narrower(before.size, after.size, _too_long)
+    return _does_not_convert(before, after)
+
+
+def _from_binary(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    if after.family == "binary":
+        return _narrower(
+            before.size,
+            after.size,
+            lambda size: f"existing values longer than {size} bytes are truncated or make the ALTER fail",
+        )
+    return _does_not_convert(before, after)
+
+
+def _integer_range(column: ColumnType) -> tuple[int, int]:
+    bits = 8 * (column.size or 8)
+    return (0, 2**bits - 1) if column.unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def _overflow(low: int, high: int) -> str:
+    return (
+        f"the new type holds only {low} to {high}, and existing values outside that range are clipped or make "
+        "the ALTER fail"
+    )
+
+
+def _from_integer(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    low, high = _integer_range(before)
+    if after.family == "integer":
+        new_low, new_high = _integer_range(after)
+        return _overflow(new_low, new_high) if new_low > low or new_high < high else None
+    if after.family == "decimal":
+        if after.size is not None and after.size - (after.scale or 0) < len(str(max(high, -low))):
+            return _integer_digits(after.size - (after.scale or 0))
+        return None
+    if after.family == "float":
+        value_bits = 8 * (before.size or 8) - (0 if before.unsigned else 1)
+        return _rounded(after) if (after.size or 53) < value_bits else None
+    return None if after.family == "json" else _does_not_convert(before, after)
+
+
+def _integer_digits(digits: int) -> str:
+    return (
+        f"the new type keeps {digits} digits before the decimal point, and larger existing values make the "
+        "ALTER fail (or are clipped)"
+    )
+
+
+def _rounded(after: ColumnType) -> str:
+    digits = 6 if (after.size or 53) <= 24 else 15
+    return f"the new type keeps about {digits} significant digits, so existing values with more are rounded"
+
+
+def _from_decimal(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    if after.family == "float":
+        digits = 6 if (after.size or 53) <= 24 else 15
+        return _rounded(after) if before.size is None or before.size > digits else None
+    if after.family not in ("decimal", "integer"):
+        return None if after.family == "json" else _does_not_convert(before, after)
+    if before.scale is None or before.size is None:
+        if after.family == "decimal" and after.size is None:
+            return None
+        return (
+            "the old type has no precision limit, so existing values with more digits than the new type allows "
+            "are rounded or make the ALTER fail"
+        )
+    new_scale = 0 if after.family == "integer" else after.scale
+    if new_scale is not None and new_scale < before.scale:
+        return (
+            f"existing values are rounded to {new_scale} decimal places instead of {before.scale}, and the digits "
+            "after that are lost"
+        )
+    integer_digits = before.size - before.scale
+    if after.family == "integer":
+        low, high = _integer_range(after)
+        return _overflow(low, high) if integer_digits >= len(str(high)) else None
+    if after.size is not None and after.size - (after.scale or 0) < integer_digits:
+        return _integer_digits(after.size - (after.scale or 0))
+    return None
+
+
+def _from_float(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    if after.family == "float":
+        return _rounded(after) if (after.size or 53) < (before.size or 53) else None
+    if after.family == "integer":
+        return (
+            "the fractional part of every existing value is rounded away, and values beyond the new type's range "
+            "make the ALTER fail"
+        )
+    if after.family == "decimal":
+        if after.size is None:
+            return None
+        return (
+            f"existing values beyond {after.size} digits or {after.scale} decimal places are rounded or make the "
+            "ALTER fail"
+        )
+    return None if after.family == "json" else _does_not_convert(before, after)
+
+
+def _from_boolean(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    if after.family in ("integer", "decimal", "float", "json"):
+        return None
+    return _does_not_convert(before, after)
+
+
+_MYSQL_TIMESTAMP_RANGE = (
+    "MySQL's TIMESTAMP holds only 1970-01-01 to 2038-01-19 UTC, and existing values outside that range become "
+    "zero dates or make the ALTER fail"
+)
+
+
+def _from_date(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    if after.family == "timestamp":
+        return _MYSQL_TIMESTAMP_RANGE if dialect == "mysql" and after.zone else None
+    return None if after.family == "date" else _does_not_convert(before, after)
+
+
+def _from_time(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    if after.family == "time":
+        return _time_precision(before, after)
+    return _does_not_convert(before, after)
+
+
+def _time_precision(before: ColumnType, after: ColumnType) -> str | None:
+    if before.zone and not after.zone:
+        return (
+            "the time zone of existing values is lost (each is converted to the session's time zone and stored "
+            "without one), so the instant a value names now depends on that setting"
+        )
+    if (after.size or 0) < (before.size or 0):
+        return f"fractional seconds beyond {after.size} digits are rounded away from existing values"
+    return None
+
+
+def _from_timestamp(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    if after.family == "date":
+        return "the time of day of every existing value is dropped, only the date is kept"
+    if after.family == "time":
+        return "the date of every existing value is dropped, only the time of day is kept"
+    if after.family == "timestamp":
+        if dialect == "mysql" and after.zone and not before.zone:
+            return _MYSQL_TIMESTAMP_RANGE
+        return _time_precision(before, after)
+    return _does_not_convert(before, after)
+
+
+def _from_enum(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    if after.family == "enum":
+        removed = [value for value in before.values if value not in after.values]
+        if removed:
+            return (
+                f"rows holding {', '.join(repr(v) for v in removed)} no longer fit, and become empty strings or "
+                "make the ALTER fail"
+            )
+        return None
+    return _does_not_convert(before, after)
+
+
+def _between_kinds(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    """json, uuid and interval keep their values only within their family (text is handled before)."""
+    return None if after.family == before.family else _does_not_convert(before, after)
+
+
+_LOSSES: dict[str, Callable[[ColumnType, ColumnType, str], str | None]] = {
+    "text": _from_text,
+    "binary": _from_binary,
+    "integer": _from_integer,
+    "decimal": _from_decimal,
+    "float": _from_float,
+    "boolean": _from_boolean,
+    "date": _from_date,
+    "time": _from_time,
+    "timestamp": _from_timestamp,
+    "enum": _from_enum,
+    "json": _between_kinds,
+    "uuid": _between_kinds,
+    "interval": _between_kinds,
+}
+
+
+def _postgres_keeps_rows(before: ColumnType, after: ColumnType) -> bool:
+    """PostgreSQL changes the type without a rewrite: varchar widened or unlimited, precision raised."""
+    if before.family == after.family == "text":
+        unlimited_or_wider = after.size is None or (before.size is not None and after.size >= before.size)
+        return {before.name, after.name} <= {"VARCHAR", "NVARCHAR", "TEXT"} and unlimited_or_wider
+    if before.family == after.family == "decimal":
+        if after.size is None:
+            return True
+        return before.size is not None and before.scale == after.scale and after.size >= before.size
+    if before.family == after.family and before.family in ("time", "timestamp", "interval"):
+        return before.zone == after.zone and (after.size or 0) >= (before.size or 0)
+    return False
+
+
+def _mysql_in_place(before: ColumnType, after: ColumnType) -> bool:
+    """InnoDB changes the type without copying the table: VARCHAR widened within its length bytes, ENUM appended."""
+    if before.name == after.name == "VARCHAR" and before.size is not None and after.size is not None:
+        one_length_byte = before.size * before.bytes_per_char <= 255
+        same_charset = before.bytes_per_char == after.bytes_per_char
+        return (
+            same_charset and after.size >= before.size and one_length_byte == (after.size * after.bytes_per_char <= 255)
+        )
+    if before.family == after.family == "enum":
+        return after.values[: len(before.values)] == before.values and len(after.values) < 256
+    return False
+
+
+def _type_sql(dtype: exp.DataType, dialect: str) -> str:
+    """A type as the statement's dialect reads it; SQLite's writer would reduce it to an affinity (TEXT)."""
+    return dtype.sql(dialect=None if dialect == "sqlite" else dialect)
+
+
+def _charset_clause(column_sql: str) -> str:
+    found = _CHARSET.search(column_sql)
+    return f" CHARACTER SET {found[1]}" if found else ""
 
 
 def _renamed_column_target(alter: exp.Alter) -> str | None:

@@ -7,16 +7,31 @@ parser, with the same outcome. Objects the same step created earlier (tables, co
 dropping, filling or constraining them touches no existing data and no running code, so they
 produce no finding.
 
+Type changes need the column's existing type: the ``existing_type=`` an ``alter_column`` call was
+given (autogenerate always writes it), else the type an earlier ``create_table``/``add_column``/
+``alter_column`` of the same offline pass gave the column (both found by ``collect.py``), else the
+type an earlier statement of the step set. Raw SQL changing a column whose type is unknown is not
+guessed at: no DL006. DL006 (lossy type change) applies on every dialect: narrower text, fewer
+digits or decimal places, a smaller integer range, fewer float bits, a timestamp losing its time of
+day, zone or fractional digits, any type to boolean, text to a type its values must parse as.
+
 Dialect decisions (InnoDB online DDL is not PostgreSQL's locking):
-  * PostgreSQL: every blocking rule applies.
+  * PostgreSQL: every blocking rule applies. BL002 is not reported for a change known to need no
+    rewrite (varchar widened or made unlimited, numeric precision raised at the same scale,
+    timestamp/time/interval precision raised) and is reported for any type change of unknown origin.
   * MySQL/MariaDB: ``CREATE INDEX`` and ``ADD UNIQUE`` run with ALGORITHM=INPLACE, LOCK=NONE (writes
     continue), so BL001 and BL006 do not apply; adding a foreign key (with foreign_key_checks on)
     or a CHECK constraint copies the table and blocks writes, so BL004 applies. ``MODIFY``/``CHANGE``
-    carry the whole column definition, so a type change cannot be told from a nullability change
-    without the existing type: BL002 and BL005 are not reported there (not yet covered).
+    carry the whole column definition: with the existing type known, a type change other than
+    widening a VARCHAR within its length-byte class (255 bytes; utf8mb4 unless the type names another
+    character set) or appending ENUM values copies the table (ALGORITHM=COPY), so BL002 applies;
+    without it, BL002 applies only when ``alter_column`` was given ``type_``. Making a column NOT
+    NULL rebuilds the table in place with writes allowed: no BL005. MariaDB's extra instant changes
+    are not modelled (MySQL's rules are applied).
   * SQLite: one writer locks the whole database for any write, so there is no online DDL to lose:
-    blocking rules do not apply; data-loss and breaking rules do.
-Not yet covered on any dialect: DL006 lossy type change (needs the column's existing type).
+    blocking rules do not apply (a batch's table recreate blocks nothing more); data-loss (DL006
+    included: the type the revision declares no longer holds the values, though SQLite does not
+    enforce lengths) and breaking rules do.
 """
 
 from __future__ import annotations
@@ -99,6 +114,18 @@ _RULE_LIST = [
         "into a new column.",
     ),
     Rule(
+        "DL006",
+        "lossy-type-change",
+        "data-loss",
+        "error",
+        "A column's type change narrows it or loses part of its values.",
+        "Changing the type of {table}.{column} from {old_type} to {new_type} loses data: {loss}.",
+        "Widen the type instead if the new one only has to hold the existing values. Otherwise add a new column "
+        "of the new type, backfill it in batches with an explicit conversion (deciding what happens to values "
+        "that do not fit), switch the application over, and drop the old column in a later release. If the loss "
+        'is intended, declare it: # dbmigrate: allow-data-loss reason="...".',
+    ),
+    Rule(
         "DL007",
         "drop-schema",
         "data-loss",
@@ -123,12 +150,10 @@ _RULE_LIST = [
         "type-change-rewrite",
         "blocking",
         "warning",
-        "A column's type change rewrites the table.",
-        "Changing the type of {table}.{column} rewrites the table and rebuilds its indexes under an ACCESS "
-        "EXCLUSIVE lock (unless the change is binary-compatible, such as widening a varchar): reads and writes "
-        "on {table} wait until it ends.",
+        "A column's type change rewrites or copies the table.",
+        "Changing the type of {table}.{column} {rewrite}.",
         "Add a new column of the new type, backfill it in batches, switch the application over, then drop the old "
-        "column in a later release.",
+        "column in a later release (on MySQL, or run the change with gh-ost or pt-online-schema-change).",
     ),
     Rule(
         "BL003",
@@ -264,10 +289,17 @@ class _Names(dict[str, str]):
 
 @dataclasses.dataclass
 class NewObjects:
-    """Tables and columns the step created so far: changes to them touch nothing that existed."""
+    """Tables and columns the step created so far: changes to them touch nothing that existed.
+
+    ``types`` holds the type an earlier statement of the step gave an existing column (or, from an
+    ``alter_column``'s existing type, the type it had), rendered for the dialect: what a later raw
+    type change of that column changes from. Columns the step created are not tracked: they hold no
+    data that existed before it.
+    """
 
     tables: set[str] = dataclasses.field(default_factory=set)
     columns: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    types: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
 
     def has_table(self, table: str) -> bool:
         return table in self.tables
@@ -287,9 +319,9 @@ def evaluate(statements: tuple[Statement, ...], dialect: str) -> Iterator[Match]
     for statement in statements:
         hits = _without_parsing(statement.sql, read, new)
         if hits is None:
-            from dbmigrate.checks.parsed import parsed_hits  # the parser loads only when a statement needs it
+            from dbmigrate.checks.parsed import Altering, parsed_hits  # the parser loads only when needed
 
-            hits = parsed_hits(statement.sql, read, new)
+            hits = parsed_hits(statement.sql, read, new, Altering(statement.existing_type, statement.changes_type))
         for rule_id, names in hits:
             yield Match(RULES[rule_id], statement.line, names)
 

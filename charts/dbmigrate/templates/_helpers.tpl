@@ -195,7 +195,8 @@ The path of the mounted database Secret file (urlFile and passwordFile). Takes a
 
 {{/*
 The environment of every container: the runner identity, dbmigrate's settings, the database URL
-(from a Secret, never a plain value) and extraEnv. Takes a scope.
+(from a Secret, never a plain value) and extraEnv. A scope with archiveKey (the hook Jobs) also gets
+the archive's signing key. Takes a scope.
 */}}
 {{- define "dbmigrate.env" -}}
 {{- include "dbmigrate.validateDatabase" . -}}
@@ -224,6 +225,9 @@ The environment of every container: the runner identity, dbmigrate's settings, t
   value: {{ $db.passwordFile.url | quote }}
 - name: DBMIGRATE_DATABASE_PASSWORD_FILE
   value: {{ include "dbmigrate.databaseFile" . | quote }}
+{{- end }}
+{{- if .archiveKey }}
+{{- include "dbmigrate.archiveKeyEnv" . }}
 {{- end }}
 {{- with .values.config }}
 - name: DBMIGRATE_CONFIG
@@ -257,6 +261,25 @@ The environment of every container: the runner identity, dbmigrate's settings, t
 {{- end }}
 {{- with .values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+DBMIGRATE_ARCHIVE_KEY from archive.keySecret, when set: the HMAC key the upgrade signs archive
+entries with and the rollback verifies them with. Only the hook Jobs get it. Takes a scope.
+*/}}
+{{- define "dbmigrate.archiveKeyEnv" -}}
+{{- $archive := .values.archive | default dict -}}
+{{- $keySecret := $archive.keySecret | default dict -}}
+{{- with $keySecret.name }}
+{{- if not $keySecret.key }}
+{{- fail "archive.keySecret.name needs archive.keySecret.key" }}
+{{- end }}
+- name: DBMIGRATE_ARCHIVE_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ tpl . $.root | quote }}
+      key: {{ $keySecret.key | quote }}
 {{- end }}
 {{- end -}}
 
@@ -402,6 +425,92 @@ tolerations:
 {{- end }}
 volumes:
   {{- include "dbmigrate.volumes" . | nindent 2 }}
+{{- end -}}
+
+{{/*
+A hook Job running one container (the migration Job, the rollback Job). Takes a scope with:
+  job            the Job's values (hook.weight, hook.deletePolicy, backoffLimit, podFailurePolicy,
+                 activeDeadlineSeconds, ttlSecondsAfterFinished, annotations, resources)
+  suffix         the resource name suffix
+  events         the Helm hook events
+  argocd         whether to add the Argo CD hook annotations (when argocd.enabled)
+  containerName  and args: the container (see "dbmigrate.container")
+*/}}
+{{- define "dbmigrate.hookJob" -}}
+{{- $job := .job -}}
+{{- $_ := set . "resources" ($job.resources | default .values.resources) -}}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ include "dbmigrate.resourceName" (list . .suffix) }}
+  namespace: {{ .root.Release.Namespace | quote }}
+  labels:
+    {{- include "dbmigrate.labels" . | nindent 4 }}
+  annotations:
+    helm.sh/hook: {{ join "," .events | quote }}
+    helm.sh/hook-weight: {{ $job.hook.weight | toString | quote }}
+    helm.sh/hook-delete-policy: {{ $job.hook.deletePolicy | quote }}
+    {{- if and .argocd .values.argocd.enabled }}
+    argocd.argoproj.io/hook: PreSync
+    argocd.argoproj.io/hook-delete-policy: {{ .values.argocd.hookDeletePolicy | quote }}
+    argocd.argoproj.io/sync-wave: {{ $job.hook.weight | toString | quote }}
+    {{- end }}
+    {{- with $job.annotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  backoffLimit: {{ $job.backoffLimit }}
+  {{- with $job.activeDeadlineSeconds }}
+  activeDeadlineSeconds: {{ . }}
+  {{- end }}
+  {{- if ne (toString $job.ttlSecondsAfterFinished) "" }}
+  ttlSecondsAfterFinished: {{ $job.ttlSecondsAfterFinished }}
+  {{- end }}
+  {{- if and $job.podFailurePolicy.enabled $job.podFailurePolicy.failJobOnExitCodes }}
+  podFailurePolicy:
+    rules:
+      - action: FailJob
+        onExitCodes:
+          containerName: {{ .containerName }}
+          operator: In
+          values:
+            {{- toYaml $job.podFailurePolicy.failJobOnExitCodes | nindent 12 }}
+      - action: Ignore
+        onPodConditions:
+          - type: DisruptionTarget
+            status: "True"
+  {{- end }}
+  template:
+    metadata:
+      {{- include "dbmigrate.podMetadata" . | nindent 6 }}
+    spec:
+      restartPolicy: Never
+      {{- include "dbmigrate.podSpec" . | trim | nindent 6 }}
+      containers:
+        {{- include "dbmigrate.container" . | nindent 8 }}
+{{- end -}}
+
+{{/*
+The rollback Job's arguments, as JSON: rollback --schema <schema> [--to <to>] <extraArgs>. Takes the
+rollback values.
+*/}}
+{{- define "dbmigrate.rollbackArgs" -}}
+{{- $args := list "rollback" "--schema" .schema -}}
+{{- with .to -}}
+{{- $args = concat $args (list "--to" (toString .)) -}}
+{{- end -}}
+{{- concat $args (.extraArgs | default list) | toJson -}}
+{{- end -}}
+
+{{/*
+The weight of the chart-created Secret: one below every hook Job that reads it. Takes a scope.
+*/}}
+{{- define "dbmigrate.secretWeight" -}}
+{{- $weight := int .values.migration.hook.weight -}}
+{{- if .values.rollback.enabled -}}
+{{- $weight = min $weight (int .values.rollback.hook.weight) -}}
+{{- end -}}
+{{- sub $weight 1 -}}
 {{- end -}}
 
 {{/*

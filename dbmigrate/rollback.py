@@ -1,0 +1,548 @@
+"""Rollback that loses nothing: the revision archive, rollback planning, data backups and restores.
+
+* The archive keeps every applied revision's script in the database, so an older image, whose
+  scripts end below the database's revision, can still downgrade through the newer revisions.
+  With an archive key the entries are signed, and an entry that does not verify never runs.
+* Backups: before a step that would lose data (a data-loss finding of ``dbmigrate check`` on the
+  direction it runs), the affected data is copied aside: the whole table, or its primary key and
+  the columns that go. When the same revision later runs the other way and brings the table or
+  column back, the values are restored by primary key, in that step's transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import json
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from alembic.script import ScriptDirectory
+from sqlalchemy import Table, bindparam, inspect, select, update
+from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from dbmigrate.database import Capabilities
+from dbmigrate.errors import ConfigurationError, UnsafeMigration
+from dbmigrate.history import archive_table, backups_table, now
+from dbmigrate.masking import redact
+
+log = structlog.get_logger("dbmigrate.rollback")
+
+PENDING, RESTORED, DISCARDED, DROPPED = "pending", "restored", "discarded", "dropped"
+
+# Rules whose loss a copy of the whole table undoes; the others lose (table, column) values.
+_WHOLE_TABLE_RULES = {"DL001", "DL003", "DL004"}
+
+
+# -- the archive ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchivedRevision:
+    """One revision script as an upgrade stored it."""
+
+    revision: str
+    down_revisions: tuple[str, ...]
+    filename: str
+    source: str
+    sha256: str
+    signature: str | None
+
+    def refusal(self, key: str | None) -> str | None:
+        """Why this entry must not run (tampered, unsigned or wrongly signed under ``key``), or None."""
+        if hashlib.sha256(self.source.encode()).hexdigest() != self.sha256:
+            return "its source does not match the sha256 stored with it"
+        if key is None:
+            return None
+        if not self.signature:
+            return "it is not signed, and an archive key is set"
+        if not hmac.compare_digest(self.signature, _sign(key, self.revision, self.down_revisions, self.sha256)):
+            return "its signature does not verify with the archive key"
+        return None
+
+
+class Archive:
+    """The archive table, read and written through the control connection."""
+
+    def __init__(self, connection: Connection, name: str, schema: str | None, key: str | None) -> None:
+        self.connection = connection
+        self.table = archive_table(name, schema)
+        self.key = key
+
+    def ensure(self) -> None:
+        _create(self.connection, self.table, "archive")
+
+    def store(self, script: ScriptDirectory, revisions: Iterable[str], run_id: str) -> int:
+        """Archive the scripts of ``revisions`` (applied, known to ``script``) not archived as they are now.
+
+        Returns how many entries were written.
+        """
+        stored = {
+            row.revision: (row.sha256, row.signature)
+            for row in self.connection.execute(
+                select(self.table.c.revision, self.table.c.sha256, self.table.c.signature)
+            )
+        }
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for revision in revisions:
+            found = script.get_revision(revision)
+            if found is None or found.path is None:
+                continue
+            source = Path(found.path).read_text(encoding="utf-8")
+            digest = hashlib.sha256(source.encode()).hexdigest()
+            down = tuple(found._normalized_down_revisions)
+            signature = _sign(self.key, revision, down, digest) if self.key else None
+            if stored.get(revision) == (digest, signature):
+                continue
+            row = {
+                "revision": revision,
+                "down_revisions": json.dumps(list(down)),
+                "filename": Path(found.path).name,
+                "source": source,
+                "sha256": digest,
+                "signature": signature,
+                "archived_at": now(),
+                "run_id": run_id,
+            }
+            (updates if revision in stored else inserts).append(row)
+        if inserts:
+            self.connection.execute(self.table.insert(), inserts)
+        for row in updates:
+            self.connection.execute(update(self.table).where(self.table.c.revision == row["revision"]).values(**row))
+        return len(inserts) + len(updates)
+
+    def entries(self) -> dict[str, ArchivedRevision]:
+        if not inspect(self.connection).has_table(self.table.name, schema=self.table.schema):
+            return {}
+        return {
+            row.revision: ArchivedRevision(
+                row.revision,
+                tuple(json.loads(row.down_revisions)),
+                row.filename,
+                row.source,
+                row.sha256,
+                row.signature,
+            )
+            for row in self.connection.execute(select(self.table))
+        }
+
+
+def _sign(key: str, revision: str, down_revisions: Sequence[str], sha256: str) -> str:
+    message = json.dumps([revision, list(down_revisions), sha256]).encode()
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def missing_from_scripts(
+    current: Iterable[str], script: ScriptDirectory, archive: dict[str, ArchivedRevision]
+) -> list[ArchivedRevision]:
+    """The archived revisions between the scripts' revisions and ``current``, newest first.
+
+    Raises :class:`ConfigurationError` naming a revision that neither the scripts nor the archive hold.
+    """
+    known = script.revision_map._revision_map
+    found: dict[str, ArchivedRevision] = {}
+    todo = [revision for revision in current if revision not in known]
+    while todo:
+        revision = todo.pop()
+        if revision in found or revision in known:
+            continue
+        entry = archive.get(revision)
+        if entry is None:
+            raise ConfigurationError(
+                f"The database is at revision {revision}, which neither these migration scripts nor dbmigrate's "
+                "archive contain (it was applied before the archive existed, or by plain alembic). Run `dbmigrate "
+                "upgrade` once with the image that has it, so that it is archived, or downgrade with that image."
+            )
+        found[revision] = entry
+        todo.extend(entry.down_revisions)
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def with_archived(script: ScriptDirectory, entries: Sequence[ArchivedRevision]) -> Iterator[ScriptDirectory]:
+    """``script`` plus the archived revisions ``entries``, as one script directory (for this block)."""
+    if not entries:
+        yield script
+        return
+    with tempfile.TemporaryDirectory(prefix="dbmigrate-archive-") as directory:
+        for entry in entries:
+            name = re.sub(r"\W", "_", entry.revision)
+            (Path(directory) / f"archived_{name}_{entry.filename}").write_text(entry.source, encoding="utf-8")
+        yield ScriptDirectory(
+            script.dir,
+            file_template=script.file_template,
+            truncate_slug_length=script.truncate_slug_length,
+            version_locations=[*script._version_locations, directory],
+            sourceless=script.sourceless,
+            output_encoding=script.output_encoding,
+            timezone=script.timezone,
+            recursive_version_locations=script.recursive_version_locations,
+        )
+
+
+# -- the decision -----------------------------------------------------------------------------------
+
+POLICIES = ("auto", "always", "never")
+
+
+def decide(policy: str, revisions: Sequence[str], target: str, breaking: Sequence[Any]) -> tuple[bool, str]:
+    """Whether a rollback to ``target`` downgrades through ``revisions`` (newest first), and why, in one sentence.
+
+    ``breaking`` are the breaking findings of those revisions' upgrades: what the older code cannot
+    live with. Only ``auto`` looks at them.
+    """
+    above = ", ".join(revisions)
+    if policy == "never":
+        return False, f"--schema never: the schema stays at {revisions[0]}, ahead of {target} ({above} kept)."
+    if policy == "always":
+        return True, f"--schema always: downgrading through {above} to {target}."
+    if breaking:
+        first = breaking[0]
+        return True, (
+            f"revision {first.revision} is breaking for the older code ({first.rule}: {first.message}), so the "
+            f"database is downgraded through {above} to {target}."
+        )
+    return False, (
+        f"no revision above {target} ({above}) is breaking for the older code, so the newer schema stays and the "
+        "database is recorded as intentionally ahead."
+    )
+
+
+# -- backups ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """What a step would destroy in one table: all of it (``columns`` None) or these columns' values."""
+
+    table: str
+    columns: tuple[str, ...] | None
+
+
+def losses(findings: Iterable[Any]) -> tuple[list[Loss], list[Any]]:
+    """Group a step's data-loss findings by table, in statement order; returns (losses, findings no copy undoes).
+
+    The order matters: restores run in reverse, so a parent table dropped after its child comes
+    back before the child's rows that refer to it.
+    """
+    tables: dict[str, list[str] | None] = {}  # None: the whole table
+    uncopyable = []
+    for finding in findings:
+        if finding.table is None or finding.category != "data-loss":
+            uncopyable.append(finding)
+        elif finding.rule in _WHOLE_TABLE_RULES or finding.column is None:
+            tables[finding.table] = None
+        else:
+            columns = tables.setdefault(finding.table, [])
+            if columns is not None and finding.column not in columns:
+                columns.append(finding.column)
+    found = [Loss(table, None if columns is None else tuple(columns)) for table, columns in tables.items()]
+    return found, uncopyable
+
+
+@dataclasses.dataclass(frozen=True)
+class Backup:
+    """One copy of data taken before a step that would lose it."""
+
+    id: int
+    run_id: str
+    revision: str
+    direction: str
+    source_table: str
+    columns: tuple[str, ...] | None
+    key_columns: tuple[str, ...]
+    backup_table: str
+    row_count: int
+    status: str
+    created_at: datetime
+    restored_at: datetime | None
+    restored_rows: int | None
+
+    def describe(self) -> str:
+        what = f"{self.source_table}({', '.join(self.columns)})" if self.columns else f"table {self.source_table}"
+        return f"{self.row_count} row(s) of {what} in {self.backup_table}"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["columns"] = list(self.columns) if self.columns is not None else None
+        data["key_columns"] = list(self.key_columns)
+        data["created_at"] = self.created_at.isoformat() + "Z"
+        data["restored_at"] = self.restored_at.isoformat() + "Z" if self.restored_at else None
+        return data
+
+
+class Backups:
+    """Copies of data, where they live, and the registry table that lists them.
+
+    Copies go to a schema (PostgreSQL) or database (MySQL/MariaDB) named ``location``, or on SQLite
+    to tables named ``<location>__...`` beside the data.
+    """
+
+    def __init__(self, connection: Connection, caps: Capabilities, name: str, schema: str | None, location: str):
+        self.connection = connection
+        self.caps = caps
+        self.table = backups_table(name, schema)
+        self.location = location
+
+    def ensure(self) -> None:
+        _create(self.connection, self.table, "backups registry")
+
+    def take(self, loss: Loss, *, run_id: str, revision: str, direction: str) -> Backup | None:
+        """Copy what ``loss`` names aside and register it; None when the table is not there to copy."""
+        schema, table = _split(loss.table)
+        inspector = inspect(self.connection)
+        if not inspector.has_table(table, schema=schema):
+            return None
+        keys = tuple(inspector.get_pk_constraint(table, schema=schema).get("constrained_columns") or ())
+        columns = loss.columns if loss.columns is not None and keys else None
+        target = self._backup_name(table, revision, run_id)
+        self._prepare_location()
+        types = {c["name"]: c["type"] for c in inspector.get_columns(table, schema=schema)}
+        copied = (*keys, *columns) if columns is not None else tuple(types)
+        # Enum values are copied as text: a copy that used the type would keep the downgrade from dropping it.
+        selected = ", ".join(
+            f"CAST({self._quote(c)} AS TEXT) AS {self._quote(c)}"
+            if self.caps.is_postgresql and _is_enum(types.get(c))
+            else self._quote(c)
+            for c in copied
+        )
+        self.connection.exec_driver_sql(
+            f"CREATE TABLE {self._qualified(target)} AS SELECT {selected} FROM {self._source(loss.table)}"
+        )
+        count = int(self.connection.exec_driver_sql(f"SELECT COUNT(*) FROM {self._qualified(target)}").scalar_one())
+        row_id = self.connection.execute(
+            self.table.insert().values(
+                run_id=run_id,
+                revision=revision,
+                direction=direction,
+                source_table=loss.table,
+                columns=json.dumps(list(columns)) if columns is not None else None,
+                key_columns=json.dumps(list(keys)),
+                backup_table=self._display(target),
+                row_count=count,
+                status=PENDING,
+                created_at=now(),
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]
+        return self.get(int(row_id))
+
+    def get(self, backup_id: int) -> Backup:
+        row = self.connection.execute(select(self.table).where(self.table.c.id == backup_id)).first()
+        if row is None:
+            raise ConfigurationError(f"There is no backup {backup_id}; `dbmigrate backups list` shows them.")
+        return _backup(row._mapping)
+
+    def all(self) -> list[Backup]:
+        """Every backup, newest first (empty before the first one)."""
+        if not inspect(self.connection).has_table(self.table.name, schema=self.table.schema):
+            return []
+        return [
+            _backup(r._mapping) for r in self.connection.execute(select(self.table).order_by(self.table.c.id.desc()))
+        ]
+
+    def pending(self) -> list[Backup]:
+        """Backups not restored, discarded or dropped yet, oldest first."""
+        if not inspect(self.connection).has_table(self.table.name, schema=self.table.schema):
+            return []
+        query = select(self.table).where(self.table.c.status == PENDING).order_by(self.table.c.id)
+        return [_backup(r._mapping) for r in self.connection.execute(query)]
+
+    def restore(self, backup: Backup, connection: Connection) -> int | None:
+        """Put the backed-up values back by primary key, on ``connection`` (in its transaction).
+
+        Returns the rows restored, or None (nothing done) while the table or a column is not there.
+        """
+        schema, table = _split(backup.source_table)
+        inspector = inspect(connection)
+        if not inspector.has_table(table, schema=schema):
+            return None
+        target_types = {c["name"]: c["type"] for c in inspector.get_columns(table, schema=schema)}
+        present = list(target_types)
+        casts = {
+            name: connection.dialect.type_compiler_instance.process(kind)
+            for name, kind in target_types.items()
+            if _is_enum(kind) and self.caps.is_postgresql
+        }
+        source, copy = self._source(backup.source_table), self._qualified_display(backup.backup_table)
+        keys = backup.key_columns
+        if backup.columns is not None:
+            if not set(backup.columns) <= set(present):
+                return None
+            restored = self._update_from(connection, source, table, copy, backup.columns, keys, casts)
+        else:
+            copy_schema, copy_name = self._split_display(backup)
+            copied = [c["name"] for c in inspector.get_columns(copy_name, schema=copy_schema)]
+            restored = self._insert_missing(connection, source, copy, [c for c in copied if c in present], keys, casts)
+            self._advance_sequences(connection, source, present)
+        connection.execute(
+            update(self.table)
+            .where(self.table.c.id == bindparam("backup_id"))
+            .values(status=RESTORED, restored_at=now(), restored_rows=restored),
+            {"backup_id": backup.id},
+        )
+        return restored
+
+    def discard(self, backups: Iterable[Backup]) -> None:
+        """Drop copies that are not needed (their step rolled back, nothing was lost)."""
+        for backup in backups:
+            self.drop(backup, DISCARDED)
+
+    def drop(self, backup: Backup, status: str = DROPPED) -> None:
+        self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {self._qualified_display(backup.backup_table)}")
+        self.connection.execute(update(self.table).where(self.table.c.id == backup.id).values(status=status))
+
+    # -- SQL per dialect ---------------------------------------------------------------------------
+
+    def _update_from(
+        self,
+        connection: Connection,
+        source: str,
+        table: str,
+        copy: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        casts: dict[str, str],
+    ) -> int:
+        quote = self._quote
+        if self.caps.is_mysql:
+            sets = ", ".join(f"t.{quote(c)} = b.{quote(c)}" for c in columns)
+            match = " AND ".join(f"t.{quote(k)} = b.{quote(k)}" for k in keys)
+            sql = f"UPDATE {source} AS t JOIN {copy} AS b ON {match} SET {sets}"
+        else:
+            sets = ", ".join(f"{quote(c)} = {_value(c, casts, quote)}" for c in columns)
+            match = " AND ".join(f"{quote(table)}.{quote(k)} = b.{quote(k)}" for k in keys)
+            sql = f"UPDATE {source} SET {sets} FROM {copy} AS b WHERE {match}"
+        return int(connection.exec_driver_sql(sql).rowcount)
+
+    def _insert_missing(
+        self,
+        connection: Connection,
+        source: str,
+        copy: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        casts: dict[str, str],
+    ) -> int:
+        quote = self._quote
+        listed = ", ".join(quote(c) for c in columns)
+        if keys:
+            match = " AND ".join(f"t.{quote(k)} = b.{quote(k)}" for k in keys)
+            absent = f"WHERE NOT EXISTS (SELECT 1 FROM {source} AS t WHERE {match})"
+        else:
+            absent = f"WHERE NOT EXISTS (SELECT 1 FROM {source})"  # no key: only into an empty table
+        selected = ", ".join(_value(c, casts, quote) for c in columns)
+        sql = f"INSERT INTO {source} ({listed}) SELECT {selected} FROM {copy} AS b {absent}"
+        return int(connection.exec_driver_sql(sql).rowcount)
+
+    def _advance_sequences(self, connection: Connection, source: str, columns: Sequence[str]) -> None:
+        """PostgreSQL: rows restored with their ids must not collide with the next generated id."""
+        if not self.caps.is_postgresql:
+            return
+        for column in columns:
+            sequence = connection.exec_driver_sql(
+                "SELECT pg_get_serial_sequence(%(table)s, %(column)s)", {"table": source, "column": column}
+            ).scalar()
+            if sequence:
+                quoted = self._quote(column)
+                connection.exec_driver_sql(
+                    f"SELECT setval(%(sequence)s, COALESCE((SELECT MAX({quoted}) FROM {source}), 1), "
+                    f"(SELECT MAX({quoted}) FROM {source}) IS NOT NULL)",
+                    {"sequence": sequence},
+                )
+
+    def _prepare_location(self) -> None:
+        if self.caps.is_postgresql:
+            self.connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {self._quote(self.location)}")
+        elif self.caps.is_mysql:
+            self.connection.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {self._quote(self.location)}")
+
+    def _backup_name(self, table: str, revision: str, run_id: str) -> str:
+        name = re.sub(r"\W", "_", f"{table}__{revision}")[:40] + f"__{run_id}"
+        return name if self.caps.name != "sqlite" else f"{self.location}__{name}"[:120]
+
+    def _display(self, name: str) -> str:
+        return name if self.caps.name == "sqlite" else f"{self.location}.{name}"
+
+    def _split_display(self, backup: Backup) -> tuple[str | None, str]:
+        return _split(backup.backup_table) if self.caps.name != "sqlite" else (None, backup.backup_table)
+
+    def _qualified(self, name: str) -> str:
+        return self._qualified_display(self._display(name))
+
+    def _qualified_display(self, display: str) -> str:
+        schema, name = _split(display) if self.caps.name != "sqlite" else (None, display)
+        return f"{self._quote(schema)}.{self._quote(name)}" if schema else self._quote(name)
+
+    def _source(self, table: str) -> str:
+        schema, name = _split(table)
+        return f"{self._quote(schema)}.{self._quote(name)}" if schema else self._quote(name)
+
+    def _quote(self, name: str) -> str:
+        return self.connection.dialect.identifier_preparer.quote(name)
+
+
+def _is_enum(kind: Any) -> bool:
+    return isinstance(kind, sqltypes.Enum)
+
+
+def _value(column: str, casts: dict[str, str], quote: Any) -> str:
+    """The backup's value of ``column``, cast back to the table's type where it was copied as text."""
+    value = f"b.{quote(column)}"
+    return f"CAST({value} AS {casts[column]})" if column in casts else value
+
+
+def _split(qualified: str) -> tuple[str | None, str]:
+    schema, _, name = qualified.rpartition(".")
+    return schema or None, name
+
+
+def _backup(row: Any) -> Backup:
+    return Backup(
+        id=int(row["id"]),
+        run_id=row["run_id"],
+        revision=row["revision"],
+        direction=row["direction"],
+        source_table=row["source_table"],
+        columns=tuple(json.loads(row["columns"])) if row["columns"] else None,
+        key_columns=tuple(json.loads(row["key_columns"])),
+        backup_table=row["backup_table"],
+        row_count=int(row["row_count"]),
+        status=row["status"],
+        created_at=row["created_at"],
+        restored_at=row["restored_at"],
+        restored_rows=row["restored_rows"],
+    )
+
+
+def _create(connection: Connection, table: Table, what: str) -> None:
+    try:
+        table.create(connection, checkfirst=True)
+    except SQLAlchemyError as exc:
+        where = f"{table.schema}.{table.name}" if table.schema else table.name
+        raise ConfigurationError(
+            f"Cannot create dbmigrate's {what} table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
+            "Check --table-schema (the schema must exist) and that the user may create tables."
+        ) from None
+
+
+def refuse_tampered(entries: Iterable[ArchivedRevision], key: str | None) -> None:
+    """Raise :class:`UnsafeMigration` when any archived entry about to run does not verify."""
+    for entry in entries:
+        reason = entry.refusal(key)
+        if reason is not None:
+            raise UnsafeMigration(
+                f"Refusing to run archived revision {entry.revision} ({entry.filename}): {reason}. Whoever can write "
+                "dbmigrate's archive table must not be able to run code in the migration Job, so nothing was "
+                "executed. Restore the entry by running `dbmigrate upgrade` with the image that contains the "
+                "revision, or downgrade with that image."
+            )

@@ -1,0 +1,1051 @@
+"""verify: upgrade, downgrade and upgrade again, revision by revision, on a scratch database.
+
+For each revision, oldest first: snapshot the schema, upgrade, snapshot, downgrade one step and
+compare with the first snapshot, upgrade again and compare with the second. With ``with_data`` a
+row is seeded into every table before the downgrade and must come back, value for value, after the
+second upgrade. The migrations run through dbmigrate's own upgrade and downgrade (gate, backups and
+restores included), so what is verified is what a rollback with dbmigrate does.
+
+The scratch database is created beside the configured one (same server, ``<name>_verify_<random>``;
+a temporary file for SQLite) and dropped at the end, whatever happens. Given a URL instead, verify
+runs there, starting from what the database holds, and never drops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import CheckConstraint, Column, MetaData, Table, and_, func, inspect, select
+from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError, SAWarning, SQLAlchemyError
+
+from dbmigrate import database, scripts
+from dbmigrate.errors import (
+    ConfigurationError,
+    DbmigrateError,
+    LockTimeout,
+    MigrationFailed,
+    RepairNeeded,
+    UnsafeMigration,
+    VerificationFailed,
+)
+from dbmigrate.masking import mask_url, redact, register_secret
+from dbmigrate.settings import Settings
+
+if TYPE_CHECKING:
+    from dbmigrate.runner import RunResult
+
+log = structlog.get_logger("dbmigrate.verify")
+
+DOWNGRADE_FAILED, UPGRADE_FAILED, TRACE_LEFT, DATA_LOST = (
+    "downgrade-failed",
+    "upgrade-failed",
+    "trace-left",
+    "data-lost",
+)
+KINDS = (DOWNGRADE_FAILED, UPGRADE_FAILED, TRACE_LEFT, DATA_LOST)
+
+# What a failing step raises through the API: a finding about the revision, not about the setup.
+_STEP_ERRORS = (MigrationFailed, RepairNeeded, UnsafeMigration, LockTimeout)
+_MAX_DIFFERENCES = 20
+_PG_SYSTEM_SCHEMAS = ("information_schema", "pg_catalog", "pg_toast")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing a revision's round trip got wrong; ``kind`` is one of :data:`KINDS`."""
+
+    revision: str
+    kind: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"revision": self.revision, "kind": self.kind, "detail": self.detail}
+
+
+@dataclasses.dataclass
+class VerifyResult:
+    """What ``verify`` found: how many revisions it round-tripped and every problem, in revision order."""
+
+    revisions_checked: int = 0
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+    database: str = ""  # where it ran, password masked
+    scratch: bool = True  # created for the run and dropped after it
+    not_checked: list[str] = dataclasses.field(default_factory=list)
+    with_data: bool = False  # rows were seeded and had to come back
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"revisions_checked": self.revisions_checked, "problems": [p.as_dict() for p in self.problems]}
+
+    def summary(self) -> str:
+        """One paragraph: how many revisions, where, and the verdict."""
+        where = f"a scratch database ({self.database}, dropped afterwards)" if self.scratch else self.database
+        text = f"dbmigrate verify: {self.revisions_checked} revision(s) round-tripped on {where}: "
+        if self.ok:
+            restored = "the schema and the seeded rows" if self.with_data else "the schema"
+            return text + f"every downgrade restored {restored} from before its upgrade."
+        revisions = list(dict.fromkeys(p.revision for p in self.problems))
+        text += f"{len(self.problems)} problem(s) in {', '.join(revisions)}."
+        if self.not_checked:
+            text += f" Not checked after that: {', '.join(self.not_checked)}."
+        return text
+
+    def render_text(self) -> str:
+        lines = [self.summary()]
+        width = max((len(p.revision) for p in self.problems), default=0)
+        lines += [f"  {p.revision:<{width}}  {p.kind:<16}  {p.detail}" for p in self.problems]
+        return "\n".join(lines)
+
+    def raise_if_problems(self) -> None:
+        """Raise :class:`VerificationFailed` (exit 4) when any revision has a problem."""
+        if self.problems:
+            raise VerificationFailed(
+                self.summary() + " " + "; ".join(f"{p.revision} {p.kind}: {p.detail}" for p in self.problems)
+            )
+
+
+Migrate = Callable[..., "RunResult"]
+
+
+def run(
+    settings: Settings,
+    revision_range: str | None,
+    *,
+    url: str | None,
+    with_data: bool,
+    upgrade: Migrate,
+    downgrade: Migrate,
+) -> VerifyResult:
+    """Round-trip the revisions of ``revision_range`` (default: all), oldest first; see the module docstring.
+
+    ``upgrade`` and ``downgrade`` are dbmigrate's public API functions (passed in, so that this
+    module sits beside the API rather than above it).
+    """
+    config = scripts.load_config(settings)
+    script = scripts.load_scripts(config)
+    revisions = scripts.revision_range(script, revision_range)
+    lower = (revision_range or "").partition(":")[0] or "base"
+    if url is not None:
+        place: _Place = _GivenDatabase(database.parse_url(url))
+    else:
+        place = _ScratchDatabase(database.parse_url(settings.resolved_url(scripts.ini_url(config))), settings)
+    with place:
+        verifier = _Verifier(settings, config, script, place, with_data, upgrade, downgrade)
+        with _environment_pointing_at(place.url):
+            return verifier.run(revisions, lower)
+
+
+# -- where it runs --------------------------------------------------------------------------------------
+
+
+class _Place:
+    """The database verify runs on: its URL, and what to do before and after."""
+
+    owned = False
+    backup_schema: str | None = None  # where backups go, when verify chooses it
+
+    def __init__(self, url: URL) -> None:
+        self.parsed = url
+
+    @property
+    def url(self) -> str:
+        return self.parsed.render_as_string(hide_password=False)
+
+    def __enter__(self) -> _Place:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def recreate(self) -> None:
+        raise NotImplementedError
+
+
+class _GivenDatabase(_Place):
+    """``--url``: a throwaway database the user provides; used as it is, never dropped."""
+
+    def __init__(self, url: URL) -> None:
+        super().__init__(url)
+        for key in ("password", "passwd"):  # drivers take it as a query parameter too
+            value = url.query.get(key)
+            for secret in [value] if isinstance(value, str) else list(value or ()):
+                register_secret(secret)
+        register_secret(url.password if isinstance(url.password, str) else None)
+
+
+class _ScratchDatabase(_Place):
+    """A database created beside the configured one for this run, dropped after it (even on failure)."""
+
+    owned = True
+
+    def __init__(self, configured: URL, settings: Settings) -> None:
+        super().__init__(configured)
+        self.configured = configured
+        self.settings = settings
+        self.backend = configured.get_backend_name()
+        self.directory: str | None = None
+        base = re.sub(r"\W", "_", (configured.database or "dbmigrate").lower()) if self.backend != "sqlite" else ""
+        suffix = f"_verify_{secrets.token_hex(4)}"
+        limit = 63 if self.backend == "postgresql" else 64
+        self.name = (base or "dbmigrate")[: limit - len(suffix) - 3] + suffix  # room for MySQL's backup database
+        if self.backend in ("mysql", "mariadb"):
+            # Backups live in a database of their own on MySQL: one per scratch database, dropped with it.
+            self.backup_schema = self.name + "_bk"
+        elif self.backend not in ("postgresql", "sqlite"):
+            raise ConfigurationError(
+                f"verify creates its scratch database on PostgreSQL, MySQL/MariaDB or SQLite, not on "
+                f"{self.backend}. Pass --url with a throwaway database to verify on."
+            )
+
+    def __enter__(self) -> _Place:
+        self._create()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._drop()
+
+    def recreate(self) -> None:
+        if self.directory is not None:  # SQLite: the same file name, empty again
+            for path in Path(self.directory).iterdir():
+                path.unlink()
+            return
+        self._drop()
+        self._create()
+
+    def _create(self) -> None:
+        if self.backend == "sqlite":
+            self.directory = tempfile.mkdtemp(prefix="dbmigrate-verify-")
+            self.parsed = self.configured.set(database=str(Path(self.directory) / "verify.db"), query={})
+            log.info("scratch database created", database=mask_url(self.parsed))
+            return
+        self.parsed = self.configured.set(database=self.name)
+        with self._server() as server:
+            try:
+                server.exec_driver_sql(f"CREATE DATABASE {self._quote(server, self.name)}")
+            except DBAPIError as exc:
+                raise ConfigurationError(
+                    f"verify cannot create its scratch database {self.name} on the server of "
+                    f"{mask_url(self.configured)}: "
+                    f"{_reason(exc)}. verify round-trips every revision on a database of its own and drops it "
+                    "afterwards, which needs a user allowed to create databases (PostgreSQL: CREATEDB; "
+                    "MySQL/MariaDB: the CREATE and DROP privileges). Grant that, or pass --url with a "
+                    "throwaway database that verify may fill (it never drops a database it did not create)."
+                ) from None
+        log.info("scratch database created", database=mask_url(self.parsed))
+
+    def _drop(self) -> None:
+        if self.backend == "sqlite":
+            if self.directory is not None:
+                shutil.rmtree(self.directory, ignore_errors=True)
+                self.directory = None
+            return
+        names = [self.name] + ([self.backup_schema] if self.backup_schema else [])
+        try:
+            with self._server() as server:
+                for name in names:
+                    quoted = self._quote(server, name)
+                    if self.backend == "postgresql":
+                        try:
+                            server.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+                        except DBAPIError:  # before PostgreSQL 13: end the sessions first
+                            server.exec_driver_sql(
+                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = %(name)s AND pid <> pg_backend_pid()",
+                                {"name": name},
+                            )
+                            server.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}")
+                    else:
+                        server.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}")
+        except (DbmigrateError, SQLAlchemyError) as exc:
+            log.error(
+                "scratch database not dropped: drop it by hand",
+                databases=names,
+                server=mask_url(self.configured.set(database=None)),
+                error=redact(str(getattr(exc, "orig", exc))),
+            )
+            return
+        log.info("scratch database dropped", database=mask_url(self.parsed))
+
+    @contextlib.contextmanager
+    def _server(self) -> Iterator[Connection]:
+        """An autocommit connection to the server: PostgreSQL's maintenance database, no database on MySQL."""
+        candidates: list[str | None] = [None]
+        if self.backend == "postgresql":
+            candidates = ["postgres"]
+            if self.configured.database and self.configured.database != "postgres":
+                candidates.append(self.configured.database)  # a user who may not connect to postgres
+        for index, name in enumerate(candidates):
+            engine = database.create(self.configured.set(database=name).render_as_string(hide_password=False))
+            try:
+                if index + 1 < len(candidates):
+                    try:
+                        engine.connect().close()
+                    except DBAPIError as exc:
+                        if database.classify(exc) in ("missing-database", "other"):
+                            continue  # try the next database on the same server
+                connection = database.connect(engine, self.settings.wait_timeout)
+                try:
+                    yield connection.execution_options(isolation_level="AUTOCOMMIT")
+                finally:
+                    connection.close()
+                return
+            finally:
+                engine.dispose()
+
+    @staticmethod
+    def _quote(connection: Connection, name: str) -> str:
+        return connection.dialect.identifier_preparer.quote(name)
+
+
+@contextlib.contextmanager
+def _environment_pointing_at(url: str) -> Iterator[None]:
+    """An env.py that reads DATABASE_URL itself must reach the verify database too, never the real one."""
+    names = ("DATABASE_URL", "DBMIGRATE_DATABASE_URL")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, url))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# -- the round trips ----------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """The remaining revisions cannot be checked (from this database); ``problem`` is why, if it is one."""
+
+    def __init__(self, reason: str, not_checked: Sequence[str], problem: Problem | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.not_checked = list(not_checked)
+        self.problem = problem
+
+
+# How a round trip leaves the database: where the first upgrade left it, somewhere else, or below it.
+_SETTLED, _OFF_COURSE, _BLOCKED = "settled", "off-course", "blocked"
+
+
+class _Verifier:
+    def __init__(
+        self,
+        settings: Settings,
+        config: Config,
+        script: ScriptDirectory,
+        place: _Place,
+        with_data: bool,
+        upgrade: Migrate,
+        downgrade: Migrate,
+    ) -> None:
+        self.config = config
+        self.script = script
+        self.place = place
+        self.with_data = with_data
+        self._upgrade_api = upgrade
+        self._downgrade_api = downgrade
+        self.settings = dataclasses.replace(
+            settings,
+            database_url=place.url,
+            database_url_file=None,
+            database_password_file=None,
+            allow_data_loss=True,  # the gate must let every step run: losing data is what is being checked
+            refuse_findings="",
+            table_schema=None,
+            backup_schema=place.backup_schema or settings.backup_schema,
+            termination_log=Path(os.devnull),  # the steps' outcomes are not the pod's
+            pushgateway=None,
+            metrics_textfile=None,
+        )
+        self.own_tables = _OwnTables(self.settings)
+        self.run_ids: set[str] = set()
+        self.seq = 0
+        self.confirmed = False
+        self.known: dict[str, str] | None = None  # the schema now, when a round trip just took it
+
+    # -- the walk ---------------------------------------------------------------------------------
+
+    def run(self, revisions: Sequence[str], lower: str) -> VerifyResult:
+        result = VerifyResult(database=mask_url(self.place.parsed), scratch=self.place.owned, with_data=self.with_data)
+        scripts.point_at(self.config, self.place.url)
+        self.own_tables.version_table = self._version_table()
+        try:
+            todo = self._start(revisions, lower)
+            for index, revision in enumerate(todo):
+                result.revisions_checked += 1
+                log.info("verifying revision", revision=revision, position=f"{index + 1}/{len(todo)}")
+                problems, state = self._round_trip(revision)
+                result.problems.extend(problems)
+                for problem in problems:
+                    log.warning("verify found a problem", revision=revision, kind=problem.kind, detail=problem.detail)
+                rest = list(todo[index + 1 :])
+                if state == _BLOCKED and rest:
+                    raise _Stop(f"{revision} does not upgrade, so the revisions above it cannot be checked", rest)
+                if state == _OFF_COURSE and rest:
+                    self._recover(revision, rest)
+        except _Stop as stop:
+            if stop.problem is not None:
+                result.problems.append(stop.problem)
+            result.not_checked = stop.not_checked
+            log.warning("verify stopped early", reason=stop.reason, not_checked=stop.not_checked)
+        finally:
+            self._clean_up()
+        return result
+
+    def _start(self, revisions: Sequence[str], lower: str) -> list[str]:
+        """Bring the database to the range's lower end; the revisions still to check, oldest first."""
+        current = self._heads()
+        scripts.ensure_known(self.script, current)
+        if current:
+            log.info("verify starts from the database's revision", heads=list(current))
+        if lower != "base":
+            try:
+                self._upgrade(lower)
+            except _STEP_ERRORS as exc:
+                detail = f"upgrading to the lower end of the range failed: {exc}"
+                raise _Stop(detail, revisions, Problem(lower, UPGRADE_FAILED, detail)) from None
+        applied = self._applied()
+        skipped = [r for r in revisions if r in applied]
+        if skipped:
+            log.warning("revisions already applied on the database are not checked", revisions=skipped)
+        return [r for r in revisions if r not in applied]
+
+    def _round_trip(self, revision: str) -> tuple[list[Problem], str]:
+        """Upgrade, downgrade, upgrade: the problems, and where that left the database (``_SETTLED``...)."""
+        problems: list[Problem] = []
+        before, self.known = self.known or self._snapshot(), None
+        try:
+            self._upgrade(revision, confirm=True)
+        except _STEP_ERRORS as exc:
+            return [Problem(revision, UPGRADE_FAILED, f"the upgrade failed: {exc}")], _BLOCKED
+        after = self._snapshot()
+        seeded = self._seed() if self.with_data else []
+        try:
+            self._downgrade(revision)
+        except _STEP_ERRORS as exc:
+            problems.append(Problem(revision, DOWNGRADE_FAILED, f"the downgrade failed: {exc}"))
+            if isinstance(exc, RepairNeeded) or self._snapshot() != after:
+                return problems, _OFF_COURSE
+            self.known = after
+            return problems, _SETTLED
+        down = self._snapshot()
+        extra, missing, changed = compare(before, down)
+        if missing:
+            problems.append(
+                Problem(
+                    revision,
+                    DOWNGRADE_FAILED,
+                    "the downgrade ran but removed what was there before the upgrade: " + _join(missing),
+                )
+            )
+        if extra or changed:
+            problems.append(Problem(revision, TRACE_LEFT, "the downgrade left behind: " + _join(extra + changed)))
+        try:
+            self._upgrade(revision)
+        except _STEP_ERRORS as exc:
+            problems.append(Problem(revision, UPGRADE_FAILED, f"upgrading again after the downgrade failed: {exc}"))
+            return problems, _OFF_COURSE
+        again = self._snapshot()
+        if again != after:
+            if not problems:
+                extra, missing, changed = compare(after, again)
+                problems.append(
+                    Problem(
+                        revision,
+                        TRACE_LEFT,
+                        "after the downgrade and a second upgrade the schema differs from the first upgrade: "
+                        + _join(extra + missing + changed),
+                    )
+                )
+            return problems, _OFF_COURSE
+        for table, losses in self._check_seeded(seeded).items():
+            problems.append(
+                Problem(
+                    revision,
+                    DATA_LOST,
+                    f"table {table}: rows seeded before the downgrade did not come back after the upgrade: "
+                    + _join(losses),
+                )
+            )
+        self.known = again
+        return problems, _SETTLED
+
+    def _recover(self, revision: str, rest: Sequence[str]) -> None:
+        """After a round trip that left the database off course: a new scratch database, upgraded to ``revision``."""
+        if not self.place.owned:
+            raise _Stop(
+                f"the round trip of {revision} left the database in a state the later revisions cannot be "
+                "checked from, and a database given with --url is never recreated",
+                rest,
+            )
+        log.info("recreating the scratch database to go on", after=revision)
+        self.place.recreate()
+        try:
+            self._upgrade(revision)
+        except _STEP_ERRORS as exc:
+            raise _Stop(f"upgrading a new scratch database to {revision} failed: {exc}", rest) from None
+
+    # -- steps, through the public API ------------------------------------------------------------
+
+    def _upgrade(self, target: str, confirm: bool = False) -> None:
+        result = self._upgrade_api(target, settings=self.settings)
+        self.run_ids.add(result.run_id)
+        if confirm and not self.confirmed:
+            self._confirm_target(target)
+
+    def _downgrade(self, revision: str) -> None:
+        found = self.script.get_revision(revision)
+        downs = list(found._normalized_down_revisions) if found is not None else []
+        # One step down, only this revision: "REV@-1" leaves other branches alone; from a merge
+        # point, downgrading to one of its parents removes the merge point only.
+        target = downs[0] if len(downs) > 1 else f"{revision}@-1"
+        result = self._downgrade_api(target, settings=self.settings)
+        self.run_ids.add(result.run_id)
+
+    def _confirm_target(self, revision: str) -> None:
+        """Before the first downgrade: the upgrade reached the verify database, so env.py migrates that one."""
+        if revision not in self._applied():
+            raise ConfigurationError(
+                "The migration environment (env.py) did not migrate the verify database "
+                f"{mask_url(self.place.parsed)}: its version table does not show {revision} after upgrading "
+                "to it, so env.py connects to another database. verify stopped before any downgrade. Make "
+                "env.py use the connection dbmigrate passes (config.attributes['connection']) or the "
+                "sqlalchemy.url it sets."
+            )
+        self.confirmed = True
+
+    # -- reading the database ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        engine = database.create(self.place.url)
+        try:
+            connection = database.connect(engine, self.settings.wait_timeout)
+            try:
+                yield connection
+            finally:
+                connection.close()
+        finally:
+            engine.dispose()
+
+    def _version_table(self) -> tuple[str, str | None]:
+        """Where env.py keeps the revision (``version_table``, ``version_table_schema``), read by running it."""
+        found: list[tuple[str, str | None]] = []
+
+        def remember(options: dict[str, Any]) -> None:
+            found.append((options.get("version_table") or "alembic_version", options.get("version_table_schema")))
+
+        engine = database.create(self.place.url)
+        try:
+            with engine.connect() as connection:
+                scripts.run_env(
+                    self.config,
+                    self.script,
+                    lambda _: [],
+                    connection=connection,
+                    on_configure=remember,
+                    dont_mutate=True,
+                )
+        except DbmigrateError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - env.py can raise anything
+            raise ConfigurationError(
+                f"The migration environment (env.py) failed: {type(exc).__name__}: {redact(str(exc))}"
+            ) from None
+        finally:
+            engine.dispose()
+        return found[0] if found else ("alembic_version", None)
+
+    def _heads(self) -> tuple[str, ...]:
+        name, schema = self.own_tables.version_table
+        with self._connect() as connection:
+            if not inspect(connection).has_table(name, schema=schema):
+                return ()
+            table = Table(name, MetaData(), Column("version_num", sqltypes.String(32)), schema=schema)
+            return tuple(sorted(row[0] for row in connection.execute(select(table.c.version_num))))
+
+    def _applied(self) -> set[str]:
+        heads = self._heads()
+        if not heads:
+            return set()
+        return {r.revision for r in self.script.revision_map.iterate_revisions(heads, "base") if r is not None}
+
+    def _snapshot(self) -> dict[str, str]:
+        with self._connect() as connection:
+            return snapshot(connection, self.own_tables.excluded)
+
+    # -- data -------------------------------------------------------------------------------------
+
+    def _seed(self) -> list[_Seeded]:
+        """A row in every table, in foreign-key order; what each row holds, as stored."""
+        seeded: list[_Seeded] = []
+        with self._connect() as connection:
+            metadata = _reflect(connection, self.own_tables.excluded)
+            stored: dict[str, dict[str, Any]] = {}
+            for table in metadata.sorted_tables:
+                if self.own_tables.excluded(table.schema, table.name):
+                    continue
+                row = self._seed_table(connection, table, stored)
+                if row is not None:
+                    stored[table.fullname] = row.values
+                    seeded.append(row)
+        return seeded
+
+    def _seed_table(self, connection: Connection, table: Table, stored: Mapping[str, dict[str, Any]]) -> _Seeded | None:
+        """Insert one row into ``table`` in a transaction of its own; None (logged) when that cannot be done."""
+        if connection.in_transaction():
+            connection.commit()  # reflection's implicit transaction
+        try:
+            with connection.begin():
+                values = self._row_values(connection, table, stored)
+                if values is None:
+                    return None
+                inserted = connection.execute(table.insert().values(**values))
+                key: dict[str, Any] | None = {c.name: values.get(c.name) for c in table.primary_key.columns}
+                if key and None in key.values() and inserted.inserted_primary_key is not None:
+                    key = dict(zip(key, inserted.inserted_primary_key, strict=False))  # generated by the database
+                key = key or None
+                row = connection.execute(select(table).where(_matches(table, key or values))).mappings().first()
+        except SQLAlchemyError as exc:
+            log.warning("table not seeded: the insert failed", table=table.fullname, error=_reason(exc))
+            return None
+        return None if row is None else _Seeded(table.schema, table.name, key, dict(row))
+
+    def _row_values(
+        self, connection: Connection, table: Table, stored: Mapping[str, dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """A value for every column: foreign keys refer to the rows just seeded (or any row), the rest by type."""
+        values: dict[str, Any] = {}
+        mysql = connection.dialect.name in ("mysql", "mariadb")
+        json_text = {
+            column.name
+            for constraint in table.constraints
+            if isinstance(constraint, CheckConstraint) and "json_valid" in str(constraint.sqltext).lower()
+            for column in table.columns
+            if column.name in str(constraint.sqltext)
+        }
+        for constraint in table.foreign_key_constraints:
+            referred = constraint.referred_table
+            parent = stored.get(referred.fullname)
+            if parent is None and referred is not table:
+                found = connection.execute(select(*[e.column for e in constraint.elements]).limit(1)).first()
+                parent = dict(zip([e.column.name for e in constraint.elements], found, strict=True)) if found else None
+            for element in constraint.elements:
+                if parent is not None:
+                    values[element.parent.name] = parent[element.column.name]
+                elif element.parent.nullable:
+                    values[element.parent.name] = None
+                else:
+                    log.warning(
+                        "table not seeded: no row to refer to", table=table.fullname, refers_to=referred.fullname
+                    )
+                    return None
+        for column in table.columns:
+            if column.name in values or column.computed is not None:
+                continue
+            if column.identity is not None and column.identity.always:
+                continue  # the database generates it; read back from the insert
+            self.seq += 1
+            if column.primary_key and isinstance(column.type, sqltypes.Integer):
+                # Explicit, above every existing id: rows a migration inserts with explicit ids do not collide.
+                biggest = connection.execute(select(func.max(column))).scalar()
+                values[column.name] = int(biggest or 0) + 1
+                continue
+            value = sample_value(column.type, self.seq)
+            if isinstance(value, str) and (column.name in json_text or (mysql and "TEXT" in str(column.type).upper())):
+                # JSON kept as text (MariaDB's JSON is LONGTEXT with a CHECK json_valid() that is not reflected).
+                value = f'{{"seed": {self.seq}}}'
+            if value is _UNKNOWN:
+                if column.nullable:
+                    values[column.name] = None
+                elif column.server_default is None:
+                    log.warning(
+                        "table not seeded: no value for a column of this type",
+                        table=table.fullname,
+                        column=column.name,
+                        type=str(column.type),
+                    )
+                    return None
+                continue
+            values[column.name] = value
+        return values
+
+    def _check_seeded(self, seeded: Sequence[_Seeded]) -> dict[str, list[str]]:
+        """Per table: what of the seeded rows did not come back."""
+        lost: dict[str, list[str]] = {}
+        if not seeded:
+            return lost
+        with self._connect() as connection:
+            metadata = _reflect(connection, self.own_tables.excluded)
+            for row in seeded:
+                table = metadata.tables.get(f"{row.schema}.{row.name}" if row.schema else row.name)
+                label = f"{row.schema}.{row.name}" if row.schema else row.name
+                problems = _compare_row(connection, table, row)
+                if problems:
+                    lost.setdefault(label, []).extend(problems)
+        return lost
+
+    def _clean_up(self) -> None:
+        """On a given database: drop the copies verify's own runs backed up (a scratch database goes whole)."""
+        if self.place.owned or not self.run_ids:
+            return
+        from dbmigrate.rollback import Backups
+
+        try:
+            with self._connect() as connection:
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+                backups = Backups(
+                    connection,
+                    database.capabilities(connection.engine),
+                    self.settings.backups_table,
+                    self.settings.table_schema,
+                    self.settings.backup_schema,
+                )
+                for backup in backups.all():
+                    if backup.run_id in self.run_ids and backup.status != "dropped":
+                        backups.drop(backup)
+        except (DbmigrateError, SQLAlchemyError) as exc:
+            log.warning("verify's backup copies not dropped", error=redact(str(getattr(exc, "orig", exc)))[:300])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Seeded:
+    schema: str | None
+    name: str
+    key: dict[str, Any] | None  # primary key values; None: the table has none, match on every value
+    values: dict[str, Any]
+
+
+class _OwnTables:
+    """dbmigrate's and Alembic's tables, which a snapshot leaves out."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.names = {settings.history_table, settings.archive_table, settings.backups_table}
+        self.backup_prefix = f"{settings.backup_schema}__"  # SQLite keeps backups beside the data
+        self.backup_schema = settings.backup_schema
+        self.version_table: tuple[str, str | None] = ("alembic_version", None)
+
+    def excluded(self, schema: str | None, name: str) -> bool:
+        version_name, version_schema = self.version_table
+        return (
+            name in self.names
+            or name == "alembic_version"
+            or name.startswith("dbmigrate_")
+            or name.startswith(self.backup_prefix)
+            or schema == self.backup_schema
+            or (name == version_name and schema == version_schema)
+            or (name.endswith("_seq") and any(name.startswith(f"{table}_") for table in self.names))
+        )
+
+
+# -- snapshots ------------------------------------------------------------------------------------------
+
+
+def snapshot(connection: Connection, excluded: Callable[[str | None, str], bool]) -> dict[str, str]:
+    """The schema as ``{object: definition}``: every table, column, key, index, constraint, view, sequence, enum.
+
+    Objects are named so that two snapshots compare key by key; definitions are normalised (types
+    rendered by the dialect, whitespace collapsed, lists in a fixed order). Column order is ignored.
+    ``excluded(schema, name)`` leaves a table out, ``excluded(schema, "")`` a whole schema.
+    """
+    inspector = inspect(connection)
+    found: dict[str, str] = {}
+    for schema in _schemas(connection):
+        if schema is not None and excluded(schema, ""):
+            continue
+        prefix = f"{schema}." if schema else ""
+        names = [name for name in inspector.get_table_names(schema=schema) if not excluded(schema, name)]
+        for name in names:
+            found[f"table {prefix}{name}"] = ""
+        if names:
+            _describe_tables(connection, schema, names, found)
+        views = list(inspector.get_view_names(schema=schema))
+        with contextlib.suppress(NotImplementedError):
+            views += inspector.get_materialized_view_names(schema=schema)
+        for view in views:
+            if excluded(schema, view):
+                continue
+            try:
+                definition = inspector.get_view_definition(view, schema=schema)
+            except (NotImplementedError, SQLAlchemyError):
+                definition = ""
+            found[f"view {prefix}{view}"] = _norm(definition)
+        with contextlib.suppress(NotImplementedError):
+            for sequence in inspector.get_sequence_names(schema=schema):
+                if not excluded(schema, sequence):
+                    found[f"sequence {prefix}{sequence}"] = ""
+        get_enums = getattr(inspector, "get_enums", None)
+        if get_enums is not None:
+            for enum in get_enums(schema=schema or inspector.default_schema_name):
+                found[f"enum type {prefix}{enum['name']}"] = "(" + ", ".join(repr(v) for v in enum["labels"]) + ")"
+    return found
+
+
+def _schemas(connection: Connection) -> list[str | None]:
+    """None for the connection's default schema, plus PostgreSQL's other user schemas."""
+    if connection.dialect.name != "postgresql":
+        return [None]
+    inspector = inspect(connection)
+    default = inspector.default_schema_name
+    others = [
+        s
+        for s in inspector.get_schema_names()
+        if s != default and s not in _PG_SYSTEM_SCHEMAS and not s.startswith("pg_")
+    ]
+    return [None, *sorted(others)]
+
+
+def _describe_tables(connection: Connection, schema: str | None, names: list[str], found: dict[str, str]) -> None:
+    inspector = inspect(connection)
+    dialect = connection.dialect
+    default_schema = inspector.default_schema_name
+
+    def multi(method: str) -> dict[tuple[str | None, str], Any]:
+        try:
+            return dict(getattr(inspector, method)(schema=schema, filter_names=names))
+        except NotImplementedError:
+            return {}
+
+    columns, pks, fks = multi("get_multi_columns"), multi("get_multi_pk_constraint"), multi("get_multi_foreign_keys")
+    indexes, uniques = multi("get_multi_indexes"), multi("get_multi_unique_constraints")
+    checks = multi("get_multi_check_constraints")
+    for (table_schema, table), table_columns in columns.items():
+        label = f"{table_schema}.{table}" if table_schema else table
+        for column in table_columns:
+            parts = [_type(column["type"], dialect), "NULL" if column["nullable"] else "NOT NULL"]
+            if column.get("default") is not None:
+                parts.append(f"DEFAULT {_norm(column['default'])}")
+            computed = column.get("computed")
+            if computed:
+                parts.append(f"GENERATED ({_norm(computed['sqltext'])})")
+            if column.get("identity"):
+                parts.append("IDENTITY")
+            if column.get("comment"):
+                parts.append(f"COMMENT {column['comment']!r}")
+            found[f"column {label}.{column['name']}"] = " ".join(parts)
+        pk = pks.get((table_schema, table)) or {}
+        if pk.get("constrained_columns"):
+            found[f"primary key of {label}"] = (
+                f"{pk.get('name') or ''} ({', '.join(pk['constrained_columns'])})".strip()
+            )
+        for fk in fks.get((table_schema, table), []):
+            referred_schema = fk.get("referred_schema")
+            referred = (f"{referred_schema}." if referred_schema and referred_schema != default_schema else "") + str(
+                fk["referred_table"]
+            )
+            options = " ".join(f"{k.upper()} {v}" for k, v in sorted((fk.get("options") or {}).items()) if v)
+            columns_text = ", ".join(fk["constrained_columns"])
+            name = fk.get("name") or f"({columns_text})"
+            found[f"foreign key {name} on {label}"] = (
+                f"({columns_text}) REFERENCES {referred} ({', '.join(fk['referred_columns'])}) {options}".strip()
+            )
+        for index in indexes.get((table_schema, table), []):
+            if index.get("duplicates_constraint"):
+                continue  # reported as the constraint itself
+            expressions = index.get("expressions") or index.get("column_names") or []
+            text = f"{'UNIQUE ' if index.get('unique') else ''}({', '.join(str(e) for e in expressions)})"
+            dialect_options = {k: v for k, v in (index.get("dialect_options") or {}).items() if v or v == 0}
+            if dialect_options:
+                text += " " + " ".join(f"{k}={_norm(v)}" for k, v in sorted(dialect_options.items()))
+            found[f"index {index['name']} on {label}"] = text
+        for unique in uniques.get((table_schema, table), []):
+            columns_text = ", ".join(unique["column_names"])
+            found[f"unique constraint {unique.get('name') or f'({columns_text})'} on {label}"] = f"({columns_text})"
+        for check in checks.get((table_schema, table), []):
+            sqltext = _norm(check["sqltext"])
+            found[f"check constraint {check.get('name') or sqltext} on {label}"] = sqltext
+
+
+def _type(type_: sqltypes.TypeEngine[Any], dialect: Any) -> str:
+    try:
+        return _norm(type_.compile(dialect=dialect)).upper()
+    except Exception:  # noqa: BLE001 - a type the dialect cannot render (SQLite's NullType) still compares by name
+        return type(type_).__name__.upper()
+
+
+def _norm(value: object) -> str:
+    return " ".join(str(value).split())
+
+
+def compare(before: Mapping[str, str], after: Mapping[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """What ``after`` has that ``before`` lacks, what it lacks, and what differs; one sentence each, sorted."""
+    extra = [f"{key} {after[key]}".strip() + " is still there" for key in sorted(set(after) - set(before))]
+    missing = [f"{key} {before[key]}".strip() + " is gone" for key in sorted(set(before) - set(after))]
+    changed = [
+        f"{key} was {before[key] or '(empty)'}, is {after[key] or '(empty)'}"
+        for key in sorted(set(before) & set(after))
+        if before[key] != after[key]
+    ]
+    # A table that is still there explains its columns, keys and indexes: name the table only.
+    gone_tables = {k.removeprefix("table ") for k in set(before) - set(after) if k.startswith("table ")}
+    left_tables = {k.removeprefix("table ") for k in set(after) - set(before) if k.startswith("table ")}
+    return _fold(extra, left_tables), _fold(missing, gone_tables), changed
+
+
+def _fold(lines: list[str], tables: set[str]) -> list[str]:
+    if not tables:
+        return lines
+    kept = []
+    for line in lines:
+        if not line.startswith("table ") and any(_belongs(line, table) for table in tables):
+            continue
+        kept.append(line)
+    return kept
+
+
+def _belongs(line: str, table: str) -> bool:
+    return line.startswith(f"column {table}.") or f" on {table} " in line or f" of {table} " in line
+
+
+def _join(lines: Sequence[str]) -> str:
+    shown = "; ".join(lines[:_MAX_DIFFERENCES])
+    return shown + (f"; and {len(lines) - _MAX_DIFFERENCES} more" if len(lines) > _MAX_DIFFERENCES else "")
+
+
+# -- seeding values -------------------------------------------------------------------------------------
+
+
+class _Unknown:
+    pass
+
+
+_UNKNOWN = _Unknown()
+
+
+def sample_value(type_: sqltypes.TypeEngine[Any], seq: int) -> Any:
+    """A value of ``type_`` that every database stores; ``seq`` makes it distinct. ``_UNKNOWN`` when there is none."""
+    enums = getattr(type_, "enums", None)
+    if enums:
+        return enums[0]
+    if isinstance(type_, sqltypes.JSON):
+        return {"seed": seq}
+    try:
+        python_type = type_.python_type
+    except NotImplementedError:
+        return _UNKNOWN
+    name = type(type_).__name__.upper()
+    if python_type is bool:
+        return True
+    if python_type is int:
+        if "TINY" in name:
+            return seq % 100 + 1
+        if "SMALL" in name or isinstance(type_, sqltypes.SmallInteger):
+            return seq % 30000 + 1
+        if "MEDIUM" in name:
+            return seq % 8_000_000 + 1
+        return 1_000_000 + seq
+    if python_type is float:
+        return 1.5
+    if python_type is Decimal:
+        precision, scale = getattr(type_, "precision", None), getattr(type_, "scale", None)
+        if precision is not None and scale is not None and precision - scale < 1:
+            return Decimal("0.5")
+        return Decimal("1.5")
+    if python_type is str:
+        text = f"seed-{seq}"
+        length = getattr(type_, "length", None)
+        return text[-length:] if length and length < len(text) else text
+    if python_type is bytes:
+        length = getattr(type_, "length", None)
+        return b"seed"[: length or 4]
+    if python_type is dt.datetime:
+        moment = dt.datetime(2001, 2, 3, 4, 5, 6)
+        return moment.replace(tzinfo=dt.timezone.utc) if getattr(type_, "timezone", False) else moment
+    if python_type is dt.date:
+        return dt.date(2001, 2, 3)
+    if python_type is dt.time:
+        return dt.time(4, 5, 6)
+    if python_type is dt.timedelta:
+        return dt.timedelta(seconds=seq)
+    if python_type is dict:
+        return {"seed": seq}
+    if python_type is list:
+        return []
+    if python_type is uuid.UUID:
+        return uuid.uuid4() if getattr(type_, "as_uuid", True) else str(uuid.uuid4())
+    return _UNKNOWN
+
+
+def _reflect(connection: Connection, excluded: Callable[[str | None, str], bool]) -> MetaData:
+    metadata = MetaData()
+    inspector = inspect(connection)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SAWarning)  # types a dialect does not know, cycles in sorted_tables
+        for schema in _schemas(connection):
+            names = [n for n in inspector.get_table_names(schema=schema) if not excluded(schema, n)]
+            if names:
+                metadata.reflect(connection, schema=schema, only=names)
+        metadata.sorted_tables  # noqa: B018 -- computed here, where its cycle warning is silenced
+    return metadata
+
+
+def _matches(table: Table, values: Mapping[str, Any]) -> Any:
+    return and_(
+        *[
+            table.c[name].is_(None) if value is None else table.c[name] == value
+            for name, value in values.items()
+            if name in table.c
+        ]
+    )
+
+
+def _compare_row(connection: Connection, table: Table | None, seeded: _Seeded) -> list[str]:
+    label = _row_label(seeded)
+    if table is None:
+        return [f"the table is gone ({label})"]
+    lookup = seeded.key if seeded.key is not None else seeded.values
+    missing_columns = [name for name in lookup if name not in table.c]
+    if missing_columns:
+        return [f"{label}: column(s) {', '.join(missing_columns)} are gone"]
+    row = connection.execute(select(table).where(_matches(table, lookup))).mappings().first()
+    if row is None:
+        return [f"{label} is gone"]
+    found = dict(row)
+    problems = []
+    for column, value in seeded.values.items():
+        if column not in found:
+            problems.append(f"{label}: column {column} is gone (it held {_show(value)})")
+        elif found[column] != value:
+            problems.append(f"{label}: {column} was {_show(value)}, is {_show(found[column])}")
+    return problems
+
+
+def _row_label(seeded: _Seeded) -> str:
+    if seeded.key is None:
+        return "the row " + ", ".join(f"{k}={_show(v)}" for k, v in seeded.values.items())
+    return "row " + ", ".join(f"{k}={_show(v)}" for k, v in seeded.key.items())
+
+
+def _show(value: object) -> str:
+    text = "NULL" if value is None else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", exc)
+    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
+    return redact(" ".join(lines[:2]))[:300] or type(orig).__name__

@@ -1,0 +1,358 @@
+"""`dbmigrate verify`: upgrade, downgrade and upgrade again, revision by revision, on a scratch database.
+
+Every test runs the real CLI against real PostgreSQL, MariaDB and SQLite, and then checks that the
+scratch database verify created is gone (for SQLite: its temporary directory).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+import dbmigrate
+from tests.conftest import MARIADB_ADMIN, POSTGRES_ADMIN, add_revision, remove_revisions, run_dbmigrate
+
+CREATES_ITEMS = """\
+op.create_table(
+    "items",
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(50), nullable=True),
+    sa.Column("price", sa.Numeric(10, 2), nullable=False),
+)
+"""
+DROPS_ITEMS = 'op.drop_table("items")'
+ADDS_NOTE = 'op.add_column("items", sa.Column("note", sa.String(200), nullable=True))'
+DROPS_NOTE = """\
+with op.batch_alter_table("items") as batch:
+    batch.drop_column("note")
+"""
+ADDS_INDEX = 'op.create_index("ix_items_price", "items", ["price"])'
+DROPS_INDEX = 'op.drop_index("ix_items_price", table_name="items")'
+
+
+def scratch_leftovers(database_url: str, tmpdir: Path) -> list[str]:
+    """Databases (or, for SQLite, temporary directories) verify created for ``database_url`` and left behind."""
+    parsed = make_url(database_url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return [p.name for p in tmpdir.glob("dbmigrate-verify-*")]
+    admin = POSTGRES_ADMIN if backend == "postgresql" else MARIADB_ADMIN
+    pattern = f"{parsed.database}_verify_%".replace("_", r"\_")
+    query = (
+        "SELECT datname FROM pg_database WHERE datname LIKE %(p)s"
+        if backend == "postgresql"
+        else "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %(p)s"
+    )
+    engine = sa.create_engine(admin)
+    try:
+        with engine.connect() as connection:
+            return [row[0] for row in connection.exec_driver_sql(query, {"p": pattern})]
+    finally:
+        engine.dispose()
+
+
+def verify(
+    project: Path, database_url: str, tmp_path: Path, *args: str, **env: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """``dbmigrate verify --format json ARGS``; its JSON, after checking that no scratch database is left."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir(exist_ok=True)
+    done = run_dbmigrate(
+        "verify", "--format", "json", *args, cwd=project, database_url=database_url, TMPDIR=str(tmpdir), **env
+    )
+    assert scratch_leftovers(database_url, tmpdir) == [], done.stderr[-3000:]
+    return done, json.loads(done.stdout)
+
+
+def kinds(data: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(p["revision"], p["kind"]) for p in data["problems"]]
+
+
+def small_project(project: Path, *revisions: tuple[str, str, str]) -> Path:
+    """The project with only these revisions, each (id, upgrade body, downgrade body), chained in order."""
+    remove_revisions(project)
+    down = None
+    for revision, upgrade, downgrade in revisions:
+        add_revision(project, revision, down, upgrade, downgrade)
+        down = revision
+    return project
+
+
+def tables_in(database_url: str) -> set[str]:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return set(sa.inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_the_example_app_round_trips_without_a_problem(project: Path, database_url: str, tmp_path: Path) -> None:
+    done, data = verify(project, database_url, tmp_path)
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 6, "problems": []}
+    assert tables_in(database_url) == set()  # the configured database is never touched
+
+
+def test_a_downgrade_that_keeps_what_its_upgrade_changed_is_a_trace(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, DROPS_ITEMS),
+        (
+            "r2_name_required",
+            'with op.batch_alter_table("items") as batch:\n'
+            '    batch.alter_column("name", existing_type=sa.String(50), nullable=False)',
+            "pass",
+        ),
+    )
+
+    done, data = verify(project, database_url, tmp_path)
+
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert data["revisions_checked"] == 2
+    assert kinds(data) == [("r2_name_required", "trace-left")]  # the upgrade again works: no other problem
+    assert "column items.name was VARCHAR(50) NULL, is VARCHAR(50) NOT NULL" in data["problems"][0]["detail"]
+
+
+BROKEN_DOWNGRADES = {
+    "raises": ('raise RuntimeError("this downgrade is broken")', "this downgrade is broken"),
+    "drops the wrong column": (
+        'with op.batch_alter_table("items") as batch:\n    batch.drop_column("name")',
+        "column items.name VARCHAR(50) NULL is gone",
+    ),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_DOWNGRADES)
+def test_a_broken_downgrade_is_reported_as_downgrade_failed_and_exits_4(
+    project: Path, database_url: str, tmp_path: Path, broken: str
+) -> None:
+    downgrade, says = BROKEN_DOWNGRADES[broken]
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, DROPS_ITEMS),
+        ("r2_note", ADDS_NOTE, downgrade),
+        ("r3_index", ADDS_INDEX, DROPS_INDEX),
+    )
+
+    done, data = verify(project, database_url, tmp_path)
+
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert data["revisions_checked"] == 3  # verification goes on past the broken revision
+    assert all(set(problem) == {"revision", "kind", "detail"} for problem in data["problems"])
+    assert {p["revision"] for p in data["problems"]} == {"r2_note"}
+    failed = [p["detail"] for p in data["problems"] if p["kind"] == "downgrade-failed"]
+    assert len(failed) == 1 and says in failed[0], data
+    assert "error: " not in done.stderr
+
+
+def test_a_downgrade_that_leaves_an_index_behind_is_a_trace_naming_it(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, DROPS_ITEMS),
+        ("r2_index", ADDS_INDEX, "pass"),
+        ("r3_note", ADDS_NOTE, DROPS_NOTE),
+    )
+
+    done, data = verify(project, database_url, tmp_path, "--range", "r1_items:r3_note")
+
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert data["revisions_checked"] == 2  # above the range's lower end only
+    traces = [p for p in data["problems"] if p["kind"] == "trace-left"]
+    assert [p["revision"] for p in traces] == ["r2_index"]
+    assert "index ix_items_price on items (price) is still there" in traces[0]["detail"]
+    assert "r3_note" not in {p["revision"] for p in data["problems"]}
+
+
+def test_with_data_a_dropped_column_that_does_not_come_back_is_data_lost(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(project, ("r1_items", CREATES_ITEMS, DROPS_ITEMS), ("r2_note", ADDS_NOTE, DROPS_NOTE))
+
+    done, data = verify(project, database_url, tmp_path, "--with-data", "--no-backup")
+
+    assert done.returncode == 4, done.stderr[-3000:]
+    lost = {p["revision"]: p["detail"] for p in data["problems"] if p["kind"] == "data-lost"}
+    assert "table items" in lost["r2_note"] and "note was 'seed-" in lost["r2_note"] and "is NULL" in lost["r2_note"]
+    assert "table items" in lost["r1_items"] and "is gone" in lost["r1_items"]
+
+    # With dbmigrate's backups (the default) the same downgrades lose nothing: the values come back.
+    done, data = verify(project, database_url, tmp_path, "--with-data")
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
+
+
+MANY_KINDS = """\
+op.create_table(
+    "kinds",
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("flag", sa.Boolean, nullable=False),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("clock", sa.Time, nullable=False),
+    sa.Column("doc", sa.JSON, nullable=False),
+    sa.Column("mood", sa.Enum("happy", "sad", name="mood"), nullable=False),
+    sa.Column("amount", sa.Numeric(8, 3), nullable=False),
+    sa.Column("ratio", sa.Float, nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+    sa.Column("token", sa.Uuid, nullable=False, unique=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("small", sa.SmallInteger, nullable=False),
+    sa.Column("big", sa.BigInteger, nullable=False),
+    sa.Column("code", sa.String(3), nullable=False),
+    sa.Column("parent_id", sa.Integer, sa.ForeignKey("kinds.id"), nullable=True),
+    sa.CheckConstraint("small >= 0", name="ck_kinds_small"),
+)
+op.create_table(
+    "pairs",
+    sa.Column("a", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("b", sa.String(10), primary_key=True),
+)
+op.create_table(
+    "links",
+    sa.Column("kind_id", sa.Integer, sa.ForeignKey("kinds.id"), primary_key=True),
+    sa.Column("pa", sa.Integer, nullable=False),
+    sa.Column("pb", sa.String(10), nullable=False),
+    sa.ForeignKeyConstraint(["pa", "pb"], ["pairs.a", "pairs.b"]),
+)
+op.create_table("no_key", sa.Column("v", sa.String(20)), sa.Column("n", sa.Integer))
+"""
+DROPS_MANY_KINDS = """\
+for table in ("links", "pairs", "no_key", "kinds"):
+    op.drop_table(table)
+if op.get_context().dialect.name == "postgresql":
+    op.execute("DROP TYPE mood")
+"""
+
+
+def test_with_data_every_table_gets_a_row_whatever_its_keys_and_column_types(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(project, ("r1_kinds", MANY_KINDS, DROPS_MANY_KINDS))
+
+    # Without backups every dropped table loses its row: each report proves that a row was seeded there.
+    done, data = verify(project, database_url, tmp_path, "--with-data", "--no-backup")
+
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert kinds(data) == [("r1_kinds", "data-lost")] * 4
+    lost = sorted(p["detail"].split(":")[0] for p in data["problems"])
+    assert lost == ["table kinds", "table links", "table no_key", "table pairs"]
+    assert "not seeded" not in done.stderr
+
+
+def test_url_starts_from_the_tables_already_there_and_keeps_the_database(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    engine = sa.create_engine(database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE legacy (id INTEGER PRIMARY KEY, title VARCHAR(40) NOT NULL)")
+        connection.exec_driver_sql("INSERT INTO legacy (id, title) VALUES (1, 'made before the first revision')")
+    engine.dispose()
+    small_project(
+        project,
+        (
+            "r1_legacy_note",
+            'op.add_column("legacy", sa.Column("note", sa.String(200), nullable=True))\n'
+            'op.create_index("ix_legacy_title", "legacy", ["title"])',
+            'op.drop_index("ix_legacy_title", table_name="legacy")\n'
+            'with op.batch_alter_table("legacy") as batch:\n    batch.drop_column("note")',
+        ),
+        ("r2_items", CREATES_ITEMS, DROPS_ITEMS),
+    )
+    # DATABASE_URL names a database that does not exist: with --url, only the given database is used.
+    elsewhere = make_url(database_url).set(database=f"{make_url(database_url).database}_absent")
+    if make_url(database_url).get_backend_name() == "sqlite":
+        elsewhere = make_url(f"sqlite:///{tmp_path / 'absent' / 'absent.db'}")
+    configured = elsewhere.render_as_string(hide_password=False)
+
+    done, data = verify(project, configured, tmp_path, "--url", database_url, "--with-data")
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
+    engine = sa.create_engine(database_url)
+    with engine.connect() as connection:
+        titles = [row[0] for row in connection.exec_driver_sql("SELECT title FROM legacy WHERE id = 1")]
+    engine.dispose()
+    assert titles == ["made before the first revision"]
+    assert {"legacy", "items"} <= tables_in(database_url)
+
+
+def test_the_scratch_database_is_dropped_even_when_verify_stops_with_an_error(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    env_py = project / "alembic" / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            "def run_on(connection) -> None:\n",
+            "def run_on(connection) -> None:\n    raise RuntimeError('env.py is broken')\n",
+        )
+    )
+
+    done, data = verify(project, database_url, tmp_path)  # asserts that nothing is left behind
+
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert data["error"] == "ConfigurationError" and "env.py is broken" in data["message"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_a_user_who_may_not_create_databases_is_told_to_pass_url(
+    project: Path, database_url: str, tmp_path: Path, backend: str
+) -> None:
+    user, password = f"dbm_nocreate_{uuid.uuid4().hex[:8]}", f"Pw-{uuid.uuid4().hex}"
+    admin = sa.create_engine(POSTGRES_ADMIN if backend == "postgresql" else MARIADB_ADMIN, isolation_level="AUTOCOMMIT")
+    database = make_url(database_url).database
+    with admin.connect() as connection:
+        if backend == "postgresql":
+            connection.exec_driver_sql(f"CREATE ROLE {user} LOGIN NOCREATEDB PASSWORD '{password}'")
+        else:
+            connection.execute(sa.text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"))
+            connection.execute(sa.text(f"GRANT ALL ON {database}.* TO '{user}'@'%'"))
+    try:
+        url = make_url(database_url).set(username=user, password=password).render_as_string(hide_password=False)
+        done = run_dbmigrate("verify", cwd=project, database_url=url)
+        json_done = run_dbmigrate("verify", "--format", "json", cwd=project, database_url=url)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP ROLE {user}" if backend == "postgresql" else f"DROP USER '{user}'@'%'"))
+        admin.dispose()
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert "cannot create its scratch database" in errors[0] and "--url" in errors[0]
+    assert password not in done.stdout + done.stderr + json_done.stdout + json_done.stderr
+    assert json.loads(json_done.stdout)["exit_code"] == 2
+
+
+def test_the_library_returns_the_problems_and_raises_on_request(project: Path, tmp_path: Path) -> None:
+    small_project(project, ("r1_items", CREATES_ITEMS, DROPS_ITEMS), ("r2_index", ADDS_INDEX, "pass"))
+    settings = dbmigrate.Settings.load(
+        config_file=project / "alembic.ini",
+        environ={},
+        database_url=f"sqlite:///{tmp_path / 'app.db'}",
+        termination_log="/nonexistent/termination-log",
+    )
+
+    result = dbmigrate.verify(settings=settings)
+
+    assert result.revisions_checked == 2 and not result.ok
+    assert [(p.revision, p.kind) for p in result.problems] == [
+        ("r2_index", "trace-left"),
+        ("r2_index", "upgrade-failed"),
+    ]
+    with pytest.raises(dbmigrate.VerificationFailed) as raised:
+        result.raise_if_problems()
+    assert raised.value.exit_code == 4 and "ix_items_price" in str(raised.value)
