@@ -41,6 +41,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# The scripts run as files (python bench/NAME/run.py): make the shared bench module importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import generated_project
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 REVISIONS = 300
@@ -48,47 +52,6 @@ REPS = 11
 COMMAND_TIMEOUT_S = 600.0
 TARGET = 2.0
 KINDS = ("add column", "index", "raw SQL", "backfill", "drop column (declared)", "index concurrently")
-
-# The same logging setup as bench/overhead; the URL only names the dialect (nothing connects).
-ALEMBIC_INI = """\
-[alembic]
-script_location = %(here)s/migrations
-path_separator = os
-sqlalchemy.url = postgresql://bench@127.0.0.1/bench_checks
-
-[loggers]
-keys = root,sqlalchemy,alembic
-
-[handlers]
-keys = console
-
-[formatters]
-keys = generic
-
-[logger_root]
-level = WARNING
-handlers = console
-qualname =
-
-[logger_sqlalchemy]
-level = WARNING
-handlers =
-qualname = sqlalchemy.engine
-
-[logger_alembic]
-level = WARNING
-handlers =
-qualname = alembic
-
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-level = NOTSET
-formatter = generic
-
-[formatter_generic]
-format = %(levelname)-5.5s [%(name)s] %(message)s
-"""
 
 REVISION_TEMPLATE = '''\
 """create table t{n:04d} with an index{title}
@@ -216,14 +179,7 @@ def revision_source(n: int) -> str:
 
 def generate_project(root: Path, count: int) -> Path:
     """An Alembic project with ``count`` chained revisions; returns its alembic.ini."""
-    versions = root / "migrations" / "versions"
-    versions.mkdir(parents=True)
-    shutil.copy(REPO / "alembic" / "env.py", root / "migrations" / "env.py")
-    ini = root / "alembic.ini"
-    ini.write_text(ALEMBIC_INI)
-    for n in range(1, count + 1):
-        (versions / f"r{n:04d}.py").write_text(revision_source(n))
-    return ini
+    return generated_project.generate_project(root, count, lambda n: (f"r{n:04d}.py", revision_source(n)))
 
 
 @dataclasses.dataclass

@@ -31,6 +31,7 @@ import psycopg
 
 # The scripts run as files (python bench/NAME/run.py): make the shared bench module importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import generated_project
 from postgres_server import Server, add_server_arguments, drop_database, recreate_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,45 +42,6 @@ STATUS_REPS = 11
 COMMAND_TIMEOUT_S = 300.0
 TARGET_UPGRADE = 1.15
 TARGET_STATUS = 1.2
-
-ALEMBIC_INI = """\
-[alembic]
-script_location = %(here)s/migrations
-path_separator = os
-
-[loggers]
-keys = root,sqlalchemy,alembic
-
-[handlers]
-keys = console
-
-[formatters]
-keys = generic
-
-[logger_root]
-level = WARNING
-handlers = console
-qualname =
-
-[logger_sqlalchemy]
-level = WARNING
-handlers =
-qualname = sqlalchemy.engine
-
-[logger_alembic]
-level = WARNING
-handlers =
-qualname = alembic
-
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-level = NOTSET
-formatter = generic
-
-[formatter_generic]
-format = %(levelname)-5.5s [%(name)s] %(message)s
-"""
 
 REVISION_TEMPLATE = '''\
 """create table t{n:04d} with an index
@@ -116,16 +78,13 @@ def downgrade() -> None:
 
 def generate_project(root: Path, count: int) -> Path:
     """An Alembic project with ``count`` chained revisions; returns its alembic.ini."""
-    versions = root / "migrations" / "versions"
-    versions.mkdir(parents=True)
-    shutil.copy(REPO / "alembic" / "env.py", root / "migrations" / "env.py")
-    ini = root / "alembic.ini"
-    ini.write_text(ALEMBIC_INI)
-    for n in range(1, count + 1):
+
+    def revision(n: int) -> tuple[str, str]:
         rev, down = f"r{n:04d}", f"r{n - 1:04d}" if n > 1 else None
         source = REVISION_TEMPLATE.format(n=n, rev=rev, down=down or "", down_literal=repr(down))
-        (versions / f"{rev}_create_t{n:04d}.py").write_text(source)
-    return ini
+        return f"{rev}_create_t{n:04d}.py", source
+
+    return generated_project.generate_project(root, count, revision)
 
 
 def version_of(server: Server, database: str) -> str | None:
