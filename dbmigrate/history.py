@@ -219,9 +219,14 @@ class History:
         runner: str,
         dbmigrate_version: str,
         app_version: str | None,
+        within: Connection | None = None,
     ) -> int:
-        """Record that a step is starting; returns the row id to finish it with."""
-        result = self.connection.execute(
+        """Record that a step is starting; returns the row id to finish it with.
+
+        With ``within``, the row is written in that connection's open transaction and exists only
+        once it commits.
+        """
+        result = (within if within is not None else self.connection).execute(
             self._insert_row,
             {
                 "run_id": run_id,

@@ -496,6 +496,8 @@ class _Migration:
             run_id=runner.identity.run_id, direction=_direction(upgrade), target=target, before=(), after=()
         )
         self.rows: dict[str, int] = {}
+        self.upcoming: RevisionStep | None = None  # the step after the current one in the plan
+        self.prestarted: tuple[str, int] | None = None  # its 'running' row, written in the current step
         self.results: dict[str, StepResult] = {}
         self.waits: dict[str, online.LockWaits] = {}
         self.started_at: dict[str, datetime] = {}
@@ -668,14 +670,19 @@ class _Migration:
             return
         if scripts.step_revision(step) in self.rows:
             # Alembic calls this inside the step's transaction, right after it moves alembic_version:
-            # the 'applied' row then commits atomically with the step, one round trip and commit fewer.
+            # the 'applied' row then commits atomically with the step, and so does the next step's
+            # 'running' row (still written before that step starts): two autocommit round trips fewer.
             self.applied_within_step = self._finish_row(step, hist.APPLIED, within=connection)
+            upcoming = self.upcoming
+            if upcoming is not None and scripts.step_revision(upcoming) not in self.rows:
+                self.prestarted = (scripts.step_revision(upcoming), self._insert_row(upcoming, within=connection))
 
     def _steps(self, current: tuple[str, ...]) -> Iterator[RevisionStep]:
         planned = scripts.plan(self.runner.script, self.target, current, self.upgrade)
         if not planned:
             log.info("nothing to do", heads=list(current), target=self.target)
-        for step in planned:
+        for position, step in enumerate(planned):
+            self.upcoming = planned[position + 1] if position + 1 < len(planned) else None
             self._before(step)
             yield step
             self._after(step)
@@ -756,8 +763,11 @@ class _Migration:
         if self.external_transaction:
             return  # committed only when env.py's own transaction ends: see _flush_deferred
         applied, self.applied_within_step = self.applied_within_step, None
+        prestarted, self.prestarted = self.prestarted, None
         if applied is not None and applied.revision == scripts.step_revision(step):
             self._note(applied)
+            if prestarted is not None:  # committed with this step
+                self.rows[prestarted[0]] = prestarted[1]
         else:
             self._record(step, hist.APPLIED)
         self.current = None
@@ -817,17 +827,20 @@ class _Migration:
         return result
 
     def _start_row(self, step: RevisionStep) -> int:
-        revision = scripts.step_revision(step)
-        self.rows[revision] = self.runner.history.start(
+        self.rows[scripts.step_revision(step)] = row = self._insert_row(step)
+        return row
+
+    def _insert_row(self, step: RevisionStep, within: Connection | None = None) -> int:
+        return self.runner.history.start(
             run_id=self.runner.identity.run_id,
-            revision=revision,
+            revision=scripts.step_revision(step),
             from_revision=scripts.step_from(step),
             direction=self.result.direction,
             runner=self.runner.identity.runner,
             dbmigrate_version=self.runner.version,
             app_version=self.settings.app_version,
+            within=within,
         )
-        return self.rows[revision]
 
     def _attempts(self, revision: str) -> int:
         return self._retries.get(revision, 0) + 1
