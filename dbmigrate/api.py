@@ -57,7 +57,7 @@ class Status:
     kept_ahead: str | None = None  # why a rollback left the database ahead of these scripts on purpose
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
 def upgrade(

@@ -165,7 +165,7 @@ class Entry:
     app_version: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         data["started_at"] = self.started_at.isoformat() + "Z"
         data["finished_at"] = self.finished_at.isoformat() + "Z" if self.finished_at else None
         return data
@@ -177,12 +177,16 @@ class History:
     def __init__(self, connection: Connection, name: str, schema: str | None) -> None:
         self.connection = connection
         self.table = history_table(name, schema)
+        self._exists = False
         # Built once: a run writes two rows' worth of statements per step.
         self._insert_row = self.table.insert()
         self._update_row = update(self.table).where(self.table.c.id == bindparam("row_id"))
 
     def exists(self) -> bool:
-        return inspect(self.connection).has_table(self.table.name, schema=self.table.schema)
+        # Once there, the table stays for the rest of the command: ask the catalog only until then.
+        if not self._exists:
+            self._exists = inspect(self.connection).has_table(self.table.name, schema=self.table.schema)
+        return self._exists
 
     def ensure(self) -> None:
         """Create the table and its index if missing; call only while holding the run lock.
