@@ -13,6 +13,7 @@ runs there, starting from what the database holds, and never drops it.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import datetime as dt
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import CheckConstraint, Column, MetaData, Table, and_, func, inspect, select
 from sqlalchemy import types as sqltypes
@@ -386,6 +388,7 @@ class _Verifier:
         self.seq = 0
         self.confirmed = False
         self.known: dict[str, str] | None = None  # the schema now, when a round trip just took it
+        self.seeded: list[_Seeded] = []  # the rows seeded for the current round trip
 
     # -- the walk ---------------------------------------------------------------------------------
 
@@ -404,7 +407,14 @@ class _Verifier:
                     log.warning("verify found a problem", revision=revision, kind=problem.kind, detail=problem.detail)
                 rest = list(todo[index + 1 :])
                 if state == _BLOCKED and rest:
-                    raise _Stop(f"{revision} does not upgrade, so the revisions above it cannot be checked", rest)
+                    self._get_past(revision, rest)
+                    failed = result.problems[-1]
+                    result.problems[-1] = dataclasses.replace(
+                        failed,
+                        detail=f"{failed.detail} (Upgrading an empty database to {revision} in one run works: "
+                        "it needs what an earlier revision did in the same run. The revisions above it were "
+                        "checked from there.)",
+                    )
                 if state == _OFF_COURSE and rest:
                     self._recover(revision, rest)
         except _Stop as stop:
@@ -435,7 +445,18 @@ class _Verifier:
         return [r for r in revisions if r not in applied]
 
     def _round_trip(self, revision: str) -> tuple[list[Problem], str]:
-        """Upgrade, downgrade, upgrade: the problems, and where that left the database (``_SETTLED``...)."""
+        """Upgrade, downgrade, upgrade: the problems, and where that left the database (``_SETTLED``...).
+
+        Rows seeded for the round trip are deleted after it, so that the next revision's upgrade
+        (which may read and convert what the tables hold) does not run on made-up values.
+        """
+        self.seeded = []
+        problems, state = self._round_trip_steps(revision)
+        if self.seeded and state == _SETTLED:
+            self._unseed()
+        return problems, state
+
+    def _round_trip_steps(self, revision: str) -> tuple[list[Problem], str]:
         problems: list[Problem] = []
         before, self.known = self.known or self._snapshot(), None
         try:
@@ -443,18 +464,21 @@ class _Verifier:
         except _STEP_ERRORS as exc:
             return [Problem(revision, UPGRADE_FAILED, f"the upgrade failed: {exc}")], _BLOCKED
         after = self._snapshot()
-        seeded = self._seed() if self.with_data else []
+        self.seeded = self._seed() if self.with_data else []
         try:
             self._downgrade(revision)
         except _STEP_ERRORS as exc:
-            problems.append(Problem(revision, DOWNGRADE_FAILED, f"the downgrade failed: {exc}"))
-            if isinstance(exc, RepairNeeded) or self._snapshot() != after:
-                return problems, _OFF_COURSE
-            self.known = after
-            return problems, _SETTLED
+            failure = self._again_without_seeded(exc, lambda: self._downgrade(revision), revision, "downgrade")
+            if failure is not None:
+                problems.append(Problem(revision, DOWNGRADE_FAILED, f"the downgrade failed: {failure}"))
+                return problems, self._settle(revision, after, failure, stamp=False)
         down = self._snapshot()
+        # What is missing now was removed by the downgrade itself, or removed by the upgrade and not put back.
+        removed = {key: value for key, value in before.items() if key not in down and key in after}
+        not_restored = {key: value for key, value in before.items() if key not in down and key not in after}
         extra, missing, changed = compare(before, down)
-        if missing:
+        if removed:
+            _, missing, _ = compare(removed, {})
             problems.append(
                 Problem(
                     revision,
@@ -462,13 +486,20 @@ class _Verifier:
                     "the downgrade ran but removed what was there before the upgrade: " + _join(missing),
                 )
             )
-        if extra or changed:
-            problems.append(Problem(revision, TRACE_LEFT, "the downgrade left behind: " + _join(extra + changed)))
+        if extra or changed or not_restored:
+            _, missing, _ = compare(not_restored, {})
+            left = extra + changed + [line.removesuffix(" is gone") + " is not restored" for line in missing]
+            empty = " (its downgrade() is empty)" if _empty_downgrade(self.script, revision) else ""
+            problems.append(Problem(revision, TRACE_LEFT, f"the downgrade{empty} left behind: " + _join(left)))
         try:
             self._upgrade(revision)
         except _STEP_ERRORS as exc:
-            problems.append(Problem(revision, UPGRADE_FAILED, f"upgrading again after the downgrade failed: {exc}"))
-            return problems, _OFF_COURSE
+            failure = self._again_without_seeded(exc, lambda: self._upgrade(revision), revision, "upgrade again")
+            if failure is not None:
+                problems.append(
+                    Problem(revision, UPGRADE_FAILED, f"upgrading again after the downgrade failed: {failure}")
+                )
+                return problems, self._settle(revision, after, failure, stamp=True)
         again = self._snapshot()
         if again != after:
             if not problems:
@@ -482,7 +513,7 @@ class _Verifier:
                     )
                 )
             return problems, _OFF_COURSE
-        for table, losses in self._check_seeded(seeded).items():
+        for table, losses in self._check_seeded(self.seeded).items():
             problems.append(
                 Problem(
                     revision,
@@ -493,6 +524,84 @@ class _Verifier:
             )
         self.known = again
         return problems, _SETTLED
+
+    def _again_without_seeded(
+        self, exc: DbmigrateError, step: Callable[[], None], revision: str, what: str
+    ) -> DbmigrateError | None:
+        """A step that failed (and rolled back) with verify's seeded rows runs again without them.
+
+        The seeded values are made up by column type: a migration that reads and converts data
+        (parses JSON kept as text, maps strings to a Python enum) may fail on them where it never
+        would on the application's data. None when the step works without them (the rows are not
+        checked for this revision, and nothing is reported); otherwise the failure without them.
+        """
+        if not self.seeded or not isinstance(exc, MigrationFailed):
+            return exc
+        self._unseed()
+        try:
+            step()
+        except _STEP_ERRORS as again:
+            return again
+        log.warning(
+            "the step fails on the made-up rows verify seeded and works without them: not a problem of the "
+            "revision; its data is not checked",
+            revision=revision,
+            step=what,
+            error=redact(str(exc))[:300],
+        )
+        return None
+
+    def _settle(self, revision: str, after: Mapping[str, str], exc: DbmigrateError, *, stamp: bool) -> str:
+        """After a failed step: when the schema is still the one the first upgrade made, go on from it.
+
+        A failed downgrade that rolled back leaves the database at ``revision``. A downgrade that
+        changed nothing (an empty ``downgrade()``) leaves the upgrade's schema under the version of
+        the revision below, and the upgrade again fails: with ``stamp`` the version table is moved
+        to ``revision`` (``alembic stamp``), since the schema is what the revisions above expect.
+        A step that MySQL/MariaDB left partially applied without changing the schema is marked
+        repaired the same way. Anything else is off course (a new scratch database, or, for a
+        ``--url`` database, the end of the walk).
+        """
+        if self._snapshot() != after:
+            return _OFF_COURSE
+        try:
+            if isinstance(exc, RepairNeeded):
+                from dbmigrate.api import repair
+
+                repair("applied" if stamp else "reverted", settings=self.settings)
+            elif stamp:
+                self._stamp(revision)
+        except (DbmigrateError, SQLAlchemyError) as error:
+            log.warning("could not go on from the upgraded schema", revision=revision, error=_reason(error))
+            return _OFF_COURSE
+        if stamp:
+            log.info("the schema is still the upgrade's: the version table is stamped to go on", revision=revision)
+        self.known = dict(after)
+        return _SETTLED
+
+    def _get_past(self, revision: str, rest: Sequence[str]) -> None:
+        """After an upgrade that fails in a run of its own: a new scratch database upgraded to it in one run.
+
+        A revision may depend on what an earlier one left in the same run (SQLAlchemy creates a
+        PostgreSQL enum type once per run, for example), so it fails when upgraded alone but works
+        as part of ``upgrade head``. Going on from there checks the revisions above it.
+        """
+        if not self.place.owned:
+            raise _Stop(f"{revision} does not upgrade, so the revisions above it cannot be checked", rest)
+        log.info("recreating the scratch database to upgrade to the failing revision in one run", revision=revision)
+        self.place.recreate()
+        try:
+            self._upgrade(revision)
+        except _STEP_ERRORS:
+            raise _Stop(
+                f"{revision} does not upgrade, not even from an empty database in one run, so the revisions "
+                "above it cannot be checked",
+                rest,
+            ) from None
+        log.warning(
+            "the revision upgrades from an empty database in one run, not on its own: going on from there",
+            revision=revision,
+        )
 
     def _recover(self, revision: str, rest: Sequence[str]) -> None:
         """After a round trip that left the database off course: a new scratch database, upgraded to ``revision``."""
@@ -525,6 +634,15 @@ class _Verifier:
         target = downs[0] if len(downs) > 1 else f"{revision}@-1"
         result = self._downgrade_api(target, settings=self.settings)
         self.run_ids.add(result.run_id)
+
+    def _stamp(self, revision: str) -> None:
+        """Set the version table to ``revision`` without running it (``alembic stamp``)."""
+        name, schema = self.own_tables.version_table
+        with self._connect() as connection, connection.begin():
+            context = MigrationContext.configure(
+                connection, opts={"version_table": name, "version_table_schema": schema}
+            )
+            context.stamp(self.script, revision)
 
     def _confirm_target(self, revision: str) -> None:
         """Before the first downgrade: the upgrade reached the verify database, so env.py migrates that one."""
@@ -625,6 +743,7 @@ class _Verifier:
                 if values is None:
                     return None
                 inserted = connection.execute(table.insert().values(**values))
+                _advance_sequences(connection, table, values)
                 key: dict[str, Any] | None = {c.name: values.get(c.name) for c in table.primary_key.columns}
                 if key and None in key.values() and inserted.inserted_primary_key is not None:
                     key = dict(zip(key, inserted.inserted_primary_key, strict=False))  # generated by the database
@@ -693,6 +812,24 @@ class _Verifier:
                 continue
             values[column.name] = value
         return values
+
+    def _unseed(self) -> None:
+        """Delete the seeded rows that are still there, the referring ones first; what cannot go is logged."""
+        seeded, self.seeded = self.seeded, []
+        with self._connect() as connection:
+            metadata = _reflect(connection, self.own_tables.excluded)
+            if connection.in_transaction():
+                connection.commit()  # reflection's implicit transaction
+            for row in reversed(seeded):
+                table = metadata.tables.get(f"{row.schema}.{row.name}" if row.schema else row.name)
+                lookup = row.key if row.key is not None else row.values
+                if table is None or any(name not in table.c for name in lookup):
+                    continue
+                try:
+                    with connection.begin():
+                        connection.execute(table.delete().where(_matches(table, lookup)))
+                except SQLAlchemyError as exc:
+                    log.warning("seeded row not deleted", table=table.fullname, error=_reason(exc))
 
     def _check_seeded(self, seeded: Sequence[_Seeded]) -> dict[str, list[str]]:
         """Per table: what of the seeded rows did not come back."""
@@ -887,6 +1024,23 @@ def _type(type_: sqltypes.TypeEngine[Any], dialect: Any) -> str:
         return type(type_).__name__.upper()
 
 
+def _empty_downgrade(script: ScriptDirectory, revision: str) -> bool:
+    """Whether the revision's ``downgrade()`` does nothing: only ``pass``, ``...`` or a docstring."""
+    found = script.get_revision(revision)
+    try:
+        tree = ast.parse(Path(found.path).read_text(encoding="utf-8")) if found is not None else None
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body if tree is not None else []:
+        if isinstance(node, ast.FunctionDef) and node.name == "downgrade":
+            return all(
+                isinstance(statement, ast.Pass)
+                or (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))
+                for statement in node.body
+            )
+    return False
+
+
 def _norm(value: object) -> str:
     return " ".join(str(value).split())
 
@@ -1001,6 +1155,25 @@ def _reflect(connection: Connection, excluded: Callable[[str | None, str], bool]
                 metadata.reflect(connection, schema=schema, only=names)
         metadata.sorted_tables  # noqa: B018 -- computed here, where its cycle warning is silenced
     return metadata
+
+
+def _advance_sequences(connection: Connection, table: Table, values: Mapping[str, Any]) -> None:
+    """PostgreSQL: ids inserted explicitly must not be handed out again by the column's sequence.
+
+    A migration that inserts rows without ids (a downgrade copying rows back, say) would collide
+    with the seeded row otherwise. MySQL/MariaDB and SQLite move past explicit ids by themselves.
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    name = connection.dialect.identifier_preparer.format_table(table)
+    for column in table.primary_key.columns:
+        if not isinstance(values.get(column.name), int):
+            continue
+        sequence = connection.exec_driver_sql(
+            "SELECT pg_get_serial_sequence(%(table)s, %(column)s)", {"table": name, "column": column.name}
+        ).scalar()
+        if sequence:
+            connection.execute(select(func.setval(sequence, func.max(column))))
 
 
 def _matches(table: Table, values: Mapping[str, Any]) -> Any:

@@ -356,3 +356,131 @@ def test_the_library_returns_the_problems_and_raises_on_request(project: Path, t
     with pytest.raises(dbmigrate.VerificationFailed) as raised:
         result.raise_if_problems()
     assert raised.value.exit_code == 4 and "ix_items_price" in str(raised.value)
+
+
+def test_an_empty_downgrade_is_a_trace_and_verify_goes_on_from_the_upgraded_schema_on_a_given_database(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, DROPS_ITEMS),
+        # Upgrading again runs the first statement (a no-op by then; it commits on MariaDB) and fails on the second.
+        (
+            "r2_note",
+            'with op.batch_alter_table("items") as batch:\n'
+            '    batch.alter_column("name", type_=sa.String(80), existing_type=sa.String(50), existing_nullable=True)\n'
+            + ADDS_NOTE,
+            '"""Nothing to undo."""\npass',
+        ),
+        ("r3_index", ADDS_INDEX, DROPS_INDEX),
+    )
+
+    # A database given with --url is never recreated: verify goes on because the schema is still r2's.
+    done, data = verify(project, database_url, tmp_path, "--url", database_url)
+
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert data["revisions_checked"] == 3 and "verify stopped early" not in done.stderr
+    assert kinds(data) == [("r2_note", "trace-left"), ("r2_note", "upgrade-failed")]
+    trace = data["problems"][0]["detail"]
+    assert trace.startswith("the downgrade (its downgrade() is empty) left behind: ")
+    assert "column items.note VARCHAR(200) NULL is still there" in trace
+    assert "column items.name was VARCHAR(50) NULL, is VARCHAR(80) NULL" in trace
+    engine = sa.create_engine(database_url)
+    with engine.connect() as connection:
+        assert [row[0] for row in connection.exec_driver_sql("SELECT version_num FROM alembic_version")] == ["r3_index"]
+    engine.dispose()
+
+
+def test_what_an_upgrade_removed_and_its_downgrade_did_not_bring_back_is_a_trace_not_a_failed_downgrade(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, DROPS_ITEMS),
+        ("r2_drop_name", 'with op.batch_alter_table("items") as batch:\n    batch.drop_column("name")', "pass"),
+    )
+
+    done, data = verify(project, database_url, tmp_path)
+
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert kinds(data) == [("r2_drop_name", "trace-left"), ("r2_drop_name", "upgrade-failed")]
+    assert "column items.name VARCHAR(50) NULL is not restored" in data["problems"][0]["detail"]
+
+
+def test_a_revision_that_upgrades_only_in_one_run_with_the_one_below_does_not_hide_the_revisions_above(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    # Like a PostgreSQL enum type that SQLAlchemy creates once per run: r2 needs what r1 did in the same run.
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS + "op.get_context().impl.r1_ran = True", DROPS_ITEMS),
+        (
+            "r2_needs_r1_in_the_same_run",
+            'if not getattr(op.get_context().impl, "r1_ran", False):\n'
+            '    raise RuntimeError("r1 did not run in this run")\n' + ADDS_NOTE,
+            DROPS_NOTE,
+        ),
+        ("r3_index", ADDS_INDEX, DROPS_INDEX),
+    )
+
+    done, data = verify(project, database_url, tmp_path)
+
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert data["revisions_checked"] == 3 and "verify stopped early" not in done.stderr
+    assert kinds(data) == [("r2_needs_r1_in_the_same_run", "upgrade-failed")]
+    detail = data["problems"][0]["detail"]
+    assert "r1 did not run in this run" in detail
+    assert "Upgrading an empty database to r2_needs_r1_in_the_same_run in one run works" in detail
+
+
+READS_KINDS = """\
+for (kind,) in op.get_bind().exec_driver_sql("SELECT kind FROM items WHERE kind IS NOT NULL"):
+    if kind not in ("book", "pen"):
+        raise ValueError(f"unknown kind {kind!r}")
+"""
+
+
+def test_with_data_made_up_values_that_a_migration_cannot_convert_are_not_its_problem(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, DROPS_ITEMS),
+        # The downgrade maps every kind (like an ORM enum would): verify's seeded "seed-N" is none of them.
+        (
+            "r2_kind",
+            'op.add_column("items", sa.Column("kind", sa.String(10), nullable=True))',
+            READS_KINDS + 'with op.batch_alter_table("items") as batch:\n    batch.drop_column("kind")',
+        ),
+        # Its upgrade reads the kinds too: the rows seeded for r2's round trip must be gone by then.
+        (
+            "r3_kind_index",
+            READS_KINDS + 'op.create_index("ix_items_kind", "items", ["kind"])',
+            'op.drop_index("ix_items_kind", table_name="items")',
+        ),
+    )
+
+    done, data = verify(project, database_url, tmp_path, "--with-data")
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 3, "problems": []}
+    assert "fails on the made-up rows verify seeded and works without them" in done.stderr
+
+
+def test_with_data_a_seeded_id_is_not_handed_out_again_to_a_row_a_downgrade_inserts(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, DROPS_ITEMS),
+        (
+            "r2_note",
+            ADDS_NOTE,
+            "op.execute(\"INSERT INTO items (name, price) VALUES ('put back by the downgrade', 1)\")\n" + DROPS_NOTE,
+        ),
+    )
+
+    done, data = verify(project, database_url, tmp_path, "--with-data")
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
