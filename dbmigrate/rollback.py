@@ -366,8 +366,11 @@ class Backups:
         inspector = inspect(connection)
         if not inspector.has_table(table, schema=schema):
             return None
-        target_types = {c["name"]: c["type"] for c in inspector.get_columns(table, schema=schema)}
+        reflected = inspector.get_columns(table, schema=schema)
+        target_types = {c["name"]: c["type"] for c in reflected}
         present = list(target_types)
+        computed = {c["name"] for c in reflected if c.get("computed")}  # the database fills them in itself
+        always = any(c.get("identity", {}).get("always") for c in reflected)
         casts = {
             name: connection.dialect.type_compiler_instance.process(kind)
             for name, kind in target_types.items()
@@ -378,11 +381,13 @@ class Backups:
         if backup.columns is not None:
             if not set(backup.columns) <= set(present):
                 return None
-            restored = self._update_from(connection, source, table, copy, backup.columns, keys, casts)
+            columns = [c for c in backup.columns if c not in computed]
+            restored = self._update_from(connection, source, table, copy, columns, keys, casts) if columns else 0
         else:
             copy_schema, copy_name = self._split_display(backup)
             copied = [c["name"] for c in inspector.get_columns(copy_name, schema=copy_schema)]
-            restored = self._insert_missing(connection, source, copy, [c for c in copied if c in present], keys, casts)
+            columns = [c for c in copied if c in present and c not in computed]
+            restored = self._insert_missing(connection, source, copy, columns, keys, casts, always)
             self._advance_sequences(connection, source, present)
         connection.execute(
             update(self.table)
@@ -432,16 +437,19 @@ class Backups:
         columns: Sequence[str],
         keys: Sequence[str],
         casts: dict[str, str],
+        identity_always: bool,
     ) -> int:
         quote = self._quote
         listed = ", ".join(quote(c) for c in columns)
+        # The rows come back with the values they had, their GENERATED ALWAYS identities included.
+        overriding = " OVERRIDING SYSTEM VALUE" if identity_always and self.caps.is_postgresql else ""
         if keys:
             match = " AND ".join(f"t.{quote(k)} = b.{quote(k)}" for k in keys)
             absent = f"WHERE NOT EXISTS (SELECT 1 FROM {source} AS t WHERE {match})"
         else:
             absent = f"WHERE NOT EXISTS (SELECT 1 FROM {source})"  # no key: only into an empty table
         selected = ", ".join(_value(c, casts, quote) for c in columns)
-        sql = f"INSERT INTO {source} ({listed}) SELECT {selected} FROM {copy} AS b {absent}"
+        sql = f"INSERT INTO {source} ({listed}){overriding} SELECT {selected} FROM {copy} AS b {absent}"
         return int(connection.exec_driver_sql(sql).rowcount)
 
     def _advance_sequences(self, connection: Connection, source: str, columns: Sequence[str]) -> None:

@@ -331,3 +331,38 @@ def test_parent_and_child_tables_with_an_enum_come_back_in_order(project: Path, 
     engine.dispose()
     assert tiers == [(1, "gold"), (2, "silver")]
     assert members == [(10, 1), (11, 2), (12, 2)]
+
+
+GENERATED_COLUMNS = """\
+op.create_table(
+    "invoices",
+    sa.Column("id", sa.Integer, sa.Identity(always=True), primary_key=True),
+    sa.Column("net", sa.Integer, nullable=False),
+    sa.Column("gross", sa.Integer, sa.Computed("net * 2", persisted=True)),
+)
+"""
+
+
+def test_a_table_with_generated_columns_comes_back_with_its_ids_and_values(project: Path, database_url: str) -> None:
+    add_revision(project, "0007_invoices", EXAMPLE_HEAD, GENERATED_COLUMNS, 'op.drop_table("invoices")')
+    add_revision(project, "0008_no_invoices", "0007_invoices", 'op.drop_table("invoices")', GENERATED_COLUMNS)
+    ok(run_dbmigrate("upgrade", "0007_invoices", cwd=project, database_url=database_url))
+    engine = sa.create_engine(database_url)
+    with engine.begin() as connection:
+        for net in (10, 20, 30):
+            connection.execute(sa.text("INSERT INTO invoices (net) VALUES (:net)"), {"net": net})
+    query = sa.text("SELECT id, net, gross FROM invoices ORDER BY id")
+    with engine.connect() as connection:
+        before = [tuple(r) for r in connection.execute(query)]
+
+    ok(run_dbmigrate("upgrade", "--allow-data-loss", cwd=project, database_url=database_url))
+    ok(run_dbmigrate("downgrade", "0007_invoices", cwd=project, database_url=database_url))
+
+    with engine.connect() as connection:
+        after = [tuple(r) for r in connection.execute(query)]
+    with engine.begin() as connection:  # the identity goes on after the restored ids
+        connection.execute(sa.text("INSERT INTO invoices (net) VALUES (40)"))
+        newest = connection.execute(sa.text("SELECT MAX(id) FROM invoices")).scalar()
+    engine.dispose()
+    assert after == before == [(1, 10, 20), (2, 20, 40), (3, 30, 60)]
+    assert newest == 4
