@@ -461,47 +461,12 @@ def test_step_killed_after_its_commit_is_recorded_as_applied(
     finished inside the step's transaction, so there is no such moment: see the next test.)
     """
     url = database_url
-    add_revision(
-        project,
-        "0007_gate",
-        "0006_name_contract",
-        'op.create_table("gated", sa.Column("id", sa.Integer, primary_key=True))\npause("commit")',
-        'op.drop_table("gated")',
-    )
-    gates = tmp_path / "gates"
-    gates.mkdir()
-    output = tmp_path / "killed"
-    process = start_dbmigrate("upgrade", cwd=project, database_url=url, output=output, TEST_GATE_DIR=str(gates))
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        # Wait until the step sleeps at its gate (on MariaDB, after its CREATE TABLE was recorded).
-        wait_until(
-            lambda: (
-                process.poll() is not None
-                or (
-                    running_row(url, "0007_gate") is not None
-                    and (backend == "postgresql" or statement_done(url, "0007_gate", "CREATE TABLE"))
-                )
-            ),
-            "the gated step runs",
-            interval=0.05,
-        )
-        row = running_row(url, "0007_gate")
-        if process.poll() is not None or row is None:
-            pytest.fail("the run ended before its gate:\n" + Path(f"{output}.err").read_text())
-        with engine.connect() as blocker:
-            blocker.execute(
-                sa.text("SELECT id FROM dbmigrate_history WHERE id = :id FOR UPDATE"), {"id": row["id"]}
-            ).all()
-            (gates / "commit").touch()
-            wait_until(lambda: current_revisions(url) == {"0007_gate"}, "the step commits")
-            wait_until(lambda: blocked_on_a_row_lock(url), "the run waits to finish the history row")
-            kill(process)
-            blocker.rollback()
-    finally:
+    # The lock is taken once the step's CREATE TABLE was recorded (it commits on its own here).
+    ddl_recorded = functools.partial(statement_done, url, "0007_gate", "CREATE TABLE")
+    with gated_step_with_its_history_row_locked(project, url, tmp_path, ready=ddl_recorded) as process:
+        wait_until(lambda: current_revisions(url) == {"0007_gate"}, "the step commits")
+        wait_until(lambda: blocked_on_a_row_lock(url), "the run waits to finish the history row")
         kill(process)
-        engine.dispose()
-    wait_until(lambda: other_sessions(url) == 0, "the killed run's sessions are gone")
 
     code, state = status_json(project, url, "after the kill")
     assert state["current"] == ["0007_gate"]
@@ -522,40 +487,10 @@ def test_applied_history_row_commits_together_with_the_step(
 ) -> None:
     """Until the step's history row is finished the step has not committed: a kill there loses nothing."""
     url = database_url
-    add_revision(
-        project,
-        "0007_gate",
-        "0006_name_contract",
-        'op.create_table("gated", sa.Column("id", sa.Integer, primary_key=True))\npause("commit")',
-        'op.drop_table("gated")',
-    )
-    gates = tmp_path / "gates"
-    gates.mkdir()
-    output = tmp_path / "killed"
-    process = start_dbmigrate("upgrade", cwd=project, database_url=url, output=output, TEST_GATE_DIR=str(gates))
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        wait_until(
-            lambda: process.poll() is not None or running_row(url, "0007_gate") is not None,
-            "the gated step runs",
-            interval=0.05,
-        )
-        row = running_row(url, "0007_gate")
-        if process.poll() is not None or row is None:
-            pytest.fail("the run ended before its gate:\n" + Path(f"{output}.err").read_text())
-        with engine.connect() as blocker:
-            blocker.execute(
-                sa.text("SELECT id FROM dbmigrate_history WHERE id = :id FOR UPDATE"), {"id": row["id"]}
-            ).all()
-            (gates / "commit").touch()
-            wait_until(lambda: blocked_on_a_row_lock(url), "the run waits to finish the history row")
-            assert current_revisions(url) == {"0006_name_contract"}, "the step committed before its history row"
-            kill(process)
-            blocker.rollback()
-    finally:
+    with gated_step_with_its_history_row_locked(project, url, tmp_path, ready=lambda: True) as process:
+        wait_until(lambda: blocked_on_a_row_lock(url), "the run waits to finish the history row")
+        assert current_revisions(url) == {"0006_name_contract"}, "the step committed before its history row"
         kill(process)
-        engine.dispose()
-    wait_until(lambda: other_sessions(url) == 0, "the killed run's sessions are gone")
 
     code, state = status_json(project, url, "after the kill")
     assert (state["current"], code, state["needs_repair"]) == (["0006_name_contract"], 0, None)
@@ -579,3 +514,43 @@ def blocked_on_a_row_lock(url: str) -> bool:
                 "AND INFO LIKE 'UPDATE dbmigrate_history%'"
             )
         return int(connection.execute(sa.text(sql)).scalar_one()) > 0
+
+
+@contextlib.contextmanager
+def gated_step_with_its_history_row_locked(
+    project: Path, url: str, tmp_path: Path, ready: Callable[[], bool]
+) -> Iterator[subprocess.Popen[str]]:
+    """Start an upgrade whose step 0007_gate waits at its gate until ``ready()``, lock the step's
+    history row, open the gate, and hand over the run; it is killed and its sessions gone after."""
+    add_revision(
+        project,
+        "0007_gate",
+        "0006_name_contract",
+        'op.create_table("gated", sa.Column("id", sa.Integer, primary_key=True))\npause("commit")',
+        'op.drop_table("gated")',
+    )
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    output = tmp_path / "killed"
+    process = start_dbmigrate("upgrade", cwd=project, database_url=url, output=output, TEST_GATE_DIR=str(gates))
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        wait_until(
+            lambda: process.poll() is not None or (running_row(url, "0007_gate") is not None and ready()),
+            "the gated step runs",
+            interval=0.05,
+        )
+        row = running_row(url, "0007_gate")
+        if process.poll() is not None or row is None:
+            pytest.fail("the run ended before its gate:\n" + Path(f"{output}.err").read_text())
+        with engine.connect() as blocker:
+            blocker.execute(
+                sa.text("SELECT id FROM dbmigrate_history WHERE id = :id FOR UPDATE"), {"id": row["id"]}
+            ).all()
+            (gates / "commit").touch()
+            yield process
+            blocker.rollback()
+    finally:
+        kill(process)
+        engine.dispose()
+    wait_until(lambda: other_sessions(url) == 0, "the killed run's sessions are gone")

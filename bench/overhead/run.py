@@ -8,6 +8,10 @@ directory, with the repository's own env.py. On PostgreSQL it then times, as col
 * ``dbmigrate status`` against ``alembic current`` on the migrated database, alternating, several
   repetitions; target: median ratio <= 1.2.
 
+For reference it also times ``alembic upgrade head`` with ``transaction_per_migration=True`` in the
+same env.py (one transaction per revision, as dbmigrate runs them): what that part of dbmigrate's
+design costs plain Alembic, and what dbmigrate adds on top of it.
+
 Run from the repository root: ``.venv/bin/python bench/overhead/run.py``. Only 127.0.0.1 is used
 by default; a password, if the server wants one, comes from PGPASSWORD and is never printed.
 """
@@ -42,6 +46,7 @@ STATUS_REPS = 11
 COMMAND_TIMEOUT_S = 300.0
 TARGET_UPGRADE = 1.15
 TARGET_STATUS = 1.2
+PER_REVISION = "alembic-per-revision"
 
 REVISION_TEMPLATE = '''\
 """create table t{n:04d} with an index
@@ -87,6 +92,18 @@ def generate_project(root: Path, count: int) -> Path:
     return generated_project.generate_project(root, count, revision)
 
 
+def per_revision_project(ini: Path, root: Path) -> Path:
+    """A copy of the project whose env.py commits each revision on its own; returns its alembic.ini."""
+    shutil.copytree(ini.parent, root, dirs_exist_ok=True)
+    env_py = root / "migrations" / "env.py"
+    configure = "context.configure(connection=connection, target_metadata=target_metadata"
+    source = env_py.read_text()
+    if configure not in source:
+        raise RuntimeError("the repository's env.py changed: update per_revision_project()")
+    env_py.write_text(source.replace(configure, configure + ", transaction_per_migration=True"))
+    return root / "alembic.ini"
+
+
 def version_of(server: Server, database: str) -> str | None:
     with psycopg.connect(server.conninfo(database)) as connection:
         row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
@@ -94,7 +111,7 @@ def version_of(server: Server, database: str) -> str | None:
 
 
 def command(tool: str, action: str, ini: Path) -> list[str]:
-    if tool == "alembic":
+    if tool.startswith("alembic"):
         args = ["upgrade", "head"] if action == "upgrade" else ["current"]
         return [str(VENV_BIN / "alembic"), "-c", str(ini), *args]
     return [str(VENV_BIN / "dbmigrate"), action, "-c", str(ini), "--log-format", "json"]
@@ -104,8 +121,8 @@ def command(tool: str, action: str, ini: Path) -> list[str]:
 class Timings:
     """Per tool: wall seconds of each cold process, and the CPU seconds (user+sys) it used."""
 
-    wall: dict[str, list[float]] = dataclasses.field(default_factory=lambda: {"alembic": [], "dbmigrate": []})
-    cpu: dict[str, list[float]] = dataclasses.field(default_factory=lambda: {"alembic": [], "dbmigrate": []})
+    wall: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    cpu: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 def timed(argv: list[str], url: str, tool: str, timings: Timings) -> None:
@@ -120,31 +137,31 @@ def timed(argv: list[str], url: str, tool: str, timings: Timings) -> None:
         tail = done.stderr.decode(errors="replace").strip()[-2000:]
         raise RuntimeError(f"{Path(argv[0]).name} {argv[1]} exited with {done.returncode}: {tail}")
     # CPU time barely moves with other load on the machine, so it backs up the noisier wall times.
-    timings.wall[tool].append(elapsed)
-    timings.cpu[tool].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    timings.wall.setdefault(tool, []).append(elapsed)
+    timings.cpu.setdefault(tool, []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
 
 
-def order(rep: int) -> tuple[str, str]:
-    """Alternate which tool goes first, so neither always meets a warmer cache or a busier server."""
-    return ("alembic", "dbmigrate") if rep % 2 == 0 else ("dbmigrate", "alembic")
+def order(rep: int, tools: Sequence[str] = ("alembic", "dbmigrate")) -> list[str]:
+    """Rotate which tool goes first, so none always meets a warmer cache or a busier server."""
+    return [tools[(rep + i) % len(tools)] for i in range(len(tools))]
 
 
-def bench_upgrade(server: Server, ini: Path, reps: int, head: str, keep: str) -> Timings:
-    """Upgrade fresh databases; leaves database ``keep`` migrated by dbmigrate for the status runs."""
+def bench_upgrade(server: Server, inis: dict[str, Path], reps: int, head: str, keep: str) -> Timings:
+    """Upgrade fresh databases with each tool (its own project); leaves ``keep`` migrated by dbmigrate."""
     timings = Timings()
     for rep in range(reps):
-        for tool in order(rep):
-            name = keep if tool == "dbmigrate" and rep == reps - 1 else f"bench_oh_{tool}_{os.getpid()}"
+        for tool in order(rep, list(inis)):
+            name = keep if tool == "dbmigrate" and rep == reps - 1 else f"bench_oh_{os.getpid()}_{rep}"
             recreate_database(server, name)
             try:
-                timed(command(tool, "upgrade", ini), server.url(name), tool, timings)
+                timed(command(tool, "upgrade", inis[tool]), server.url(name), tool, timings)
                 if version_of(server, name) != head:
                     raise RuntimeError(f"{tool} did not reach {head}")
             finally:
                 if name != keep:
                     drop_database(server, name)
             wall, cpu = timings.wall[tool][-1], timings.cpu[tool][-1]
-            print(f"  upgrade  rep {rep + 1}  {tool:<9} wall {wall:7.3f} s  cpu {cpu:7.3f} s", flush=True)
+            print(f"  upgrade  rep {rep + 1}  {tool:<20} wall {wall:7.3f} s  cpu {cpu:7.3f} s", flush=True)
     return timings
 
 
@@ -160,14 +177,16 @@ def bench_status(server: Server, ini: Path, reps: int, database: str) -> Timings
     return timings
 
 
-def verdict(name: str, timings: Timings, target: float) -> None:
-    ours, theirs = statistics.median(timings.wall["dbmigrate"]), statistics.median(timings.wall["alembic"])
-    cpu_ours, cpu_theirs = statistics.median(timings.cpu["dbmigrate"]), statistics.median(timings.cpu["alembic"])
-    ratio = ours / theirs
+def verdict(
+    name: str, timings: Timings, target: float | None, ours: str = "dbmigrate", theirs: str = "alembic"
+) -> None:
+    wall, their_wall = statistics.median(timings.wall[ours]), statistics.median(timings.wall[theirs])
+    cpu, their_cpu = statistics.median(timings.cpu[ours]), statistics.median(timings.cpu[theirs])
+    ratio = wall / their_wall
+    goal = f" (target <= {target:g}: {'met' if ratio <= target else 'MISSED'})" if target is not None else ""
     print(
-        f"{name}: wall median dbmigrate {ours:.3f} s / alembic {theirs:.3f} s = {ratio:.2f} "
-        f"(target <= {target:g}: {'met' if ratio <= target else 'MISSED'}); "
-        f"cpu median {cpu_ours:.3f} s / {cpu_theirs:.3f} s = {cpu_ours / cpu_theirs:.2f}"
+        f"{name}: wall median {ours} {wall:.3f} s / {theirs} {their_wall:.3f} s = {ratio:.2f}{goal}; "
+        f"cpu median {cpu:.3f} s / {their_cpu:.3f} s = {cpu / their_cpu:.2f}"
     )
 
 
@@ -191,16 +210,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     migrated = f"bench_oh_status_{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="bench_overhead_") as tmp:
-        ini = generate_project(Path(tmp), args.revisions)
+        ini = generate_project(Path(tmp) / "project", args.revisions)
         if args.keep_project:
-            shutil.copytree(tmp, args.keep_project, dirs_exist_ok=True)
+            shutil.copytree(ini.parent, args.keep_project, dirs_exist_ok=True)
+        inis = {"alembic": ini, "dbmigrate": ini, PER_REVISION: per_revision_project(ini, Path(tmp) / "per_revision")}
         try:
-            upgrade = bench_upgrade(server, ini, args.upgrade_reps, f"r{args.revisions:04d}", migrated)
+            upgrade = bench_upgrade(server, inis, args.upgrade_reps, f"r{args.revisions:04d}", migrated)
             status = bench_status(server, ini, args.status_reps, migrated)
         finally:
             drop_database(server, migrated)
     verdict("upgrade (dbmigrate upgrade / alembic upgrade head)", upgrade, TARGET_UPGRADE)
     verdict("status (dbmigrate status / alembic current)", status, TARGET_STATUS)
+    verdict("reference: one transaction per revision in plain alembic", upgrade, None, PER_REVISION, "alembic")
+    verdict(
+        "reference: dbmigrate upgrade / alembic with one transaction per revision", upgrade, None, theirs=PER_REVISION
+    )
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 
