@@ -347,13 +347,14 @@ def wait(settings: Settings, revision: str | None, exact: bool, timeout: float) 
 def history(settings: Settings, limit: int) -> tuple[Any, str, int]:
     """Show dbmigrate's history: one row per revision step of every run."""
     entries = api.history(limit, settings=settings)
+    width = max([14, *(len(e.revision) for e in entries)])
     lines = [
-        f"{'started (UTC)':<20} {'run':<12} {'direction':<9} {'revision':<14} {'status':<8} "
+        f"{'started (UTC)':<20} {'run':<12} {'direction':<9} {'revision':<{width}} {'status':<8} "
         f"{'ms':>7} {'tries':>5} {'waits':>5}  runner"
     ]
     for e in entries:
         lines.append(
-            f"{e.started_at:%Y-%m-%d %H:%M:%S} {e.run_id:<12} {e.direction:<9} {e.revision:<14} {e.status:<8} "
+            f"{e.started_at:%Y-%m-%d %H:%M:%S} {e.run_id:<12} {e.direction:<9} {e.revision:<{width}} {e.status:<8} "
             f"{e.duration_ms if e.duration_ms is not None else '':>7} {e.attempts:>5} {e.lock_waits:>5}  {e.runner}"
         )
         if e.error:
