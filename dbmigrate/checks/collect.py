@@ -9,10 +9,10 @@ seen exactly as they run.
 
 Covered:
   * every ``op.*`` call and ``op.execute(...)`` with raw SQL (kept as written; the rules parse it);
-  * ``op.get_bind().execute(...)`` and SQLAlchemy DDL run on the bind (``table.create(bind)``,
-    ``metadata.create_all(bind)``): offline, the bind records what it is given instead of sending
-    it, and answers every query with an empty result, as an empty database would, so loops over
-    rows end;
+  * ``op.get_bind().execute(...)``, ``op.get_bind().exec_driver_sql(...)`` and SQLAlchemy DDL run
+    on the bind (``table.create(bind)``, ``metadata.create_all(bind)``): offline, the bind records
+    what it is given instead of sending it, and answers every query with an empty result, as an
+    empty database would, so loops over rows end;
   * ``batch_alter_table`` on SQLite with ``recreate="auto"`` (the default): offline there is no
     table to reflect, so the batch is rendered as the plain ``ALTER TABLE`` statements it stands for
     (its intent), as ``recreate="never"`` would;
@@ -25,8 +25,8 @@ Covered:
 Not covered (the step is reported in :attr:`StepStatements.error` with the statements seen before):
   * a revision that uses what a query returns beyond "no rows" (``.scalar_one()``, ``rowcount``);
   * ``batch_alter_table(recreate="always")`` without ``copy_from`` on any dialect;
-  * ``bind.exec_driver_sql(...)`` and raw DBAPI cursors (``bind.connection.cursor()``), which the
-    offline bind does not offer (the step stops there, reported in ``error``);
+  * raw DBAPI cursors (``bind.connection.cursor()``), which the offline bind does not offer (the
+    step stops there, reported in ``error``);
   * ``batch_alter_table`` statements point at the ``with`` line: Alembic runs them when the block ends.
 """
 
@@ -292,7 +292,7 @@ def _recording_steps(steps_of: Any, recorder: _Recorder, dialect: str) -> Any:
 
     def steps(_: tuple[str, ...]) -> Iterator[RevisionStep]:
         context = alembic_context.get_context()
-        bind = MockConnection(context.dialect, _recording_execute(context.dialect, recorder))
+        bind = _RecordingBind(context.dialect, _recording_execute(context.dialect, recorder))
         context.connection = bind  # type: ignore[assignment]
         context.impl.connection = bind  # type: ignore[assignment]
         if dialect == "sqlite":
@@ -386,6 +386,13 @@ def _render_type(type_: TypeEngine[Any] | None, dialect: Dialect) -> str | None:
         return str(type_.compile(dialect=dialect))
     except Exception:  # noqa: BLE001 - a type of another dialect, or one that needs arguments here
         return None
+
+
+class _RecordingBind(MockConnection):
+    """The offline bind: SQL given to ``execute`` or ``exec_driver_sql`` is recorded, not sent."""
+
+    def exec_driver_sql(self, statement: str, parameters: Any = None, execution_options: Any = None) -> Any:
+        return self._execute_impl(statement, parameters)
 
 
 def _recording_execute(dialect: Dialect, recorder: _Recorder) -> Any:

@@ -100,6 +100,9 @@ def _alter_table(expression: exp.Alter, dialect: str, new: NewObjects, altering:
                 if not new.has_column(table, dropped.name):
                     yield "DL002", {"table": table, "column": dropped.name}
                     yield "BR001", {"table": table, "column": dropped.name}
+        elif isinstance(action, exp.Drop) and action.args.get("kind") == "CONSTRAINT":
+            for dropped in action.args.get("tables") or []:
+                new.checked_not_null.discard(new.not_null_checks.pop(dropped.name, ("", "")))
         elif isinstance(action, exp.RenameColumn) and not new.has_column(table, action.this.name):
             yield "BR003", {"table": table, "column": action.this.name, "new_name": action.args["to"].name}
         elif isinstance(action, exp.ModifyColumn) and isinstance(action.this, exp.ColumnDef):
@@ -127,10 +130,11 @@ def _alter_table(expression: exp.Alter, dialect: str, new: NewObjects, altering:
                 yield from _type_change(table, column, _type_sql(dtype, dialect), using, dialect, new, altering)
             elif altering.existing_type is not None:
                 new.types.setdefault((table, column), altering.existing_type)
-            if action.args.get("allow_null") is False and dialect == "postgres":
+            proven = (table, column) in new.checked_not_null
+            if action.args.get("allow_null") is False and dialect == "postgres" and not proven:
                 yield "BL005", {"table": table, "column": column}
         elif isinstance(action, exp.AddConstraint) and existing_table:
-            yield from _added_constraints(action, expression, table, dialect)
+            yield from _added_constraints(action, expression, table, dialect, new)
 
 
 def _type_change(
@@ -555,6 +559,8 @@ def _renamed_column_target(alter: exp.Alter) -> str | None:
 _VOLATILE_FUNCTIONS = re.compile(
     r"\b(random|clock_timestamp|timeofday|gen_random_uuid|uuid_generate_v[14]|nextval)\s*\(", re.IGNORECASE
 )
+# Added to an existing table, these fill every row from a sequence, as a nextval() default (or identity) does.
+_SERIAL_TYPES = {"SMALLSERIAL", "SERIAL", "BIGSERIAL"}
 
 
 def _added_column(column: exp.ColumnDef, table: str, dialect: str) -> Iterator[Hit]:
@@ -567,19 +573,44 @@ def _added_column(column: exp.ColumnDef, table: str, dialect: str) -> Iterator[H
         default_sql = default.this.sql(dialect="postgres")
         if _VOLATILE_FUNCTIONS.search(default_sql):
             yield "BL003", {"table": table, "column": column.name, "default": default_sql}
+    elif dialect == "postgres":
+        kind = column.args.get("kind")
+        if isinstance(kind, exp.DataType) and kind.this.name in _SERIAL_TYPES:
+            yield "BL003", {"table": table, "column": column.name, "default": f"nextval() of its {kind.this.name}"}
+        elif any(isinstance(c, exp.GeneratedAsIdentityColumnConstraint) for c in constraints):
+            yield "BL003", {"table": table, "column": column.name, "default": "nextval() of its identity"}
 
 
-def _added_constraints(action: exp.AddConstraint, alter: exp.Alter, table: str, dialect: str) -> Iterator[Hit]:
+def _added_constraints(
+    action: exp.AddConstraint, alter: exp.Alter, table: str, dialect: str, new: NewObjects
+) -> Iterator[Hit]:
     not_valid = bool(alter.args.get("not_valid"))
     for constraint in action.expressions:
         name = constraint.name if isinstance(constraint, exp.Constraint) else ""
         kinds = list(constraint.expressions) if isinstance(constraint, exp.Constraint) else [constraint]
         for kind in kinds:
             validated_in_place = isinstance(kind, (exp.ForeignKey, exp.CheckColumnConstraint))
+            if isinstance(kind, exp.CheckColumnConstraint):
+                _note_not_null_check(kind, name, table, not_valid, new)
             if validated_in_place and dialect in ("postgres", "mysql") and not not_valid:
                 yield "BL004", {"table": table, "constraint": name or "(unnamed)"}
-            elif isinstance(kind, exp.UniqueColumnConstraint) and dialect == "postgres":
+            elif isinstance(kind, (exp.UniqueColumnConstraint, exp.PrimaryKey)) and dialect == "postgres":
+                # A primary key builds a unique index the same way (ADD ... USING INDEX stays an opaque command).
                 yield "BL006", {"table": table, "constraint": name or "(unnamed)"}
+
+
+def _note_not_null_check(
+    check: exp.CheckColumnConstraint, name: str, table: str, not_valid: bool, new: NewObjects
+) -> None:
+    """Remember a CHECK (column IS NOT NULL): once valid, SET NOT NULL on the column needs no scan."""
+    condition = check.this
+    if not (isinstance(condition, exp.Is) and condition.args.get("negate") and isinstance(condition.this, exp.Column)):
+        return
+    if not isinstance(condition.expression, exp.Null):
+        return
+    new.not_null_checks[name] = (table, condition.this.name)
+    if not not_valid:
+        new.checked_not_null.add((table, condition.this.name))
 
 
 def _update(expression: exp.Update, new: NewObjects) -> Iterator[Hit]:
@@ -593,9 +624,20 @@ def _update(expression: exp.Update, new: NewObjects) -> Iterator[Hit]:
 
 
 _RENAME_TABLE = re.compile(r"^\s*TABLE\s+([\w.`\"]+)\s+TO\s+([\w.`\"]+)", re.IGNORECASE)
+_VALIDATE_CONSTRAINT = re.compile(
+    r"^\s*TABLE\s+(?:ONLY\s+)?([\w.\"]+)\s+VALIDATE\s+CONSTRAINT\s+([\w\"]+)\s*$", re.IGNORECASE
+)
 
 
 def _command(expression: exp.Command, new: NewObjects) -> Iterator[Hit]:
+    # sqlglot keeps PostgreSQL's ALTER TABLE ... VALIDATE CONSTRAINT as an opaque command.
+    if str(expression.this).upper() == "ALTER":
+        rest = expression.expression
+        validated = _VALIDATE_CONSTRAINT.match(rest.name if isinstance(rest, exp.Expression) else str(rest or ""))
+        checked = new.not_null_checks.get(validated[2].replace('"', "")) if validated else None
+        if checked is not None:
+            new.checked_not_null.add(checked)
+        return
     # sqlglot keeps MySQL's RENAME TABLE as an opaque command.
     if str(expression.this).upper() != "RENAME":
         return

@@ -160,7 +160,7 @@ _RULE_LIST = [
         "volatile-default",
         "blocking",
         "warning",
-        "A column is added with a volatile default.",
+        "A column is added with a volatile default (a serial or identity column included).",
         "Adding {table}.{column} with a volatile default ({default}) makes PostgreSQL compute it for every row: "
         "the table is rewritten under an ACCESS EXCLUSIVE lock, blocking reads and writes.",
         "Add the column without a default (or with a constant one), backfill it in batches, then set the default "
@@ -194,11 +194,11 @@ _RULE_LIST = [
         "unique-in-place",
         "blocking",
         "warning",
-        "A unique constraint is built in place.",
-        "Adding unique constraint {constraint} on {table} builds its index under an ACCESS EXCLUSIVE lock: reads "
-        "and writes on {table} wait until it is built.",
+        "A unique constraint or primary key is built in place.",
+        "Adding unique constraint or primary key {constraint} on {table} builds its index under an ACCESS "
+        "EXCLUSIVE lock: reads and writes on {table} wait until it is built.",
         "CREATE UNIQUE INDEX CONCURRENTLY first (in an autocommit block), then ALTER TABLE ... ADD CONSTRAINT ... "
-        "UNIQUE USING INDEX.",
+        "UNIQUE (or PRIMARY KEY) USING INDEX.",
     ),
     Rule(
         "BR001",
@@ -300,6 +300,11 @@ class NewObjects:
     tables: set[str] = dataclasses.field(default_factory=set)
     columns: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     types: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    # CHECK (column IS NOT NULL) constraints the step added, by name, and the columns a valid one
+    # covers (added without NOT VALID, or validated since): PostgreSQL 12+ sets those NOT NULL
+    # without scanning the table.
+    not_null_checks: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    checked_not_null: set[tuple[str, str]] = dataclasses.field(default_factory=set)
 
     def has_table(self, table: str) -> bool:
         return table in self.tables

@@ -114,3 +114,81 @@ def test_constraints_and_indexes_on_a_table_created_in_the_same_revision_block_n
         "postgresql",
     )
     assert report.findings == ()
+
+
+def test_identity_or_serial_column_on_an_existing_table_rewrites_it_on_postgresql(
+    check_revision: CheckRevision,
+) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.add_column("orders", sa.Column("seq", sa.BigInteger, sa.Identity()))
+            op.execute("ALTER TABLE customers ADD COLUMN legacy_no serial")
+        """,
+        "postgresql",
+    )
+    assert rules(report) == ["BL003", "BL003"]
+    assert [f.column for f in report.findings] == ["seq", "legacy_no"]
+    assert "nextval()" in report.findings[1].message
+
+
+def test_serial_column_on_a_new_table_blocks_nothing(check_revision: CheckRevision) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.execute("CREATE TABLE refunds (id INTEGER PRIMARY KEY)")
+            op.execute("ALTER TABLE refunds ADD COLUMN seq bigserial")
+        """,
+        "postgresql",
+    )
+    assert report.findings == ()
+
+
+@pytest.mark.parametrize(("dialect", "expected"), [("postgresql", ["BL006", "BL006"]), ("mysql", [])])
+def test_primary_key_built_in_place_blocks_like_a_unique_constraint(
+    check_revision: CheckRevision, dialect: str, expected: list[str]
+) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.drop_constraint("orders_pkey", "orders", type_="primary")
+            op.create_primary_key("pk_orders", "orders", ["id", "customer_id"])
+            op.execute("ALTER TABLE customers ADD PRIMARY KEY (id)")
+        """,
+        dialect,
+    )
+    assert rules(report) == expected
+
+
+def test_set_not_null_behind_a_validated_not_null_check_needs_no_scan(check_revision: CheckRevision) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.execute(
+                "ALTER TABLE orders ADD CONSTRAINT ck_orders_created_nn CHECK (created_at IS NOT NULL) NOT VALID"
+            )
+            op.execute("ALTER TABLE orders VALIDATE CONSTRAINT ck_orders_created_nn")
+            op.alter_column("orders", "created_at", existing_type=sa.DateTime(), nullable=False)
+            op.drop_constraint("ck_orders_created_nn", "orders", type_="check")
+        """,
+        "postgresql",
+    )
+    assert report.findings == ()
+
+
+def test_set_not_null_still_scans_when_the_check_is_not_validated_or_already_dropped(
+    check_revision: CheckRevision,
+) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.execute("ALTER TABLE orders ADD CONSTRAINT ck_a CHECK (amount_cents IS NOT NULL) NOT VALID")
+            op.alter_column("orders", "amount_cents", nullable=False)
+            op.execute("ALTER TABLE customers ADD CONSTRAINT ck_e CHECK (email IS NOT NULL) NOT VALID")
+            op.execute("ALTER TABLE customers VALIDATE CONSTRAINT ck_e")
+            op.drop_constraint("ck_e", "customers", type_="check")
+            op.alter_column("customers", "email", nullable=False)
+        """,
+        "postgresql",
+    )
+    assert rules(report) == ["BL005", "BL005"]

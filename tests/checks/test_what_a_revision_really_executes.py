@@ -84,6 +84,22 @@ def test_sql_sent_through_the_bind_is_seen(check_revision: CheckRevision, projec
     assert report.not_analysed == ()
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_sql_sent_to_the_driver_through_the_bind_is_seen(
+    check_revision: CheckRevision, project: Path, dialect: str
+) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.get_bind().exec_driver_sql("DELETE FROM orders")  # driver SQL
+        """,
+        dialect,
+    )
+    assert rules(report) == ["DL004"]
+    assert report.findings[0].line == line_of(project, "# driver SQL")
+    assert report.not_analysed == ()
+
+
 def test_a_step_that_needs_real_rows_is_reported_as_not_analysed(check_revision: CheckRevision) -> None:
     report = check_revision(
         """
