@@ -11,6 +11,7 @@ jitter.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -58,6 +59,8 @@ def tables_locked_by(sql: str, caps: Capabilities) -> set[str]:
     """
     import sqlglot  # imported here: only a run that meets a long transaction needs the parser
     from sqlglot import exp
+
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)  # opaque commands lock nothing we track: no warning
 
     try:
         statements = sqlglot.parse(sql, read=_SQLGLOT_DIALECTS.get(caps.name, caps.name))

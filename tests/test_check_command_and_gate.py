@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import EXAMPLE_HEAD, current_revisions, history_rows, run_dbmigrate
+from tests.conftest import EXAMPLE_HEAD, add_revision, current_revisions, history_rows, run_dbmigrate
 
 DROPS_EMAIL = '''"""drop customers.email{directive_note}
 """
@@ -195,3 +195,31 @@ def test_a_range_that_selects_nothing_or_names_an_unknown_revision_is_a_usage_er
 
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert said in proc.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sql_the_parser_keeps_as_an_opaque_command_leaves_the_json_logs_clean(project: Path, database_url: str) -> None:
+    add_revision(
+        project,
+        "0007_validate",
+        EXAMPLE_HEAD,
+        'op.execute("ALTER TABLE orders VALIDATE CONSTRAINT orders_customer_id_fkey")',
+    )
+    proc = run_dbmigrate(
+        "check",
+        "--range",
+        f"{EXAMPLE_HEAD}:head",
+        "--dialect",
+        "postgresql",
+        "--format",
+        "json",
+        "--log-format",
+        "json",
+        cwd=project,
+        database_url=database_url,
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["revisions_checked"] == 1
+    not_json = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("{")]
+    assert not_json == [], not_json

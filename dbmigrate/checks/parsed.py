@@ -10,6 +10,7 @@ existing type nothing is guessed: no DL006, and BL002 only where any type change
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Callable, Iterator
 
@@ -17,6 +18,10 @@ import sqlglot
 from sqlglot import exp
 
 from dbmigrate.checks.rules import Hit, NewObjects
+
+# sqlglot warns through the root logger about syntax it keeps as an opaque command: those are read
+# below where a rule knows their form, and a plain-text line would break a pod's JSON logs.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 
 @dataclasses.dataclass(frozen=True)
