@@ -13,18 +13,21 @@ Covered:
     on the bind (``table.create(bind)``, ``metadata.create_all(bind)``): offline, the bind records
     what it is given instead of sending it, and answers every query with an empty result, as an
     empty database would, so loops over rows end;
-  * ``batch_alter_table`` on SQLite with ``recreate="auto"`` (the default): offline there is no
-    table to reflect, so the batch is rendered as the plain ``ALTER TABLE`` statements it stands for
-    (its intent), as ``recreate="never"`` would;
+  * ``batch_alter_table`` on SQLite, ``recreate="auto"`` (the default) or ``"always"``: offline there
+    is no table to reflect, so the batch is rendered as the plain ``ALTER TABLE`` statements it
+    stands for (its intent), as ``recreate="never"`` would (with ``copy_from`` too: the table copy
+    and swap it would render are not what the revision means to do to the data);
   * the type a column had before ``op.alter_column`` (or a batch's ``alter_column``) changed it: the
     call's ``existing_type=`` (autogenerate always writes it), else the type an earlier
     ``create_table``/``add_column``/``alter_column`` of the same pass gave the column, is kept on
-    the statements the call emits (:attr:`Statement.existing_type`). Raw SQL that names a table
+    the statements the call emits (:attr:`Statement.existing_type`), with the type it sets
+    (:attr:`Statement.new_type`); a PostgreSQL enum is written with its values, which its name
+    in the statement does not show. Raw SQL that names a table
     (``op.execute``, the bind) makes the pass forget what it knew of that table's columns.
 
 Not covered (the step is reported in :attr:`StepStatements.error` with the statements seen before):
   * a revision that uses what a query returns beyond "no rows" (``.scalar_one()``, ``rowcount``);
-  * ``batch_alter_table(recreate="always")`` without ``copy_from`` on any dialect;
+  * ``batch_alter_table(recreate="always")`` without ``copy_from`` on PostgreSQL and MySQL;
   * raw DBAPI cursors (``bind.connection.cursor()``), which the offline bind does not offer (the
     step stops there, reported in ``error``);
   * ``batch_alter_table`` statements point at the ``with`` line: Alembic runs them when the block ends.
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alembic.config import Config
+from alembic.operations.batch import BatchOperationsImpl
 from alembic.runtime.migration import RevisionStep
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy import exc as sa_exc
@@ -73,9 +77,11 @@ class Statement:
     sql: str
     line: int
     # For statements an alter_column call emitted: the column's type before the call, rendered for
-    # the dialect (None when unknown), and whether the call was given a new type (``type_=``).
+    # the dialect (None when unknown), whether the call was given a new type (``type_=``), and that
+    # type, rendered the same way.
     existing_type: str | None = None
     changes_type: bool = False
+    new_type: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +112,8 @@ class _Recorder(io.StringIO):
         self._revision_path = _real_path(revision_path)
         self.statements: list[Statement] = []
         self.column_types = _ColumnTypes()
-        # Set while an alter_column call runs: what its statements carry (existing type, type change).
-        self.altering: tuple[str | None, bool] = (None, False)
+        # Set while an alter_column call runs: what its statements carry (existing type, type change, new type).
+        self.altering: tuple[str | None, bool, str | None] = (None, False, None)
 
     def follow(self, revision_path: Path) -> list[Statement]:
         """From now on record for another revision file; returns what was recorded for the previous one."""
@@ -196,15 +202,16 @@ def collect(
     step = RevisionStep(script.revision_map, found, direction == "upgrade")
     error = None
     try:
-        render_offline(
-            config,
-            script,
-            _recording_step(step, recorder, dialect),
-            recorder,
-            starting_rev=_starting_revision(found, direction),
-            destination_rev=revision,
-            on_configure=_render_for(url),
-        )
+        with _batches_as_intent(dialect):
+            render_offline(
+                config,
+                script,
+                _recording_step(step, recorder, dialect),
+                recorder,
+                starting_rev=_starting_revision(found, direction),
+                destination_rev=revision,
+                on_configure=_render_for(url),
+            )
     except Exception as exc:  # noqa: BLE001 - env.py and revisions can raise anything offline
         error = f"{type(exc).__name__}: {redact(str(exc)).strip()}"
     return StepStatements(revision, direction, path, tuple(recorder.statements), error)
@@ -236,7 +243,7 @@ def collect_pass(
             collected.append(StepStatements(step.revision.revision, direction, path, tuple(recorder.statements)))
 
     # A step that stops the pass is collected again on its own below, where its error is kept.
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception), _batches_as_intent(dialect):
         render_offline(
             config,
             script,
@@ -304,6 +311,28 @@ def _recording_steps(steps_of: Any, recorder: _Recorder, dialect: str) -> Any:
     return steps
 
 
+@contextlib.contextmanager
+def _batches_as_intent(dialect: str) -> Iterator[None]:
+    """While a SQLite pass renders: every offline batch runs its operations as plain ALTER statements.
+
+    ``recreate="auto"`` asks the impl (see ``_recording_steps``); ``"always"`` does not, so the
+    batch's own decision is replaced for the duration of the pass, for offline contexts only.
+    """
+    if dialect != "sqlite":
+        yield
+        return
+    should_recreate = BatchOperationsImpl._should_recreate
+
+    def offline_intent(batch: BatchOperationsImpl) -> bool:
+        return False if batch.operations.migration_context.as_sql else should_recreate(batch)
+
+    BatchOperationsImpl._should_recreate = offline_intent  # type: ignore[method-assign, assignment]
+    try:
+        yield
+    finally:
+        BatchOperationsImpl._should_recreate = should_recreate  # type: ignore[method-assign]
+
+
 def _track_column_types(impl: Any, recorder: _Recorder) -> None:
     """Wrap the offline impl so that alter_column's statements carry the column's existing type.
 
@@ -319,11 +348,16 @@ def _track_column_types(impl: Any, recorder: _Recorder) -> None:
         existing = kw.get("existing_type")
         before = sqltypes.to_instance(existing) if existing is not None else types.get(table, column_name)
         after = sqltypes.to_instance(kw["type_"]) if kw.get("type_") is not None else before
-        recorder.altering = (_render_type(before, dialect), kw.get("type_") is not None)
+        changes_type = kw.get("type_") is not None
+        recorder.altering = (
+            _render_type(before, dialect),
+            changes_type,
+            _render_type(after, dialect) if changes_type else None,
+        )
         try:
             return originals["alter_column"](table_name, column_name, **kw)
         finally:
-            recorder.altering = (None, False)
+            recorder.altering = (None, False, None)
             types.forget(table, column_name)
             types.set(table, kw.get("name") or column_name, after)
 
@@ -379,9 +413,15 @@ def _qualified(table: str, schema: str | None) -> str:
 
 
 def _render_type(type_: TypeEngine[Any] | None, dialect: Dialect) -> str | None:
-    """``type_`` as the dialect's DDL writes it, or None when it has none there."""
+    """``type_`` as the dialect's DDL writes it, or None when it has none there.
+
+    A PostgreSQL enum is written as ``ENUM('a', 'b')``: its DDL names the type, and what a change
+    keeps or loses is in the values.
+    """
     if type_ is None:
         return None
+    if isinstance(type_, sqltypes.Enum) and type_.native_enum and dialect.name == "postgresql":
+        return "ENUM(" + ", ".join("'" + str(value).replace("'", "''") + "'" for value in type_.enums) + ")"
     try:
         return str(type_.compile(dialect=dialect))
     except Exception:  # noqa: BLE001 - a type of another dialect, or one that needs arguments here

@@ -30,6 +30,7 @@ class Altering:
 
     existing_type: str | None = None
     changes_type: bool = False
+    new_type: str | None = None
 
 
 def parsed_hits(sql: str, dialect: str, new: NewObjects, altering: Altering = Altering()) -> list[Hit]:
@@ -69,7 +70,8 @@ def _matches(expression: exp.Expression, dialect: str, new: NewObjects, altering
 
 def _create(expression: exp.Create, dialect: str, new: NewObjects) -> Iterator[Hit]:
     kind = expression.args.get("kind")
-    if kind == "TABLE":
+    if kind == "TABLE" or (kind == "VIEW" and expression.find(exp.MaterializedProperty)):
+        # A materialized view holds rows like a table: indexing the one the step created blocks nobody.
         created = expression.find(exp.Table)
         if created is not None:
             new.tables.add(_name(created))
@@ -132,7 +134,8 @@ def _alter_table(expression: exp.Alter, dialect: str, new: NewObjects, altering:
             dtype = action.args.get("dtype")
             if isinstance(dtype, exp.DataType):
                 using = bool(action.args.get("using"))
-                yield from _type_change(table, column, _type_sql(dtype, dialect), using, dialect, new, altering)
+                after = altering.new_type or _type_sql(dtype, dialect)
+                yield from _type_change(table, column, after, using, dialect, new, altering)
             elif altering.existing_type is not None:
                 new.types.setdefault((table, column), altering.existing_type)
             proven = (table, column) in new.checked_not_null
@@ -582,7 +585,14 @@ def _added_column(column: exp.ColumnDef, table: str, dialect: str) -> Iterator[H
         kind = column.args.get("kind")
         if isinstance(kind, exp.DataType) and kind.this.name in _SERIAL_TYPES:
             yield "BL003", {"table": table, "column": column.name, "default": f"nextval() of its {kind.this.name}"}
-        elif any(isinstance(c, exp.GeneratedAsIdentityColumnConstraint) for c in constraints):
+        elif any(isinstance(c, exp.ComputedColumnConstraint) for c in constraints):
+            # sqlglot reads PostgreSQL's GENERATED ALWAYS AS (expr) STORED as this; without STORED
+            # (a virtual column, PostgreSQL 18) it reads an identity with an expression, computed on read.
+            yield "BL003", {"table": table, "column": column.name, "default": "its stored generated expression"}
+        elif any(
+            isinstance(c, exp.GeneratedAsIdentityColumnConstraint) and c.args.get("expression") is None
+            for c in constraints
+        ):
             yield "BL003", {"table": table, "column": column.name, "default": "nextval() of its identity"}
 
 

@@ -160,7 +160,7 @@ _RULE_LIST = [
         "volatile-default",
         "blocking",
         "warning",
-        "A column is added with a volatile default (a serial or identity column included).",
+        "A column is added with a volatile default (a serial, identity or stored generated column included).",
         "Adding {table}.{column} with a volatile default ({default}) makes PostgreSQL compute it for every row: "
         "the table is rewritten under an ACCESS EXCLUSIVE lock, blocking reads and writes.",
         "Add the column without a default (or with a constant one), backfill it in batches, then set the default "
@@ -326,7 +326,9 @@ def evaluate(statements: tuple[Statement, ...], dialect: str) -> Iterator[Match]
         if hits is None:
             from dbmigrate.checks.parsed import Altering, parsed_hits  # the parser loads only when needed
 
-            hits = parsed_hits(statement.sql, read, new, Altering(statement.existing_type, statement.changes_type))
+            hits = parsed_hits(
+                statement.sql, read, new, Altering(statement.existing_type, statement.changes_type, statement.new_type)
+            )
         for rule_id, names in hits:
             yield Match(RULES[rule_id], statement.line, names)
 

@@ -192,3 +192,35 @@ def test_set_not_null_still_scans_when_the_check_is_not_validated_or_already_dro
         "postgresql",
     )
     assert rules(report) == ["BL005", "BL005"]
+
+
+def test_a_stored_generated_column_rewrites_the_table_on_postgresql_but_a_virtual_one_does_not(
+    check_revision: CheckRevision,
+) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.add_column("orders", sa.Column("euros", sa.Integer, sa.Computed("amount_cents / 100", persisted=True)))
+            op.execute("ALTER TABLE orders ADD COLUMN cents_x2 bigint GENERATED ALWAYS AS (amount_cents * 2) STORED")
+            op.add_column("orders", sa.Column("euros_v", sa.Integer, sa.Computed("amount_cents / 100")))
+        """,
+        "postgresql",
+    )
+    assert rules(report) == ["BL003", "BL003"]
+    assert "stored generated" in report.findings[0].message
+
+
+def test_indexing_a_materialized_view_created_in_the_same_revision_blocks_nobody(check_revision: CheckRevision) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.execute(
+                "CREATE MATERIALIZED VIEW order_totals AS "
+                "SELECT customer_id, sum(amount_cents) AS total FROM orders GROUP BY customer_id"
+            )
+            op.execute("CREATE UNIQUE INDEX ix_order_totals ON order_totals (customer_id)")
+            op.create_index("ix_order_totals_total", "order_totals", ["total"])
+        """,
+        "postgresql",
+    )
+    assert report.findings == ()

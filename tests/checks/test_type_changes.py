@@ -341,3 +341,31 @@ def test_an_unrecognised_existing_type_is_not_guessed() -> None:
     assert before.family == "other"
     assert lossy_change(before, column_type("VARCHAR(5)", "postgres"), "postgres") is None
     assert lossy_change(before, column_type("BOOLEAN", "postgres"), "postgres") is not None
+
+
+@pytest.mark.parametrize(
+    ("new_values", "expected"),
+    [(('"low"', '"high"'), ["DL006", "BL002"]), (('"low"', '"medium"', '"high"', '"urgent"'), ["BL002"])],
+)
+def test_a_postgresql_enum_change_compares_the_values_its_type_names_hide(
+    check_revision: CheckRevision, new_values: tuple[str, ...], expected: list[str]
+) -> None:
+    report = check_revision(
+        f"""
+        from sqlalchemy.dialects import postgresql
+
+
+        def upgrade() -> None:
+            op.alter_column(
+                "orders",
+                "priority",
+                existing_type=postgresql.ENUM("low", "medium", "high", name="priority"),
+                type_=sa.Enum({", ".join(new_values)}, name="priority_v2"),
+                postgresql_using="priority::text::priority_v2",
+            )
+        """,
+        "postgresql",
+    )
+    assert rules(report) == expected
+    if "DL006" in expected:
+        assert "'medium'" in report.findings[0].message

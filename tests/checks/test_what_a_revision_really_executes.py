@@ -190,3 +190,31 @@ def test_the_checked_dialect_wins_over_database_url(
         'def upgrade() -> None:\n    op.create_index("ix_amount", "orders", ["amount_cents"])\n', "postgresql"
     )
     assert rules(report) == ["BL001"]
+
+
+def test_a_sqlite_batch_that_always_recreates_is_checked_for_what_it_does(
+    check_revision: CheckRevision, project: Path
+) -> None:
+    report = check_revision(
+        """
+        customers = sa.Table(
+            "customers",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("name", sa.String(100)),
+            sa.Column("email", sa.String(200)),
+        )
+
+
+        def upgrade() -> None:
+            with op.batch_alter_table("customers", recreate="always") as batch:  # the batch
+                batch.drop_column("email")
+                batch.alter_column("name", new_column_name="display_name", existing_type=sa.String(100))
+            with op.batch_alter_table("customers", recreate="always", copy_from=customers) as batch:
+                batch.add_column(sa.Column("nickname", sa.String(50), nullable=True))
+        """,
+        "sqlite",
+    )
+    assert rules(report) == ["DL002", "BR001", "BR003"]
+    assert report.not_analysed == ()
+    assert report.findings[0].line == line_of(project, "# the batch")
