@@ -2,10 +2,10 @@
 
 Statements are parsed with sqlglot for the dialect (comments and string literals are never
 statements; see ``parsed.py``), except plain single statements whose shape decides everything
-(``CREATE TABLE name (``, ``CREATE INDEX ... ON table``, ``INSERT``): those are read without the
-parser, with the same outcome. Objects the same step created earlier (tables, columns) are new:
-dropping, filling or constraining them touches no existing data and no running code, so they
-produce no finding.
+(``CREATE TABLE name (``, ``CREATE INDEX ... ON table``, ``ALTER TABLE ... ADD COLUMN name type``,
+``INSERT``): those are read without the parser, with the same outcome. Objects the same step
+created earlier (tables, columns) are new: dropping, filling or constraining them touches no
+existing data and no running code, so they produce no finding.
 
 Type changes need the column's existing type: the ``existing_type=`` an ``alter_column`` call was
 given (autogenerate always writes it), else the type an earlier ``create_table``/``add_column``/
@@ -348,6 +348,23 @@ _PLAIN_CREATE_INDEX = re.compile(
     r"(?:[\w$]+\s+|\"[^\"]+\"\s+)?ON\s+(?:ONLY\s+)?" + _NAME.format("table") + r"[\s(]",
     re.IGNORECASE,
 )
+# A nullable column without default, constraint or generated value (what add_column renders for
+# sa.Column(name, type)): it touches no existing row on any dialect. Type words that could mean more
+# (SERIAL, an identity, a collation) are left to the parser.
+_PLAIN_ADD_COLUMN = re.compile(
+    r"ALTER\s+TABLE\s+"
+    + _NAME.format("table")
+    + r"\s+ADD\s+(?:COLUMN\s+)?"
+    + _NAME.format("column")
+    + r"\s+(?P<type>[A-Za-z]\w*(?:\s+[A-Za-z]\w*)*)\s*(?:\(\s*\d+\s*(?:,\s*\d+\s*)?\))?(?:\s*\[\])?"
+    + r"(?P<zone>\s+WITH(?:OUT)?\s+TIME\s+ZONE)?",
+    re.IGNORECASE,
+)
+_NOT_A_PLAIN_TYPE = re.compile(
+    r"\b(?:NOT|NULL|DEFAULT|GENERATED|AS|REFERENCES|CHECK|UNIQUE|PRIMARY|KEY|COLLATE|CONSTRAINT|IDENTITY|"
+    r"AUTO_INCREMENT|FIRST|AFTER|\w*SERIAL)\b",
+    re.IGNORECASE,
+)
 _NO_RULE_READS = re.compile(r"(?:INSERT|SELECT|COMMENT|GRANT|REVOKE)\b", re.IGNORECASE)
 
 
@@ -361,6 +378,10 @@ def _without_parsing(sql: str, dialect: str, new: NewObjects) -> list[Hit] | Non
     created = _PLAIN_CREATE_TABLE.match(body)
     if created:
         new.tables.add(_unquoted(created["table"]))
+        return []
+    added = _PLAIN_ADD_COLUMN.fullmatch(body)
+    if added and not _NOT_A_PLAIN_TYPE.search(added["type"]):
+        new.columns.add((_unquoted(added["table"]), _unquoted(added["column"])))
         return []
     index = _PLAIN_CREATE_INDEX.match(body)
     if index:

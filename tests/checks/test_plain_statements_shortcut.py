@@ -28,6 +28,20 @@ STATEMENTS = [
     'DROP TABLE "Accounts"',
     "DROP TABLE customers",
     "DELETE FROM billing.invoices",
+    "ALTER TABLE customers ADD COLUMN note TEXT",
+    "UPDATE customers SET note = 'x'",
+    'ALTER TABLE "Accounts" ADD COLUMN "Balance" NUMERIC(12, 2)',
+    "ALTER TABLE `orders` ADD `shipped_at` DATETIME",
+    "ALTER TABLE billing.invoices ADD COLUMN paid_at TIMESTAMP WITHOUT TIME ZONE",
+    "ALTER TABLE customers ADD COLUMN tags VARCHAR(20)[]",
+    "ALTER TABLE customers ADD COLUMN code VARCHAR(8) NOT NULL",
+    "ALTER TABLE customers ADD COLUMN seen TIMESTAMP DEFAULT now()",
+    "ALTER TABLE customers ADD COLUMN token UUID DEFAULT gen_random_uuid()",
+    "ALTER TABLE customers ADD COLUMN number BIGSERIAL",
+    "ALTER TABLE customers ADD COLUMN number2 INTEGER GENERATED ALWAYS AS IDENTITY",
+    "ALTER TABLE customers ADD COLUMN gross INTEGER GENERATED ALWAYS AS (id * 2) STORED",
+    "ALTER TABLE customers ADD COLUMN owner_id INTEGER REFERENCES customers (id)",
+    "ALTER TABLE customers ADD COLUMN a INTEGER, ADD COLUMN b INTEGER NOT NULL",
 ]
 
 
@@ -57,6 +71,10 @@ def test_the_shortcut_takes_plain_statements_and_leaves_the_rest_to_the_parser()
     assert rules._without_parsing("INSERT INTO t VALUES (1); DROP TABLE customers", "postgres", new) is None
     assert rules._without_parsing("-- note\nDROP TABLE customers", "postgres", new) is None
     assert rules._without_parsing("CREATE TABLE t AS SELECT * FROM customers", "postgres", new) is None
+    assert rules._without_parsing("ALTER TABLE customers ADD COLUMN note TEXT", "postgres", new) == []
+    assert ("customers", "note") in new.columns
+    assert rules._without_parsing("ALTER TABLE customers ADD COLUMN n INTEGER NOT NULL", "postgres", new) is None
+    assert rules._without_parsing("ALTER TABLE customers ADD COLUMN n SERIAL", "postgres", new) is None
 
 
 def _parses(sql: str, read: str) -> bool:
