@@ -304,10 +304,32 @@ class Backups:
         if not inspector.has_table(table, schema=schema):
             return None
         keys = tuple(inspector.get_pk_constraint(table, schema=schema).get("constrained_columns") or ())
+        types = {c["name"]: c["type"] for c in inspector.get_columns(table, schema=schema)}
         columns = loss.columns if loss.columns is not None and keys else None
+        if columns is not None:
+            # A column the step itself adds or renames before it loses it has no values from before the step.
+            later = [c for c in columns if c not in types]
+            if later:
+                log.warning(
+                    "data loss that no backup covers: the column does not exist before the step (the step "
+                    "creates or renames it first), so there is nothing to copy under its name",
+                    table=loss.table,
+                    columns=later,
+                )
+                columns = tuple(c for c in columns if c in types)
+            if set(columns) & set(keys):
+                # Rows are put back by primary key: values of the key itself can never be matched again.
+                log.warning(
+                    "data loss that no backup covers: the step removes primary key column(s), by which the "
+                    "rows would be matched when put back",
+                    table=loss.table,
+                    columns=[c for c in columns if c in keys],
+                )
+                columns = tuple(c for c in columns if c not in keys)
+            if not columns:
+                return None
         target = self._backup_name(table, revision, run_id)
         self._prepare_location()
-        types = {c["name"]: c["type"] for c in inspector.get_columns(table, schema=schema)}
         copied = (*keys, *columns) if columns is not None else tuple(types)
         # Enum values are copied as text: a copy that used the type would keep the downgrade from dropping it.
         selected = ", ".join(

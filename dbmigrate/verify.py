@@ -17,14 +17,16 @@ import ast
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +38,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import CheckConstraint, Column, MetaData, Table, and_, func, inspect, select
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError, SAWarning, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, SAWarning, SQLAlchemyError
+from sqlalchemy.sql.elements import ClauseElement
 
 from dbmigrate import database, scripts
 from dbmigrate.errors import (
@@ -144,18 +147,95 @@ def run(
     ``upgrade`` and ``downgrade`` are dbmigrate's public API functions (passed in, so that this
     module sits beside the API rather than above it).
     """
-    config = scripts.load_config(settings)
-    script = scripts.load_scripts(config)
-    revisions = scripts.revision_range(script, revision_range)
-    lower = (revision_range or "").partition(":")[0] or "base"
-    if url is not None:
-        place: _Place = _GivenDatabase(database.parse_url(url))
-    else:
-        place = _ScratchDatabase(database.parse_url(settings.resolved_url(scripts.ini_url(config))), settings)
-    with place:
-        verifier = _Verifier(settings, config, script, place, with_data, upgrade, downgrade)
-        with _environment_pointing_at(place.url):
-            return verifier.run(revisions, lower)
+    gate = _GateLog()
+    # What a migration prints must not end up in the JSON on stdout; logging set up by revision
+    # modules or env.py as they are imported (a project configuring its own logs) is undone.
+    with contextlib.redirect_stdout(sys.stderr), gate:
+        config = scripts.load_config(settings)
+        script = scripts.load_scripts(config)
+        gate.keep()
+        revisions = scripts.revision_range(script, revision_range)
+        lower = (revision_range or "").partition(":")[0] or "base"
+        if url is not None:
+            place: _Place = _GivenDatabase(database.parse_url(url))
+        else:
+            place = _ScratchDatabase(database.parse_url(settings.resolved_url(scripts.ini_url(config))), settings)
+        with place:
+            verifier = _Verifier(settings, config, script, place, with_data, upgrade, downgrade, gate)
+            with _environment_pointing_at(place.url):
+                result = verifier.run(revisions, lower)
+    if gate.demoted:
+        log.info(
+            "the upgrade gate's findings on verify's steps were logged at debug level (--debug shows them); "
+            "dbmigrate check --all lists them once per revision",
+            findings=gate.demoted,
+        )
+    return result
+
+
+class _GateLog:
+    """While verify runs its steps, the upgrade gate's repeated warnings go out at debug level.
+
+    The gate logs its findings ("CREATE INDEX without CONCURRENTLY") for every step it lets
+    through, and verify runs each revision three times: at warning level they would bury verify's
+    own findings (``dbmigrate upgrade`` keeps them). A revision the gate cannot analyse offline is
+    still named once per direction, at warning level: no backup is taken for its steps. Without
+    --debug the demoted events are dropped. ``unanalysed`` maps (revision, step) to the reason;
+    ``step`` is the direction verify is running ("upgrade" or "downgrade").
+    """
+
+    FINDING, UNANALYSED = "check finding", "revision could not be checked offline"
+
+    def __init__(self) -> None:
+        self.demoted = 0
+        self.unanalysed: dict[tuple[str, str], str] = {}
+        self.step = "upgrade"
+        self.saved: dict[str, Any] = {}
+        self.installed: list[Any] = []
+        self.root: tuple[list[logging.Handler], int] = ([], logging.WARNING)
+        self.debug = False
+
+    def __enter__(self) -> _GateLog:
+        self.saved = dict(structlog.get_config())
+        self.root = (list(logging.root.handlers), logging.root.level)
+        try:
+            self.debug = bool(structlog.get_logger("dbmigrate.verify").is_enabled_for(logging.DEBUG))
+        except AttributeError:  # a logger that does not filter by level: keep the events, relabelled
+            self.debug = True
+        processors = list(self.saved["processors"])
+        levels = [i for i, p in enumerate(processors) if getattr(p, "__name__", "") == "add_log_level"]
+        at = levels[0] + 1 if levels else 0
+        self.installed = [*processors[:at], self._demote, *processors[at:]]
+        structlog.configure(**{**self.saved, "processors": self.installed})
+        return self
+
+    def keep(self) -> None:
+        """Undo what a revision module or env.py did to the logging set-up (Airflow's, for one, sets up its own)."""
+        if structlog.get_config()["processors"] != self.installed:
+            structlog.configure(**{**self.saved, "processors": self.installed})
+        handlers, level = self.root
+        if logging.root.handlers != handlers or logging.root.level != level:
+            logging.root.handlers[:] = handlers
+            logging.root.setLevel(level)
+
+    def __exit__(self, *exc: object) -> None:
+        structlog.configure(**self.saved)
+        logging.root.handlers[:] = self.root[0]
+        logging.root.setLevel(self.root[1])
+
+    def _demote(self, _logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        name, revision = event.get("event"), str(event.get("revision"))
+        if method != "warning" or name not in (self.FINDING, self.UNANALYSED):
+            return event
+        if name == self.UNANALYSED and (revision, self.step) not in self.unanalysed:
+            self.unanalysed[revision, self.step] = str(event.get("reason") or "")
+            return event
+        self.demoted += name == self.FINDING
+        if not self.debug:
+            raise structlog.DropEvent
+        if "level" in event:
+            event["level"] = "debug"
+        return event
 
 
 # -- where it runs --------------------------------------------------------------------------------------
@@ -283,7 +363,7 @@ class _ScratchDatabase(_Place):
             log.error(
                 "scratch database not dropped: drop it by hand",
                 databases=names,
-                server=mask_url(self.configured.set(database=None)),
+                server=mask_url(self.configured._replace(database=None)),
                 error=redact(str(getattr(exc, "orig", exc))),
             )
             return
@@ -298,7 +378,8 @@ class _ScratchDatabase(_Place):
             if self.configured.database and self.configured.database != "postgres":
                 candidates.append(self.configured.database)  # a user who may not connect to postgres
         for index, name in enumerate(candidates):
-            engine = database.create(self.configured.set(database=name).render_as_string(hide_password=False))
+            # URL.set(database=None) keeps the database: _replace() is what leaves it out (MySQL's server).
+            engine = database.create(self.configured._replace(database=name).render_as_string(hide_password=False))
             try:
                 if index + 1 < len(candidates):
                     try:
@@ -363,7 +444,9 @@ class _Verifier:
         with_data: bool,
         upgrade: Migrate,
         downgrade: Migrate,
+        gate: _GateLog | None = None,
     ) -> None:
+        self.gate = gate or _GateLog()
         self.config = config
         self.script = script
         self.place = place
@@ -473,6 +556,7 @@ class _Verifier:
                 problems.append(Problem(revision, DOWNGRADE_FAILED, f"the downgrade failed: {failure}"))
                 return problems, self._settle(revision, after, failure, stamp=False)
         down = self._snapshot()
+        kept = self._rows_now(self.seeded)  # what the downgrade left of the seeded rows
         # What is missing now was removed by the downgrade itself, or removed by the upgrade and not put back.
         removed = {key: value for key, value in before.items() if key not in down and key in after}
         not_restored = {key: value for key, value in before.items() if key not in down and key not in after}
@@ -513,17 +597,63 @@ class _Verifier:
                     )
                 )
             return problems, _OFF_COURSE
-        for table, losses in self._check_seeded(self.seeded).items():
+        lost, converted = self._check_seeded(self.seeded, kept)
+        if converted:
+            losses_again = self._converted_again(revision, converted)
+            if losses_again is None:
+                return problems, _OFF_COURSE
+            for table, losses in losses_again.items():
+                lost.setdefault(table, []).extend(losses)
+        for table, losses in lost.items():
             problems.append(
                 Problem(
                     revision,
                     DATA_LOST,
                     f"table {table}: rows seeded before the downgrade did not come back after the upgrade: "
-                    + _join(losses),
+                    + _join(losses)
+                    + self._no_backup_note(revision),
                 )
             )
         self.known = again
         return problems, _SETTLED
+
+    def _converted_again(self, revision: str, converted: Sequence[_Seeded]) -> dict[str, list[str]] | None:
+        """The upgrade again changed values the downgrade had kept: is that a conversion, or damage?
+
+        Verify seeds its rows after the first upgrade, so the upgrade's data migration (recompute a
+        checksum, move rows to a new table) never saw them: converting them now is no loss. But an
+        upgrade that changes its own output again (``price = price * 100`` with a downgrade that does
+        not divide) damages data on every round trip. One more round trip tells them apart: the rows
+        as the upgrade left them must come back unchanged. What changes again is reported; None when
+        that round trip fails (it worked once: the database is then not where verify expects it).
+        """
+        try:
+            self._downgrade(revision)
+            kept = self._rows_now(converted)
+            self._upgrade(revision)
+        except _STEP_ERRORS as exc:
+            log.warning(
+                "a second round trip to tell the upgrade's conversion of seeded rows from a loss failed",
+                revision=revision,
+                error=redact(str(exc))[:300],
+            )
+            return None
+        lost, again = self._check_seeded(converted, kept)
+        for row in again:
+            key = row.key or {}
+            lost.setdefault(row.fullname, []).append(
+                f"{_row_label(row)}: the upgrade changes it again on every round trip ("
+                + ", ".join(f"{k}={_show(v)}" for k, v in row.values.items() if k not in key)
+                + " after one upgrade, not after the next)"
+            )
+        if not again:
+            log.info(
+                "the upgrade again converted seeded rows that the downgrade had kept, and leaves them unchanged "
+                "on the next round trip: a conversion of made-up values, not a loss; not reported",
+                revision=revision,
+                tables=sorted({row.fullname for row in converted}),
+            )
+        return lost
 
     def _again_without_seeded(
         self, exc: DbmigrateError, step: Callable[[], None], revision: str, what: str
@@ -621,7 +751,11 @@ class _Verifier:
     # -- steps, through the public API ------------------------------------------------------------
 
     def _upgrade(self, target: str, confirm: bool = False) -> None:
-        result = self._upgrade_api(target, settings=self.settings)
+        self.gate.step = "upgrade"
+        try:
+            result = self._upgrade_api(target, settings=self.settings)
+        finally:
+            self.gate.keep()
         self.run_ids.add(result.run_id)
         if confirm and not self.confirmed:
             self._confirm_target(target)
@@ -632,7 +766,11 @@ class _Verifier:
         # One step down, only this revision: "REV@-1" leaves other branches alone; from a merge
         # point, downgrading to one of its parents removes the merge point only.
         target = downs[0] if len(downs) > 1 else f"{revision}@-1"
-        result = self._downgrade_api(target, settings=self.settings)
+        self.gate.step = "downgrade"
+        try:
+            result = self._downgrade_api(target, settings=self.settings)
+        finally:
+            self.gate.keep()
         self.run_ids.add(result.run_id)
 
     def _stamp(self, revision: str) -> None:
@@ -696,6 +834,7 @@ class _Verifier:
             ) from None
         finally:
             engine.dispose()
+            self.gate.keep()
         return found[0] if found else ("alembic_version", None)
 
     def _heads(self) -> tuple[str, ...]:
@@ -831,20 +970,56 @@ class _Verifier:
                 except SQLAlchemyError as exc:
                     log.warning("seeded row not deleted", table=table.fullname, error=_reason(exc))
 
-    def _check_seeded(self, seeded: Sequence[_Seeded]) -> dict[str, list[str]]:
-        """Per table: what of the seeded rows did not come back."""
-        lost: dict[str, list[str]] = {}
+    def _rows_now(self, seeded: Sequence[_Seeded]) -> list[dict[str, Any] | None]:
+        """Each seeded row as the database holds it now (None: not found by its key)."""
         if not seeded:
-            return lost
+            return []
         with self._connect() as connection:
             metadata = _reflect(connection, self.own_tables.excluded)
+            kept: list[dict[str, Any] | None] = []
             for row in seeded:
-                table = metadata.tables.get(f"{row.schema}.{row.name}" if row.schema else row.name)
-                label = f"{row.schema}.{row.name}" if row.schema else row.name
-                problems = _compare_row(connection, table, row)
+                try:
+                    kept.append(_row_now(connection, metadata.tables.get(row.fullname), row))
+                except _Unreadable:
+                    kept.append(None)  # nothing counts as kept: what changes later is a loss
+            return kept
+
+    def _check_seeded(
+        self, seeded: Sequence[_Seeded], kept: Sequence[dict[str, Any] | None]
+    ) -> tuple[dict[str, list[str]], list[_Seeded]]:
+        """Per table, what of the seeded rows the round trip lost; and the rows the upgrade again converted.
+
+        A value the downgrade kept (``kept``: the rows as it left them) and the upgrade again changed
+        or removed is not counted here: those rows are returned as they are stored now (the rows
+        the upgrade removed are left out), for :meth:`_converted_again`.
+        """
+        lost: dict[str, list[str]] = {}
+        converted: list[_Seeded] = []
+        if not seeded:
+            return lost, converted
+        with self._connect() as connection:
+            metadata = _reflect(connection, self.own_tables.excluded)
+            for index, row in enumerate(seeded):
+                table = metadata.tables.get(row.fullname)
+                before = kept[index] if index < len(kept) else None
+                problems, excused = _compare_row(connection, table, row, before)
                 if problems:
-                    lost.setdefault(label, []).extend(problems)
-        return lost
+                    lost.setdefault(row.fullname, []).extend(problems)
+                now = None
+                with contextlib.suppress(_Unreadable):  # read a moment ago
+                    now = _row_now(connection, table, row) if excused else None
+                if now is not None:
+                    converted.append(dataclasses.replace(row, values=now))
+        return lost, converted
+
+    def _no_backup_note(self, revision: str) -> str:
+        reason = self.gate.unanalysed.get((revision, "downgrade"))
+        if reason is None:
+            return ""
+        return (
+            f" (dbmigrate could not analyse this revision offline, so no backup was taken before its downgrade: "
+            f"{reason[:200]})"
+        )
 
     def _clean_up(self) -> None:
         """On a given database: drop the copies verify's own runs backed up (a scratch database goes whole)."""
@@ -875,6 +1050,10 @@ class _Seeded:
     name: str
     key: dict[str, Any] | None  # primary key values; None: the table has none, match on every value
     values: dict[str, Any]
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
 
 
 class _OwnTables:
@@ -975,7 +1154,7 @@ def _describe_tables(connection: Connection, schema: str | None, names: list[str
         for column in table_columns:
             parts = [_type(column["type"], dialect), "NULL" if column["nullable"] else "NOT NULL"]
             if column.get("default") is not None:
-                parts.append(f"DEFAULT {_norm(column['default'])}")
+                parts.append(f"DEFAULT {_default(column['default'], column['type'])}")
             computed = column.get("computed")
             if computed:
                 parts.append(f"GENERATED ({_norm(computed['sqltext'])})")
@@ -1005,16 +1184,24 @@ def _describe_tables(connection: Connection, schema: str | None, names: list[str
                 continue  # reported as the constraint itself
             expressions = index.get("expressions") or index.get("column_names") or []
             text = f"{'UNIQUE ' if index.get('unique') else ''}({', '.join(str(e) for e in expressions)})"
-            dialect_options = {k: v for k, v in (index.get("dialect_options") or {}).items() if v or v == 0}
-            if dialect_options:
-                text += " " + " ".join(f"{k}={_norm(v)}" for k, v in sorted(dialect_options.items()))
+            index_options = {k: _option(v) for k, v in (index.get("dialect_options") or {}).items()}
+            if any(v is not None for v in index_options.values()):
+                text += " " + " ".join(f"{k}={v}" for k, v in sorted(index_options.items()) if v is not None)
             found[f"index {index['name']} on {label}"] = text
         for unique in uniques.get((table_schema, table), []):
             columns_text = ", ".join(unique["column_names"])
             found[f"unique constraint {unique.get('name') or f'({columns_text})'} on {label}"] = f"({columns_text})"
         for check in checks.get((table_schema, table), []):
             sqltext = _norm(check["sqltext"])
-            found[f"check constraint {check.get('name') or sqltext} on {label}"] = sqltext
+            name = check.get("name") or ""
+            if dialect.name in ("mysql", "mariadb") and _generated_check_name(name, table):
+                name = ""  # numbered by the server in table order: the same constraint may come back renumbered
+            found[f"check constraint {name or sqltext} on {label}"] = sqltext
+
+
+def _generated_check_name(name: str, table: str) -> bool:
+    """A name MySQL/MariaDB gave an unnamed CHECK: ``CONSTRAINT_<n>`` (MariaDB), ``<table>_chk_<n>`` (MySQL)."""
+    return re.fullmatch(rf"CONSTRAINT_\d+|{re.escape(table)}_chk_\d+", name) is not None
 
 
 def _type(type_: sqltypes.TypeEngine[Any], dialect: Any) -> str:
@@ -1039,6 +1226,63 @@ def _empty_downgrade(script: ScriptDirectory, revision: str) -> bool:
                 for statement in node.body
             )
     return False
+
+
+def _expression(value: object) -> str:
+    """A default's SQL, without what does not change its meaning: redundant outer parentheses, spaces inside them.
+
+    SQLite keeps a default as written, and Alembic's batch mode writes a reflected one back in
+    parentheses: a downgrade that recreates a table turns ``(expr)`` into ``((expr))``.
+    """
+    parts = _norm(value).split("'")  # even parts are outside string literals
+    text = "'".join(re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", p)) if i % 2 == 0 else p for i, p in enumerate(parts))
+    while text.startswith("(") and text.endswith(")") and _closes_at_end(text):
+        text = text[1:-1].strip()
+    return text
+
+
+def _default(value: object, type_: sqltypes.TypeEngine[Any]) -> str:
+    """A column default's SQL; for a number or boolean column, a literal as the value it stores.
+
+    SQLite keeps a default as written: ``'-1'`` and ``-1`` in an INTEGER column, ``false`` and
+    ``'0'`` in a BOOLEAN one, store the same value.
+    """
+    text = _expression(value)
+    try:
+        python_type = type_.python_type
+    except NotImplementedError:
+        return text
+    if python_type not in (int, float, Decimal, bool):
+        return text
+    literal = text[1:-1] if len(text) > 1 and text[0] == text[-1] == "'" else text
+    if python_type is bool and literal.lower() in ("false", "true"):
+        return "1" if literal.lower() == "true" else "0"
+    return literal if re.fullmatch(r"[-+]?\d+(\.\d+)?", literal) else text
+
+
+def _closes_at_end(text: str) -> bool:
+    """Whether the parenthesis opening ``text`` is the one closing it (quoted parentheses do not count)."""
+    depth, quoted = 0, False
+    for index, char in enumerate(text):
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char in "()":
+            depth += 1 if char == "(" else -1
+            if depth == 0:
+                return index == len(text) - 1
+    return False
+
+
+def _option(value: object) -> str | None:
+    """An index's dialect option as text, None when unset; a clause (SQLite's partial-index WHERE) by its SQL.
+
+    Never by truth value: a clause has none.
+    """
+    if isinstance(value, ClauseElement):
+        return _norm(value)
+    if value is None or value is False or (isinstance(value, (str, list, tuple, dict)) and not value):
+        return None
+    return _norm(value)
 
 
 def _norm(value: object) -> str:
@@ -1145,6 +1389,33 @@ def sample_value(type_: sqltypes.TypeEngine[Any], seq: int) -> Any:
 
 
 def _reflect(connection: Connection, excluded: Callable[[str | None, str], bool]) -> MetaData:
+    """The tables verify sees, as SQLAlchemy tables; a foreign key to a table that is not there is left out.
+
+    SQLite (and MySQL with foreign_key_checks off) accepts a foreign key to a missing table:
+    following it would fail the reflection, and there is no row to refer to anyway.
+    """
+    try:
+        return _reflect_tables(connection, excluded, resolve_fks=True)
+    except NoSuchTableError:
+        if connection.in_transaction():
+            connection.rollback()
+    metadata = _reflect_tables(connection, excluded, resolve_fks=False)
+    for table in metadata.tables.values():
+        for constraint in list(table.foreign_key_constraints):
+            if constraint.elements[0].target_fullname.rpartition(".")[0] not in metadata.tables:
+                table.constraints.discard(constraint)
+                for element in constraint.elements:
+                    element.parent.foreign_keys.discard(element)
+                    table.foreign_keys.discard(element)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SAWarning)
+        metadata.sorted_tables  # noqa: B018 -- computed here, where its cycle warning is silenced
+    return metadata
+
+
+def _reflect_tables(
+    connection: Connection, excluded: Callable[[str | None, str], bool], *, resolve_fks: bool
+) -> MetaData:
     metadata = MetaData()
     inspector = inspect(connection)
     with warnings.catch_warnings():
@@ -1152,8 +1423,9 @@ def _reflect(connection: Connection, excluded: Callable[[str | None, str], bool]
         for schema in _schemas(connection):
             names = [n for n in inspector.get_table_names(schema=schema) if not excluded(schema, n)]
             if names:
-                metadata.reflect(connection, schema=schema, only=names)
-        metadata.sorted_tables  # noqa: B018 -- computed here, where its cycle warning is silenced
+                metadata.reflect(connection, schema=schema, only=names, resolve_fks=resolve_fks)
+        if resolve_fks:
+            metadata.sorted_tables  # noqa: B018 -- computed here, where its cycle warning is silenced
     return metadata
 
 
@@ -1186,25 +1458,61 @@ def _matches(table: Table, values: Mapping[str, Any]) -> Any:
     )
 
 
-def _compare_row(connection: Connection, table: Table | None, seeded: _Seeded) -> list[str]:
-    label = _row_label(seeded)
-    if table is None:
-        return [f"the table is gone ({label})"]
+def _row_now(connection: Connection, table: Table | None, seeded: _Seeded) -> dict[str, Any] | None:
+    """The seeded row as stored now, found by its key (by its values without one); None when it is not there."""
     lookup = seeded.key if seeded.key is not None else seeded.values
-    missing_columns = [name for name in lookup if name not in table.c]
-    if missing_columns:
-        return [f"{label}: column(s) {', '.join(missing_columns)} are gone"]
-    row = connection.execute(select(table).where(_matches(table, lookup))).mappings().first()
-    if row is None:
-        return [f"{label} is gone"]
-    found = dict(row)
-    problems = []
+    if table is None or any(name not in table.c for name in lookup):
+        return None
+    try:
+        row = connection.execute(select(table).where(_matches(table, lookup))).mappings().first()
+    except (SQLAlchemyError, ValueError, TypeError) as exc:  # a value its (new) column type cannot read
+        raise _Unreadable(_reason(exc)) from None
+    return None if row is None else dict(row)
+
+
+class _Unreadable(Exception):
+    """A seeded row that the database holds but that cannot be read with its columns' types."""
+
+
+def _compare_row(
+    connection: Connection, table: Table | None, seeded: _Seeded, kept: Mapping[str, Any] | None = None
+) -> tuple[list[str], list[str]]:
+    """What of the seeded row did not come back: (losses, changes made after the downgrade had kept the value).
+
+    ``kept`` is the row as the downgrade left it: a value it held unchanged there was changed (or
+    its row removed) by the upgrade again, not lost by the downgrade.
+    """
+    label = _row_label(seeded)
+    kept_all = kept is not None and all(name in kept and kept[name] == v for name, v in seeded.values.items())
+
+    def kept_value(column: str) -> bool:
+        return kept is not None and column in kept and kept[column] == seeded.values[column]
+
+    lookup = seeded.key if seeded.key is not None else seeded.values
+    if table is None:
+        gone = f"the table is gone ({label})"
+    elif any(name not in table.c for name in lookup):
+        gone = f"{label}: column(s) {', '.join(n for n in lookup if n not in table.c)} are gone"
+    else:
+        gone = ""
+    try:
+        found = None if gone else _row_now(connection, table, seeded)
+    except _Unreadable as exc:
+        return [f"{label} cannot be read back with its column types: {exc}"], []
+    if found is None:
+        line = gone or f"{label} is gone"
+        return ([], [line]) if kept_all else ([line], [])
+    problems: list[str] = []
+    excused: list[str] = []
     for column, value in seeded.values.items():
         if column not in found:
-            problems.append(f"{label}: column {column} is gone (it held {_show(value)})")
+            line = f"{label}: column {column} is gone (it held {_show(value)})"
         elif found[column] != value:
-            problems.append(f"{label}: {column} was {_show(value)}, is {_show(found[column])}")
-    return problems
+            line = f"{label}: {column} was {_show(value)}, is {_show(found[column])}"
+        else:
+            continue
+        (excused if kept_value(column) else problems).append(line)
+    return problems, excused
 
 
 def _row_label(seeded: _Seeded) -> str:

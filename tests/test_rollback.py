@@ -366,3 +366,62 @@ def test_a_table_with_generated_columns_comes_back_with_its_ids_and_values(proje
     engine.dispose()
     assert after == before == [(1, 10, 20), (2, 20, 40), (3, 30, 60)]
     assert newest == 4
+
+
+RENAMES_AND_EMPTIES = """\
+with op.batch_alter_table("labels") as batch:
+    batch.alter_column("name", new_column_name="title", existing_type=sa.String(40))
+op.execute("UPDATE labels SET title = NULL")
+"""
+RENAMES_BACK = """\
+with op.batch_alter_table("labels") as batch:
+    batch.alter_column("title", new_column_name="name", existing_type=sa.String(40))
+"""
+
+
+def test_a_step_that_renames_a_column_and_then_empties_it_runs_and_says_no_backup_covers_it(
+    project: Path, database_url: str
+) -> None:
+    creates_labels = (
+        'op.create_table("labels", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String(40)))'
+    )
+    add_revision(project, "0007_labels", EXAMPLE_HEAD, creates_labels, 'op.drop_table("labels")')
+    add_revision(project, "0008_title", "0007_labels", RENAMES_AND_EMPTIES, RENAMES_BACK)
+    ok(run_dbmigrate("upgrade", "0007_labels", cwd=project, database_url=database_url))
+
+    # The loss is on "title", which only exists once the step has renamed "name": nothing to copy before it.
+    done = run_dbmigrate("upgrade", "--allow-data-loss", cwd=project, database_url=database_url)
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert current_revisions(database_url) == {"0008_title"}
+    assert "data loss that no backup covers" in done.stderr and "title" in done.stderr
+
+
+DROPS_TOKEN_ID = """\
+with op.batch_alter_table("tokens") as batch:
+    batch.drop_column("id")
+"""
+
+
+def test_a_step_that_drops_the_primary_key_column_runs_and_says_no_backup_covers_it(
+    project: Path, database_url: str
+) -> None:
+    creates_tokens = (
+        'op.create_table("tokens", sa.Column("id", sa.Integer, primary_key=True, autoincrement=False), '
+        'sa.Column("code", sa.String(40), nullable=False))'
+    )
+    add_revision(project, "0007_tokens", EXAMPLE_HEAD, creates_tokens, 'op.drop_table("tokens")')
+    adds_id = 'op.add_column("tokens", sa.Column("id", sa.Integer))'
+    add_revision(project, "0008_no_token_id", "0007_tokens", DROPS_TOKEN_ID, adds_id)
+    ok(run_dbmigrate("upgrade", "0007_tokens", cwd=project, database_url=database_url))
+    engine = sa.create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("INSERT INTO tokens (id, code) VALUES (1, 'a'), (2, 'b')"))
+    engine.dispose()
+
+    # Rows are put back by primary key: a copy of the key's own values could never be matched again.
+    done = run_dbmigrate("upgrade", "--allow-data-loss", cwd=project, database_url=database_url)
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert current_revisions(database_url) == {"0008_no_token_id"}
+    assert "data loss that no backup covers" in done.stderr and "primary key" in done.stderr

@@ -17,7 +17,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import dbmigrate
-from tests.conftest import MARIADB_ADMIN, POSTGRES_ADMIN, add_revision, remove_revisions, run_dbmigrate
+from tests.conftest import (
+    MARIADB_ADMIN,
+    POSTGRES_ADMIN,
+    add_revision,
+    log_events,
+    remove_revisions,
+    run_dbmigrate,
+)
 
 CREATES_ITEMS = """\
 op.create_table(
@@ -484,3 +491,243 @@ def test_with_data_a_seeded_id_is_not_handed_out_again_to_a_row_a_downgrade_inse
 
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert data == {"revisions_checked": 2, "problems": []}
+
+
+def test_a_partial_index_round_trips_and_a_downgrade_that_loses_its_where_is_a_trace(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    partial = (
+        'op.create_index("ix_items_priced", "items", ["price"], '
+        'sqlite_where=sa.text("price > 0"), postgresql_where=sa.text("price > 0"))'
+    )
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, DROPS_ITEMS),
+        ("r2_partial", partial, 'op.drop_index("ix_items_priced", table_name="items")'),
+    )
+
+    done, data = verify(project, database_url, tmp_path)
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
+
+    # An upgrade replacing it, whose downgrade brings it back without its WHERE: named, with the WHERE.
+    add_revision(
+        project,
+        "r3_whole",
+        "r2_partial",
+        'op.drop_index("ix_items_priced", table_name="items")',
+        'op.create_index("ix_items_priced", "items", ["price"])',
+    )
+
+    done, data = verify(project, database_url, tmp_path)
+
+    if make_url(database_url).get_backend_name() == "mysql":
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]  # MySQL/MariaDB have no partial indexes
+        return
+    assert done.returncode == 4, done.stdout + done.stderr[-3000:]
+    assert kinds(data) == [("r3_whole", "trace-left")]
+    assert "index ix_items_priced on items was (price)" in data["problems"][0]["detail"]
+    assert "_where=" in data["problems"][0]["detail"] and "price >" in data["problems"][0]["detail"]
+
+
+def test_a_default_written_again_in_extra_parentheses_is_the_same_default(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    def creates_counters(default: str) -> str:
+        return (
+            'op.create_table("counters", sa.Column("id", sa.Integer, primary_key=True), '
+            f'sa.Column("start", sa.Integer, nullable=False, server_default=sa.text("{default}")))'
+        )
+
+    # SQLite keeps a default as written: the downgrade recreates the table with the same default, in
+    # more parentheses (as Alembic's batch mode and autogenerate write reflected defaults back).
+    small_project(
+        project,
+        ("r1_counters", creates_counters("(1 + 1)"), 'op.drop_table("counters")'),
+        ("r2_drop_counters", 'op.drop_table("counters")', creates_counters("((( 1 + 1 )))")),
+    )
+
+    done, data = verify(project, database_url, tmp_path)
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
+
+
+def test_a_number_or_boolean_default_written_quoted_or_unquoted_is_the_same_default(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    def creates_flags(offset: str, enabled: str) -> str:
+        return (
+            'op.create_table("flags", sa.Column("id", sa.Integer, primary_key=True), '
+            f'sa.Column("offset", sa.Integer, nullable=False, server_default={offset}), '
+            f'sa.Column("enabled", sa.Boolean, nullable=False, server_default={enabled}))'
+        )
+
+    # SQLite keeps a default as written: '-1' and -1, false and '0' store the same values.
+    small_project(
+        project,
+        ("r1_flags", creates_flags('"-1"', "sa.false()"), 'op.drop_table("flags")'),
+        ("r2_drop_flags", 'op.drop_table("flags")', creates_flags('sa.text("-1")', '"0"')),
+    )
+
+    done, data = verify(project, database_url, tmp_path)
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
+
+
+def test_unnamed_check_constraints_the_server_numbers_again_in_another_order_are_not_a_trace(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    def creates_limits(*checks: str) -> str:
+        constraints = ", ".join(f'sa.CheckConstraint("{check}")' for check in checks)
+        return (
+            'op.create_table("limits", sa.Column("id", sa.Integer, primary_key=True), '
+            f'sa.Column("low", sa.Integer), sa.Column("high", sa.Integer), {constraints})'
+        )
+
+    # MariaDB names unnamed CHECKs CONSTRAINT_1, CONSTRAINT_2 in table order: recreated in another order,
+    # the same constraints swap names.
+    small_project(
+        project,
+        ("r1_limits", creates_limits("low >= 0", "high >= 0"), 'op.drop_table("limits")'),
+        ("r2_drop_limits", 'op.drop_table("limits")', creates_limits("high >= 0", "low >= 0")),
+    )
+
+    done, data = verify(project, database_url, tmp_path)
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])  # SQLite has no server
+def test_the_scratch_database_needs_no_configured_database_on_the_server(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    missing = make_url(database_url).set(database=f"absent_{uuid.uuid4().hex[:8]}")
+    small_project(project, ("r1_items", CREATES_ITEMS, DROPS_ITEMS))
+
+    done, data = verify(project, missing.render_as_string(hide_password=False), tmp_path)
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 1, "problems": []}
+
+
+CREATES_PRODUCTS = """\
+op.create_table(
+    "products",
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(50), nullable=False),
+    sa.Column("slug", sa.String(50), nullable=True),
+    sa.Column("cents", sa.Integer, nullable=False),
+)
+"""
+
+
+def test_with_data_an_upgrade_that_converts_rows_is_no_loss_but_one_that_changes_them_on_every_run_is(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(
+        project,
+        ("r1_products", CREATES_PRODUCTS, 'op.drop_table("products")'),
+        # Fills slug from name: verify's made-up slug is converted once, and stays so on the next round trip.
+        (
+            "r2_slugs",
+            'op.execute("UPDATE products SET slug = lower(name) WHERE slug IS NULL OR slug <> lower(name)")',
+            "pass",
+        ),
+    )
+
+    done, data = verify(project, database_url, tmp_path, "--with-data")
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
+    assert "a conversion of made-up values, not a loss" in done.stderr
+
+    # Adds again on every upgrade, and the downgrade does not subtract: every round trip damages it.
+    add_revision(project, "r3_cents", "r2_slugs", 'op.execute("UPDATE products SET cents = cents + 1 WHERE id > 0")')
+
+    done, data = verify(project, database_url, tmp_path, "--with-data")
+
+    assert done.returncode == 4, done.stdout + done.stderr[-3000:]
+    assert kinds(data) == [("r3_cents", "data-lost")]
+    assert "the upgrade changes it again on every round trip" in data["problems"][0]["detail"]
+
+
+def test_with_data_a_loss_in_a_downgrade_that_cannot_be_analysed_offline_says_no_backup_was_taken(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    # The downgrade inspects the live database: dbmigrate's offline analysis cannot run it, so it
+    # cannot know the column is dropped, and takes no backup.
+    inspects = 'if "note" in [c["name"] for c in sa.inspect(op.get_bind()).get_columns("items")]:\n'
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, DROPS_ITEMS),
+        ("r2_note", ADDS_NOTE, inspects + "\n".join("    " + line for line in DROPS_NOTE.splitlines())),
+    )
+
+    done, data = verify(project, database_url, tmp_path, "--with-data")
+
+    assert done.returncode == 4, done.stdout + done.stderr[-3000:]
+    assert kinds(data) == [("r2_note", "data-lost")]
+    assert "could not analyse this revision offline, so no backup was taken" in data["problems"][0]["detail"]
+
+
+def test_a_migration_that_prints_keeps_the_json_clean_and_gate_findings_are_not_warnings_on_every_step(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, DROPS_ITEMS),
+        (
+            "r2_sku",
+            'print("migrating the sku")\n'
+            'op.add_column("items", sa.Column("sku", sa.String(20), nullable=False, server_default="none"))\n'
+            'op.create_index("ix_items_sku", "items", ["sku"])',
+            'op.drop_index("ix_items_sku", table_name="items")\n'
+            'with op.batch_alter_table("items") as batch:\n    batch.drop_column("sku")',
+        ),
+    )
+
+    # dbmigrate upgrade warns about the gate's findings (on PostgreSQL at least: CREATE INDEX without CONCURRENTLY).
+    upgraded = run_dbmigrate("upgrade", "head", cwd=project, database_url=database_url)
+    assert upgraded.returncode == 0, upgraded.stderr[-3000:]
+    findings = [e for e in log_events(upgraded.stderr) if e.get("event") == "check finding"]
+    assert findings or make_url(database_url).get_backend_name() != "postgresql"
+    assert all(e["level"] == "warning" for e in findings)
+
+    done, data = verify(project, database_url, tmp_path)  # parses stdout as JSON
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
+    assert "migrating the sku" in done.stderr
+    events = log_events(done.stderr)
+    assert not [e for e in events if e.get("event") == "check finding"]  # verify ran the same steps three times
+    assert bool(findings) == bool([e for e in events if "gate's findings on verify's steps" in str(e.get("event"))])
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # the only one that accepts a foreign key to a missing table
+def test_with_data_a_foreign_key_to_a_table_that_is_not_there_does_not_stop_verify(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    # SQLite does not check that a foreign key's table exists (an app creating that table elsewhere).
+    small_project(
+        project,
+        (
+            "r1_tags",
+            'op.execute("CREATE TABLE tags (id INTEGER PRIMARY KEY, event_id INTEGER REFERENCES events (id))")',
+            'op.drop_table("tags")',
+        ),
+        (
+            "r2_tags_index",
+            'op.create_index("ix_tags_event", "tags", ["event_id"])',
+            'op.drop_index("ix_tags_event", table_name="tags")',
+        ),
+    )
+
+    done, data = verify(project, database_url, tmp_path, "--with-data")
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
+    assert "not seeded" not in done.stderr
