@@ -44,6 +44,7 @@ from pathlib import Path
 # The scripts run as files (python bench/NAME/run.py): make the shared bench module importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import generated_project
+from installed import byte_compile_dbmigrate
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -258,6 +259,7 @@ def commit() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    byte_compile_dbmigrate()
     print(
         f"checks: {args.revisions} revisions ({', '.join(KINDS)}), {args.reps} cold processes per way, "
         f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}, dbmigrate/ at {commit()}",

@@ -38,6 +38,7 @@ import psycopg
 
 # The scripts run as files (python bench/NAME/run.py): make the shared bench module importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from installed import byte_compile_dbmigrate
 from postgres_server import Server, add_server_arguments, admin_execute, drop_database, recreate_database
 
 HERE = Path(__file__).resolve().parent
@@ -305,6 +306,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     server = Server.from_args(args)
+    byte_compile_dbmigrate()
     print(
         f"lock_queue: {CLIENTS} clients at {RATE_TPS} tx/s on {ROWS} rows for {DURATION_S}s; reader at "
         f"{READER_AT_S:g}s for {READER_HOLDS_S:g}s; migration at {MIGRATION_AT_S:g}s; {args.rounds} round(s); "

@@ -36,6 +36,7 @@ import psycopg
 # The scripts run as files (python bench/NAME/run.py): make the shared bench module importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import generated_project
+from installed import byte_compile_dbmigrate
 from postgres_server import Server, add_server_arguments, drop_database, recreate_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -203,6 +204,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     server = Server.from_args(args)
+    byte_compile_dbmigrate()
     print(
         f"overhead: {args.revisions} revisions (a table and an index each), {args.upgrade_reps} upgrade and "
         f"{args.status_reps} status repetitions per tool, {os.cpu_count()} CPU(s), "
