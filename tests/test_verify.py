@@ -78,6 +78,13 @@ def verify(
     return done, json.loads(done.stdout)
 
 
+def assert_no_problems(project: Path, database_url: str, tmp_path: Path, checked: int) -> None:
+    """``dbmigrate verify`` round-trips ``checked`` revisions and finds nothing wrong."""
+    done, data = verify(project, database_url, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": checked, "problems": []}
+
+
 def kinds(data: dict[str, Any]) -> list[tuple[str, str]]:
     return [(p["revision"], p["kind"]) for p in data["problems"]]
 
@@ -102,10 +109,7 @@ def tables_in(database_url: str) -> set[str]:
 
 
 def test_the_example_app_round_trips_without_a_problem(project: Path, database_url: str, tmp_path: Path) -> None:
-    done, data = verify(project, database_url, tmp_path)
-
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert data == {"revisions_checked": 6, "problems": []}
+    assert_no_problems(project, database_url, tmp_path, checked=6)
     assert tables_in(database_url) == set()  # the configured database is never touched
 
 
@@ -506,10 +510,7 @@ def test_a_partial_index_round_trips_and_a_downgrade_that_loses_its_where_is_a_t
         ("r2_partial", partial, 'op.drop_index("ix_items_priced", table_name="items")'),
     )
 
-    done, data = verify(project, database_url, tmp_path)
-
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert data == {"revisions_checked": 2, "problems": []}
+    assert_no_problems(project, database_url, tmp_path, checked=2)
 
     # An upgrade replacing it, whose downgrade brings it back without its WHERE: named, with the WHERE.
     add_revision(
@@ -548,10 +549,7 @@ def test_a_default_written_again_in_extra_parentheses_is_the_same_default(
         ("r2_drop_counters", 'op.drop_table("counters")', creates_counters("((( 1 + 1 )))")),
     )
 
-    done, data = verify(project, database_url, tmp_path)
-
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert data == {"revisions_checked": 2, "problems": []}
+    assert_no_problems(project, database_url, tmp_path, checked=2)
 
 
 def test_a_number_or_boolean_default_written_quoted_or_unquoted_is_the_same_default(
@@ -571,10 +569,7 @@ def test_a_number_or_boolean_default_written_quoted_or_unquoted_is_the_same_defa
         ("r2_drop_flags", 'op.drop_table("flags")', creates_flags('sa.text("-1")', '"0"')),
     )
 
-    done, data = verify(project, database_url, tmp_path)
-
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert data == {"revisions_checked": 2, "problems": []}
+    assert_no_problems(project, database_url, tmp_path, checked=2)
 
 
 def test_unnamed_check_constraints_the_server_numbers_again_in_another_order_are_not_a_trace(
@@ -595,10 +590,7 @@ def test_unnamed_check_constraints_the_server_numbers_again_in_another_order_are
         ("r2_drop_limits", 'op.drop_table("limits")', creates_limits("high >= 0", "low >= 0")),
     )
 
-    done, data = verify(project, database_url, tmp_path)
-
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert data == {"revisions_checked": 2, "problems": []}
+    assert_no_problems(project, database_url, tmp_path, checked=2)
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"])  # SQLite has no server
