@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -122,7 +123,9 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
             configure_logging(settings.log_format, debug)
             if "output_format" in inspect.signature(render).parameters:
                 kwargs["output_format"] = output_format
-            output = render(settings, **kwargs)
+            # What a migration prints goes to stderr with the logs: stdout carries only the result.
+            with contextlib.redirect_stdout(sys.stderr):
+                output = render(settings, **kwargs)
         except DbmigrateError as exc:
             _fail(exc, output_format, debug)
         except Exception as exc:  # noqa: BLE001 - the last net: a paragraph, not a traceback

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 import dbmigrate
-from tests.conftest import EXAMPLE_HEAD, EXAMPLE_REVISIONS, current_revisions, history_rows, run_dbmigrate
+from tests.conftest import EXAMPLE_HEAD, EXAMPLE_REVISIONS, add_revision, current_revisions, history_rows, run_dbmigrate
 
 
 def settings_for(project: Path, database_url: str, **options: object) -> dbmigrate.Settings:
@@ -172,3 +172,22 @@ def test_downgrade_requires_a_target(project: Path, database_url: str) -> None:
 
     assert proc.returncode == 2
     assert "TARGET" in proc.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_what_a_migration_prints_goes_to_stderr_and_the_json_result_stays_parseable(
+    project: Path, database_url: str
+) -> None:
+    add_revision(
+        project,
+        "0007_chatty",
+        EXAMPLE_HEAD,
+        'print("backfilling 3 batches")\nop.create_table("chatter", sa.Column("id", sa.Integer, primary_key=True))',
+        'op.drop_table("chatter")',
+    )
+
+    proc = run_dbmigrate("upgrade", "--format", "json", cwd=project, database_url=database_url)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["after"] == ["0007_chatty"]
+    assert "backfilling 3 batches" in proc.stderr
