@@ -212,6 +212,11 @@ def collect(
                 destination_rev=revision,
                 on_configure=_render_for(url),
             )
+    except sa_exc.NoInspectionAvailable:
+        error = (
+            "it inspects the live database (sqlalchemy.inspect(op.get_bind())), which an offline check cannot "
+            "answer; only the statements it ran before that were checked"
+        )
     except Exception as exc:  # noqa: BLE001 - env.py and revisions can raise anything offline
         error = f"{type(exc).__name__}: {redact(str(exc)).strip()}"
     return StepStatements(revision, direction, path, tuple(recorder.statements), error)

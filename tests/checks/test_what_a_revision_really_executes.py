@@ -218,3 +218,20 @@ def test_a_sqlite_batch_that_always_recreates_is_checked_for_what_it_does(
     assert rules(report) == ["DL002", "BR001", "BR003"]
     assert report.not_analysed == ()
     assert report.findings[0].line == line_of(project, "# the batch")
+
+
+def test_a_step_that_inspects_the_live_database_is_named_as_such_in_not_analysed(
+    check_revision: CheckRevision,
+) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.execute("DELETE FROM orders WHERE id < 0")
+            if "orders" in sa.inspect(op.get_bind()).get_table_names():
+                op.drop_table("orders")
+        """,
+        "postgresql",
+    )
+
+    assert [(step.revision, step.direction) for step in report.not_analysed] == [("0007_under_test", "upgrade")]
+    assert "inspects the live database" in report.not_analysed[0].reason
