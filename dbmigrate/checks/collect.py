@@ -12,7 +12,9 @@ Covered:
   * ``op.get_bind().execute(...)``, ``op.get_bind().exec_driver_sql(...)`` and SQLAlchemy DDL run
     on the bind (``table.create(bind)``, ``metadata.create_all(bind)``): offline, the bind records
     what it is given instead of sending it, and answers every query with an empty result, as an
-    empty database would, so loops over rows end;
+    empty database would (no rows, a ``rowcount`` of 0), so loops over rows and batch loops end;
+  * an ORM ``Session(bind=op.get_bind())``: it connects to the offline bind inside the migration's
+    transaction, so its bulk ``update()``/``delete()`` and flushed objects are recorded too;
   * ``batch_alter_table`` on SQLite, ``recreate="auto"`` (the default) or ``"always"``: offline there
     is no table to reflect, so the batch is rendered as the plain ``ALTER TABLE`` statements it
     stands for (its intent), as ``recreate="never"`` would (with ``copy_from`` too: the table copy
@@ -26,7 +28,8 @@ Covered:
     (``op.execute``, the bind) makes the pass forget what it knew of that table's columns.
 
 Not covered (the step is reported in :attr:`StepStatements.error` with the statements seen before):
-  * a revision that uses what a query returns beyond "no rows" (``.scalar_one()``, ``rowcount``);
+  * a revision that needs what a query returns beyond "no rows" (``.scalar_one()``);
+  * ``sqlalchemy.inspect(op.get_bind())``: there is no database to inspect;
   * ``batch_alter_table(recreate="always")`` without ``copy_from`` on PostgreSQL and MySQL;
   * raw DBAPI cursors (``bind.connection.cursor()``), which the offline bind does not offer (the
     step stops there, reported in ``error``);
@@ -56,6 +59,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.mock import MockConnection
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.sql import sqltypes
+from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.sql.ddl import ExecutableDDLElement
 from sqlalchemy.sql.type_api import TypeEngine
 
@@ -395,7 +399,7 @@ def _track_column_types(impl: Any, recorder: _Recorder) -> None:
 
     def execute(sql: Any, *args: Any, **kw: Any) -> Any:
         if types:
-            types.forget_mentioned(sql if isinstance(sql, str) else _compile(sql, dialect))
+            types.forget_mentioned(sql if isinstance(sql, str) else str(_compile(sql, dialect)))
         return originals["execute"](sql, *args, **kw)
 
     wrappers = {
@@ -439,25 +443,91 @@ class _RecordingBind(MockConnection):
     def exec_driver_sql(self, statement: str, parameters: Any = None, execution_options: Any = None) -> Any:
         return self._execute_impl(statement, parameters)
 
+    def execute(self, obj: Any, parameters: Any = None, execution_options: Any = None) -> Any:
+        return self._execute_impl(obj, parameters)
+
+    def connect(self, **_: Any) -> _SessionConnection:
+        return _SessionConnection(self.dialect, self._execute_impl)
+
+
+class _SessionConnection(_RecordingBind):
+    """The offline bind as an ORM ``Session(bind=op.get_bind())`` connects to it.
+
+    The Session's transaction is the migration's own, which it leaves alone. The bind itself keeps
+    no transaction methods: Alembic tells an offline bind by their absence.
+    """
+
+    def in_transaction(self) -> bool:
+        return False
+
+    def begin(self) -> _MigrationTransaction:
+        return _MigrationTransaction()
+
+    def close(self) -> None:
+        pass
+
+
+class _MigrationTransaction:
+    """What the Session commits or rolls back: nothing of its own."""
+
+    is_active = True
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
 
 def _recording_execute(dialect: Dialect, recorder: _Recorder) -> Any:
-    def execute(construct: Any, parameters: Any = None) -> IteratorResult[Any]:
-        sql = _compile(construct, dialect)
+    def execute(construct: Any, parameters: Any = None) -> _EmptyResult:
+        compiled = _compile(construct, dialect)
+        sql = str(compiled)
         recorder.column_types.forget_mentioned(sql)
         recorder.record(sql)
-        return IteratorResult(SimpleResultMetaData([]), iter([]))
+        return _EmptyResult(compiled)
 
     return execute
 
 
-def _compile(construct: Any, dialect: Dialect) -> str:
-    """SQL text for a construct given to the bind; values inlined where SQLAlchemy can render them."""
+class _EmptyResult(IteratorResult[Any]):
+    """What an empty database answers: no rows, no row changed (batch loops end), for Core and ORM callers."""
+
+    rowcount = 0
+
+    def __init__(self, compiled: Compiled) -> None:
+        super().__init__(SimpleResultMetaData([]), iter([]))
+        self.context = _Executed(compiled)
+
+    def prefetch_cols(self) -> list[Any]:
+        return []
+
+    def postfetch_cols(self) -> list[Any]:
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class _Executed:
+    """The parts of an execution context that the ORM reads after a bulk UPDATE or DELETE."""
+
+    compiled: Compiled
+
+    @property
+    def compiled_parameters(self) -> list[Any]:
+        return [self.compiled.construct_params()]
+
+
+def _compile(construct: Any, dialect: Dialect) -> Compiled:
+    """A construct given to the bind, compiled; values inlined where SQLAlchemy can render them."""
     if isinstance(construct, str):
         construct = text(construct)
     if isinstance(construct, ExecutableDDLElement):
-        return str(construct.compile(dialect=dialect))
+        return construct.compile(dialect=dialect)
     try:
-        return str(construct.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        return construct.compile(dialect=dialect, compile_kwargs={"literal_binds": True})  # type: ignore[no-any-return]
     except sa_exc.CompileError:
         # Parameters passed separately to execute(): placeholders still parse.
-        return str(construct.compile(dialect=dialect))
+        return construct.compile(dialect=dialect)  # type: ignore[no-any-return]

@@ -235,3 +235,54 @@ def test_a_step_that_inspects_the_live_database_is_named_as_such_in_not_analysed
 
     assert [(step.revision, step.direction) for step in report.not_analysed] == [("0007_under_test", "upgrade")]
     assert "inspects the live database" in report.not_analysed[0].reason
+
+
+ORM_MODEL = """
+from sqlalchemy import orm
+
+Base = orm.declarative_base()
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id = sa.Column(sa.Integer, primary_key=True)
+    status = sa.Column(sa.String(20))
+
+"""
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_what_an_orm_session_on_the_bind_executes_is_checked(
+    check_revision: CheckRevision, project: Path, dialect: str
+) -> None:
+    report = check_revision(
+        ORM_MODEL
+        + """
+def upgrade() -> None:
+    session = orm.Session(bind=op.get_bind())
+    session.query(Order).filter(Order.status == "draft").update({"status": "open"})
+    session.query(Order).delete()  # every order
+    session.commit()
+""",
+        dialect,
+    )
+
+    assert report.not_analysed == ()
+    assert rules(report) == ["DL004"]
+    assert report.findings[0].line == line_of(project, "# every order")
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_batch_loop_that_stops_when_no_row_changed_ends_offline(check_revision: CheckRevision, dialect: str) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            bind = op.get_bind()
+            while bind.execute(text("UPDATE orders SET status = 'open' WHERE status IS NULL AND id < 1000")).rowcount:
+                pass
+        """,
+        dialect,
+    )
+
+    assert report.not_analysed == ()
+    assert rules(report) == []
