@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import structlog
@@ -220,3 +220,23 @@ def track_statements(connection: Connection, before: Callable[[str], None], afte
 
     event.listen(connection, "before_cursor_execute", on_before)
     event.listen(connection, "after_cursor_execute", on_after)
+
+
+def advance_sequences(connection: Connection, table: str, columns: Iterable[str]) -> None:
+    """PostgreSQL: move each column's sequence past the largest value in ``table`` (quoted, qualified).
+
+    Rows inserted with explicit ids (restored from a backup, seeded by verify) must not be handed out
+    again to rows inserted later. MySQL/MariaDB and SQLite move past explicit ids by themselves.
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    quote = connection.dialect.identifier_preparer.quote
+    for column in columns:
+        sequence = connection.exec_driver_sql(
+            "SELECT pg_get_serial_sequence(%(table)s, %(column)s)", {"table": table, "column": column}
+        ).scalar()
+        if sequence:
+            largest = f"(SELECT MAX({quote(column)}) FROM {table})"
+            connection.exec_driver_sql(
+                f"SELECT setval(%(sequence)s, COALESCE({largest}, 1), {largest} IS NOT NULL)", {"sequence": sequence}
+            )

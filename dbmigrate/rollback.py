@@ -30,7 +30,7 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from dbmigrate.database import Capabilities
+from dbmigrate.database import Capabilities, advance_sequences
 from dbmigrate.errors import ConfigurationError, UnsafeMigration
 from dbmigrate.history import archive_table, backups_table, now
 from dbmigrate.masking import redact
@@ -410,7 +410,7 @@ class Backups:
             copied = [c["name"] for c in inspector.get_columns(copy_name, schema=copy_schema)]
             columns = [c for c in copied if c in present and c not in computed]
             restored = self._insert_missing(connection, source, copy, columns, keys, casts, always)
-            self._advance_sequences(connection, source, present)
+            advance_sequences(connection, source, present)
         connection.execute(
             update(self.table)
             .where(self.table.c.id == bindparam("backup_id"))
@@ -473,22 +473,6 @@ class Backups:
         selected = ", ".join(_value(c, casts, quote) for c in columns)
         sql = f"INSERT INTO {source} ({listed}){overriding} SELECT {selected} FROM {copy} AS b {absent}"
         return int(connection.exec_driver_sql(sql).rowcount)
-
-    def _advance_sequences(self, connection: Connection, source: str, columns: Sequence[str]) -> None:
-        """PostgreSQL: rows restored with their ids must not collide with the next generated id."""
-        if not self.caps.is_postgresql:
-            return
-        for column in columns:
-            sequence = connection.exec_driver_sql(
-                "SELECT pg_get_serial_sequence(%(table)s, %(column)s)", {"table": source, "column": column}
-            ).scalar()
-            if sequence:
-                quoted = self._quote(column)
-                connection.exec_driver_sql(
-                    f"SELECT setval(%(sequence)s, COALESCE((SELECT MAX({quoted}) FROM {source}), 1), "
-                    f"(SELECT MAX({quoted}) FROM {source}) IS NOT NULL)",
-                    {"sequence": sequence},
-                )
 
     def _prepare_location(self) -> None:
         if self.caps.is_postgresql:
