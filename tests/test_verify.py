@@ -723,3 +723,34 @@ def test_with_data_a_foreign_key_to_a_table_that_is_not_there_does_not_stop_veri
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert data == {"revisions_checked": 2, "problems": []}
     assert "not seeded" not in done.stderr
+
+
+CREATES_RUNS = """\
+op.create_table("runs", sa.Column("id", sa.Integer, primary_key=True), sa.Column("run_key", sa.String(36)))
+"""
+HYPHENS_OUT = """\
+op.execute("UPDATE runs SET run_key = REPLACE(run_key, '-', '')")
+with op.batch_alter_table("runs") as batch:
+    batch.alter_column("run_key", type_=sa.String(32), existing_type=sa.String(36))
+"""
+HYPHENS_BACK = """\
+with op.batch_alter_table("runs") as batch:
+    batch.alter_column("run_key", type_=sa.String(36), existing_type=sa.String(32))
+groups = [f"SUBSTR(run_key, {start}, {length})" for start, length in [(1, 8), (9, 4), (13, 4), (17, 4), (21, 12)]]
+pieces = [piece for group in groups for piece in (group, "'-'")][:-1]
+joined = f"CONCAT({', '.join(pieces)})" if op.get_context().dialect.name == "mysql" else " || ".join(pieces)
+op.execute(f"UPDATE runs SET run_key = {joined} WHERE run_key IS NOT NULL")
+"""
+
+
+def test_with_data_a_uuid_kept_as_text_and_reshaped_by_a_revision_round_trips(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(
+        project, ("r1_runs", CREATES_RUNS, 'op.drop_table("runs")'), ("r2_compact_keys", HYPHENS_OUT, HYPHENS_BACK)
+    )
+
+    done, data = verify(project, database_url, tmp_path, "--with-data")
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert data == {"revisions_checked": 2, "problems": []}
