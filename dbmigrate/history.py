@@ -230,7 +230,7 @@ class History:
         With ``within``, the row is written in that connection's open transaction and exists only
         once it commits.
         """
-        result = (within if within is not None else self.connection).execute(
+        result = self._on(within).execute(
             self._insert_row,
             {
                 "run_id": run_id,
@@ -284,8 +284,11 @@ class History:
         self._update(row_id, within=within, **values)
 
     def _update(self, row_id: int, *, within: Connection | None = None, **values: Any) -> None:
-        connection = within if within is not None else self.connection
-        connection.execute(self._update_row, {"row_id": row_id, **values})
+        self._on(within).execute(self._update_row, {"row_id": row_id, **values})
+
+    def _on(self, within: Connection | None) -> Connection:
+        """Where a write goes: into ``within``'s open transaction, else autocommit on the control connection."""
+        return within if within is not None else self.connection
 
     def entries(
         self,
