@@ -750,12 +750,7 @@ class _Verifier:
     # -- steps, through the public API ------------------------------------------------------------
 
     def _upgrade(self, target: str, confirm: bool = False) -> None:
-        self.gate.step = "upgrade"
-        try:
-            result = self._upgrade_api(target, settings=self.settings)
-        finally:
-            self.gate.keep()
-        self.run_ids.add(result.run_id)
+        self._run("upgrade", self._upgrade_api, target)
         if confirm and not self.confirmed:
             self._confirm_target(target)
 
@@ -765,9 +760,13 @@ class _Verifier:
         # One step down, only this revision: "REV@-1" leaves other branches alone; from a merge
         # point, downgrading to one of its parents removes the merge point only.
         target = downs[0] if len(downs) > 1 else f"{revision}@-1"
-        self.gate.step = "downgrade"
+        self._run("downgrade", self._downgrade_api, target)
+
+    def _run(self, direction: str, migrate: Migrate, target: str) -> None:
+        """One ``dbmigrate upgrade``/``downgrade`` through the public API, its gate's log demoted."""
+        self.gate.step = direction
         try:
-            result = self._downgrade_api(target, settings=self.settings)
+            result = migrate(target, settings=self.settings)
         finally:
             self.gate.keep()
         self.run_ids.add(result.run_id)
