@@ -410,12 +410,12 @@ def _settings(settings: Settings | None, options: dict[str, Any]) -> Settings:
 def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Runner]:
     """Config, scripts, engine and the control connection for one command; all closed after."""
     resolved = _settings(settings, options)
+    identity = new_identity(resolved)  # first: what loading the scripts logs carries the run id too
     config = scripts.load_config(resolved)
     script = scripts.load_scripts(config)
     url = resolved.resolved_url(scripts.ini_url(config))
     scripts.point_at(config, url)
     engine = database.create(url)
-    identity = new_identity(resolved)
     try:
         with database.transactional_sqlite_ddl():
             control = database.connect(engine, resolved.wait_timeout).execution_options(isolation_level="AUTOCOMMIT")

@@ -1,8 +1,9 @@
 """dbmigrate's own table: one row per revision step of every run, kept after the Job is gone.
 
-Rows are written on the run's control connection, in autocommit, never inside a step's
-transaction: a step that fails and rolls back still leaves its ``failed`` row behind.
-``alembic_version`` is only ever read.
+Rows are written on the run's control connection, in autocommit, so that a step that fails and
+rolls back still leaves its ``failed`` row behind. Where DDL is transactional, a step's ``applied``
+update (and the next step's ``running`` row) go into the step's own transaction instead, given as
+``within``: they commit exactly when the step does. ``alembic_version`` is only ever read.
 """
 
 from __future__ import annotations

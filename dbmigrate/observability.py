@@ -6,10 +6,11 @@ readable lines in a terminal. Every event passes through :func:`dbmigrate.maskin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,22 +37,78 @@ def _redact_nested(value: Any) -> Any:
 
 
 def configure_logging(log_format: str = "auto", debug: bool = False) -> None:
-    """Set up structlog for the CLI: ``auto`` is JSON unless stderr is a terminal."""
+    """Set up structlog for the CLI: ``auto`` is JSON unless stderr is a terminal.
+
+    Warnings that Alembic, a project's env.py or its revisions send through the standard library's
+    logging come out in the same format, with the run id and revision.
+    """
     json_output = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
+    enrich: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _redact_event,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            _redact_event,
-            renderer,
-        ],
+        processors=[*enrich, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if debug else logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)  # Alembic's own progress lines repeat dbmigrate's step lines
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *enrich],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    logging.root.handlers[:] = [handler]
+
+
+@dataclasses.dataclass
+class _LoggingSetup:
+    """The process's logging set-up at one moment: structlog's configuration and every stdlib logger's state."""
+
+    structlog_config: dict[str, Any]
+    loggers: dict[logging.Logger, tuple[int, bool, bool, list[logging.Handler]]]
+
+    @classmethod
+    def now(cls) -> _LoggingSetup:
+        named = logging.Logger.manager.loggerDict.values()
+        loggers = [logging.root, *(logger for logger in named if isinstance(logger, logging.Logger))]
+        return cls(dict(structlog.get_config()), {logger: _state(logger) for logger in loggers})
+
+    def restore(self) -> None:
+        if structlog.get_config() != self.structlog_config:
+            structlog.configure(**self.structlog_config)
+        for logger, state in self.loggers.items():
+            if _state(logger) != state:
+                logger.setLevel(state[0])
+                logger.disabled, logger.propagate, logger.handlers[:] = state[1], state[2], state[3]
+
+
+def _state(logger: logging.Logger) -> tuple[int, bool, bool, list[logging.Handler]]:
+    return logger.level, logger.disabled, logger.propagate, list(logger.handlers)
+
+
+@contextlib.contextmanager
+def logging_kept() -> Iterator[Callable[[], None]]:
+    """While a project's own code runs (env.py, revision modules), keep the logging set-up it found.
+
+    Projects set up their logging as they load: the env.py of ``alembic init`` calls ``fileConfig``
+    (text lines on stderr, other loggers disabled or reset), and some configure structlog (Airflow
+    does). What they changed of structlog and of the loggers that existed before is put back when
+    the block ends, and whenever the yielded function is called: env.py hands its steps over after
+    its own set-up ran, before the first step logs anything.
+    """
+    before = _LoggingSetup.now()
+    try:
+        yield before.restore
+    finally:
+        before.restore()
 
 
 def bind(**values: Any) -> None:

@@ -9,6 +9,7 @@ transaction and each step passes through our runner.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Connection
 
 from dbmigrate.errors import ConfigurationError, DbmigrateError
 from dbmigrate.masking import redact
+from dbmigrate.observability import logging_kept
 from dbmigrate.settings import Settings
 
 StepSource = Callable[[tuple[str, ...]], Iterable[RevisionStep]]
@@ -66,7 +68,8 @@ def load_scripts(config: Config) -> ScriptDirectory:
     try:
         script = ScriptDirectory.from_config(config)
         _check_env_py(script, config)
-        script.revision_map.heads  # noqa: B018 -- forces every revision file to be imported
+        with logging_kept():  # a revision may import its project, which may set up logging as it loads
+            script.revision_map.heads  # noqa: B018 -- forces every revision file to be imported
         return script
     except CommandError as exc:
         raise ConfigurationError(
@@ -234,6 +237,8 @@ def run_env(
 
     if connection is not None:
         config.attributes["connection"] = connection
+    # The Alembic cookbook's env.py skips fileConfig when its caller owns logging; others are undone.
+    config.attributes["configure_logger"] = False
     environment = EnvironmentContext(
         config,
         script,
@@ -243,18 +248,19 @@ def run_env(
         destination_rev=destination_rev,
         **context_options,
     )
-    if on_configure is not None:
-        # Alembic's module proxy (``alembic.context``) exposes the instance's attributes, so an
-        # instance-level wrapper is what env.py's ``context.configure(...)`` calls.
-        configure = environment.configure
+    # Alembic's module proxy (``alembic.context``) exposes the instance's attributes, so an
+    # instance-level wrapper is what env.py's ``context.configure(...)`` calls.
+    configure = environment.configure
 
-        def configure_with_hook(**options: Any) -> None:
+    def configure_with_hook(**options: Any) -> None:
+        restore_logging()  # env.py's own logging set-up has run by now: from here on, lines keep dbmigrate's format
+        if on_configure is not None:
             on_configure(options)
-            configure(**options)
+        configure(**options)
 
-        environment.configure = configure_with_hook  # type: ignore[method-assign,assignment]
+    environment.configure = configure_with_hook  # type: ignore[method-assign,assignment]
     try:
-        with environment:
+        with logging_kept() as restore_logging, environment:
             script.run_env()
     finally:
         config.attributes.pop("connection", None)
@@ -302,7 +308,7 @@ def render_offline(
     previous = config.output_buffer
     config.output_buffer = output
     try:
-        with _quiet_alembic_logger():
+        with _offline_logs_dropped():
             run_env(
                 config,
                 script,
@@ -346,13 +352,15 @@ def _split_by_step(text: str, count: int) -> list[str]:
 
 
 @contextmanager
-def _quiet_alembic_logger() -> Iterator[None]:
-    import logging
+def _offline_logs_dropped() -> Iterator[None]:
+    """Up to warnings, what Alembic and the revisions log while rendering offline is dropped.
 
-    logger = logging.getLogger("alembic.runtime.migration")
-    previous = logger.level
-    logger.setLevel(logging.WARNING)
+    Alembic would say "Running upgrade" and a revision might report rows it touched, though
+    nothing runs; the same lines come when the step really runs. Errors still show.
+    """
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         yield
     finally:
-        logger.setLevel(previous)
+        logging.disable(previous)

@@ -147,12 +147,10 @@ def run(
     module sits beside the API rather than above it).
     """
     gate = _GateLog()
-    # What a migration prints must not end up in the JSON on stdout; logging set up by revision
-    # modules or env.py as they are imported (a project configuring its own logs) is undone.
+    # What a migration prints must not end up in the JSON on stdout.
     with contextlib.redirect_stdout(sys.stderr), gate:
         config = scripts.load_config(settings)
         script = scripts.load_scripts(config)
-        gate.keep()
         revisions = scripts.revision_range(script, revision_range)
         lower = (revision_range or "").partition(":")[0] or "base"
         if url is not None:
@@ -190,13 +188,10 @@ class _GateLog:
         self.unanalysed: dict[tuple[str, str], str] = {}
         self.step = "upgrade"
         self.saved: dict[str, Any] = {}
-        self.installed: list[Any] = []
-        self.root: tuple[list[logging.Handler], int] = ([], logging.WARNING)
         self.debug = False
 
     def __enter__(self) -> _GateLog:
         self.saved = dict(structlog.get_config())
-        self.root = (list(logging.root.handlers), logging.root.level)
         try:
             self.debug = bool(structlog.get_logger("dbmigrate.verify").is_enabled_for(logging.DEBUG))
         except AttributeError:  # a logger that does not filter by level: keep the events, relabelled
@@ -204,23 +199,11 @@ class _GateLog:
         processors = list(self.saved["processors"])
         levels = [i for i, p in enumerate(processors) if getattr(p, "__name__", "") == "add_log_level"]
         at = levels[0] + 1 if levels else 0
-        self.installed = [*processors[:at], self._demote, *processors[at:]]
-        structlog.configure(**{**self.saved, "processors": self.installed})
+        structlog.configure(**{**self.saved, "processors": [*processors[:at], self._demote, *processors[at:]]})
         return self
-
-    def keep(self) -> None:
-        """Undo what a revision module or env.py did to the logging set-up (Airflow's, for one, sets up its own)."""
-        if structlog.get_config()["processors"] != self.installed:
-            structlog.configure(**{**self.saved, "processors": self.installed})
-        handlers, level = self.root
-        if logging.root.handlers != handlers or logging.root.level != level:
-            logging.root.handlers[:] = handlers
-            logging.root.setLevel(level)
 
     def __exit__(self, *exc: object) -> None:
         structlog.configure(**self.saved)
-        logging.root.handlers[:] = self.root[0]
-        logging.root.setLevel(self.root[1])
 
     def _demote(self, _logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         name, revision = event.get("event"), str(event.get("revision"))
@@ -765,10 +748,7 @@ class _Verifier:
     def _run(self, direction: str, migrate: Migrate, target: str) -> None:
         """One ``dbmigrate upgrade``/``downgrade`` through the public API, its gate's log demoted."""
         self.gate.step = direction
-        try:
-            result = migrate(target, settings=self.settings)
-        finally:
-            self.gate.keep()
+        result = migrate(target, settings=self.settings)
         self.run_ids.add(result.run_id)
 
     def _stamp(self, revision: str) -> None:
@@ -832,7 +812,6 @@ class _Verifier:
             ) from None
         finally:
             engine.dispose()
-            self.gate.keep()
         return found[0] if found else ("alembic_version", None)
 
     def _heads(self) -> tuple[str, ...]:
