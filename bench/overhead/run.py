@@ -10,7 +10,11 @@ directory, with the repository's own env.py. On PostgreSQL it then times, as col
 
 For reference it also times ``alembic upgrade head`` with ``transaction_per_migration=True`` in the
 same env.py (one transaction per revision, as dbmigrate runs them): what that part of dbmigrate's
-design costs plain Alembic, and what dbmigrate adds on top of it.
+design costs plain Alembic, and what dbmigrate adds on top of it. And it times ``alembic upgrade head
+--sql`` against ``alembic heads`` (the same start and script loading, without the rendering): what
+rendering every pending revision offline costs, which the upgrade gate must do before the first step.
+Their sum over plain alembic is the floor of the upgrade ratio for any run that checks its plan
+offline and then applies it one transaction per revision, before any history row is written.
 
 Run from the repository root: ``.venv/bin/python bench/overhead/run.py``. Only 127.0.0.1 is used
 by default; a password, if the server wants one, comes from PGPASSWORD and is never printed.
@@ -111,10 +115,17 @@ def version_of(server: Server, database: str) -> str | None:
     return str(row[0]) if row else None
 
 
+ALEMBIC_ARGS = {
+    "upgrade": ["upgrade", "head"],
+    "current": ["current"],
+    "sql": ["upgrade", "head", "--sql"],
+    "heads": ["heads"],
+}
+
+
 def command(tool: str, action: str, ini: Path) -> list[str]:
     if tool.startswith("alembic"):
-        args = ["upgrade", "head"] if action == "upgrade" else ["current"]
-        return [str(VENV_BIN / "alembic"), "-c", str(ini), *args]
+        return [str(VENV_BIN / "alembic"), "-c", str(ini), *ALEMBIC_ARGS[action]]
     return [str(VENV_BIN / "dbmigrate"), action, "-c", str(ini), "--log-format", "json"]
 
 
@@ -178,6 +189,16 @@ def bench_status(server: Server, ini: Path, reps: int, database: str) -> Timings
     return timings
 
 
+def bench_render(server: Server, ini: Path, reps: int) -> Timings:
+    """``alembic upgrade head --sql`` (rendering every revision offline) against ``alembic heads``."""
+    timings = Timings()
+    url = server.url("unused_offline")  # env.py reads the URL; nothing connects to it
+    for rep in range(reps):
+        for action in order(rep, ("sql", "heads")):
+            timed(command("alembic", action, ini), url, action, timings)
+    return timings
+
+
 def verdict(
     name: str, timings: Timings, target: float | None, ours: str = "dbmigrate", theirs: str = "alembic"
 ) -> None:
@@ -188,6 +209,18 @@ def verdict(
     print(
         f"{name}: wall median {ours} {wall:.3f} s / {theirs} {their_wall:.3f} s = {ratio:.2f}{goal}; "
         f"cpu median {cpu:.3f} s / {their_cpu:.3f} s = {cpu / their_cpu:.2f}"
+    )
+
+
+def floor(upgrade: Timings, render: Timings) -> None:
+    """What checking the plan offline and committing each revision on its own cost plain alembic."""
+    median = statistics.median
+    rendering = median(render.wall["sql"]) - median(render.wall["heads"])
+    plain, per_revision = median(upgrade.wall["alembic"]), median(upgrade.wall[PER_REVISION])
+    print(
+        f"reference: rendering the plan offline (alembic upgrade head --sql - alembic heads) {rendering:.3f} s; "
+        f"floor of the upgrade ratio with a pre-run check and one transaction per revision: "
+        f"({per_revision:.3f} + {rendering:.3f}) / {plain:.3f} = {(per_revision + rendering) / plain:.2f}"
     )
 
 
@@ -219,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             upgrade = bench_upgrade(server, inis, args.upgrade_reps, f"r{args.revisions:04d}", migrated)
             status = bench_status(server, ini, args.status_reps, migrated)
+            render = bench_render(server, ini, args.status_reps)
         finally:
             drop_database(server, migrated)
     verdict("upgrade (dbmigrate upgrade / alembic upgrade head)", upgrade, TARGET_UPGRADE)
@@ -227,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdict(
         "reference: dbmigrate upgrade / alembic with one transaction per revision", upgrade, None, theirs=PER_REVISION
     )
+    floor(upgrade, render)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 
