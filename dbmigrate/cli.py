@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 
 from dbmigrate import api
 from dbmigrate._version import __version__
@@ -28,9 +29,11 @@ from dbmigrate.errors import (
     VerificationFailed,
 )
 from dbmigrate.masking import redact
-from dbmigrate.observability import configure_logging, write_termination_message
+from dbmigrate.observability import PrintedLines, configure_logging, write_termination_message
 from dbmigrate.runner import RunResult
 from dbmigrate.settings import Settings
+
+log = structlog.get_logger("dbmigrate.cli")
 
 EPILOG = "Exit codes:\n\n" + "\n\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
 
@@ -112,6 +115,7 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(render)
     def wrapper(output_format: str, debug: bool, **kwargs: Any) -> None:
         flags = {k: kwargs.pop(k) for k in list(kwargs) if k in Settings.__dataclass_fields__}
+        json_logs = configure_logging("auto", debug)  # until the settings say otherwise
         try:
             try:
                 settings = Settings.load(**flags)
@@ -120,19 +124,25 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
                 path = flags.get("termination_log") or os.environ.get("DBMIGRATE_TERMINATION_LOG")
                 write_termination_message(Path(path or Settings.termination_log), f"dbmigrate: {exc}")
                 raise
-            configure_logging(settings.log_format, debug)
+            json_logs = configure_logging(settings.log_format, debug)
             if "output_format" in inspect.signature(render).parameters:
                 kwargs["output_format"] = output_format
-            # What a migration prints goes to stderr with the logs: stdout carries only the result.
-            with contextlib.redirect_stdout(sys.stderr):
-                output = render(settings, **kwargs)
+            # What a migration prints goes to stderr with the logs (as log lines when they are JSON):
+            # stdout carries only the result.
+            printed = PrintedLines() if json_logs else sys.stderr
+            try:
+                with contextlib.redirect_stdout(printed):
+                    output = render(settings, **kwargs)
+            finally:
+                printed.flush()
         except DbmigrateError as exc:
-            _fail(exc, output_format, debug)
+            _fail(exc, output_format, debug, json_logs)
         except Exception as exc:  # noqa: BLE001 - the last net: a paragraph, not a traceback
             _fail(
                 DbmigrateError(f"Unexpected error: {type(exc).__name__}: {exc}. Run with --debug for the traceback."),
                 output_format,
                 debug,
+                json_logs,
             )
         else:
             data, text, code = output
@@ -142,13 +152,17 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _fail(exc: DbmigrateError, output_format: str, debug: bool) -> None:
+def _fail(exc: DbmigrateError, output_format: str, debug: bool, json_logs: bool) -> None:
     message = redact(str(exc))
-    if debug:
-        click.echo(redact(traceback.format_exc()), err=True)
+    trace = {"trace": redact(traceback.format_exc())} if debug else {}
     if output_format == "json":
         click.echo(json.dumps({"error": type(exc).__name__, "message": message, "exit_code": exc.exit_code}, indent=2))
-    click.echo(f"error: {message}", err=True)
+    if json_logs:  # the last line of a pod's log is a JSON line like every other
+        log.error("command failed", error=type(exc).__name__, message=message, exit_code=exc.exit_code, **trace)
+    else:
+        if trace:
+            click.echo(trace["trace"], err=True)
+        click.echo(f"error: {message}", err=True)
     sys.exit(exc.exit_code)
 
 

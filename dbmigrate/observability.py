@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
@@ -36,8 +37,8 @@ def _redact_nested(value: Any) -> Any:
     return value
 
 
-def configure_logging(log_format: str = "auto", debug: bool = False) -> None:
-    """Set up structlog for the CLI: ``auto`` is JSON unless stderr is a terminal.
+def configure_logging(log_format: str = "auto", debug: bool = False) -> bool:
+    """Set up structlog for the CLI: ``auto`` is JSON unless stderr is a terminal; returns whether it is JSON.
 
     Warnings that Alembic, a project's env.py or its revisions send through the standard library's
     logging come out in the same format, with the run id and revision.
@@ -66,6 +67,34 @@ def configure_logging(log_format: str = "auto", debug: bool = False) -> None:
         )
     )
     logging.root.handlers[:] = [handler]
+    return json_output
+
+
+class PrintedLines(io.TextIOBase):
+    """A stdout whose every printed line becomes a log line (``printed``), with the run id and revision.
+
+    With JSON logs, what a migration prints then keeps stderr one JSON object per line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = ""
+        self._log = structlog.get_logger("dbmigrate.printed")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *complete, self._pending = (self._pending + text).split("\n")
+        for line in complete:
+            self._log.info(line, printed=True)
+        return len(text)
+
+    def flush(self) -> None:
+        """A line printed without its end (``print(..., end="", flush=True)``) is logged as it is."""
+        if self._pending:
+            self._log.info(self._pending, printed=True)
+            self._pending = ""
 
 
 @dataclasses.dataclass

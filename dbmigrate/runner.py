@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Collection, Iterator
@@ -818,7 +819,8 @@ class _Migration:
         """Count a step whose history row is closed (and committed) in the run's result, and log it."""
         self.results[result.revision] = result
         self.result.steps.append(result)
-        log.info(
+        log.log(
+            logging.INFO if result.status == hist.APPLIED else logging.ERROR,
             "revision " + result.status,
             duration_ms=result.duration_ms,
             attempts=result.attempts,

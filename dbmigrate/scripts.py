@@ -13,7 +13,7 @@ import logging
 import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -308,7 +308,7 @@ def render_offline(
     previous = config.output_buffer
     config.output_buffer = output
     try:
-        with _offline_logs_dropped():
+        with _offline_chatter_dropped():
             run_env(
                 config,
                 script,
@@ -352,15 +352,17 @@ def _split_by_step(text: str, count: int) -> list[str]:
 
 
 @contextmanager
-def _offline_logs_dropped() -> Iterator[None]:
-    """Up to warnings, what Alembic and the revisions log while rendering offline is dropped.
+def _offline_chatter_dropped() -> Iterator[None]:
+    """What revisions print, and what Alembic and they log up to warnings, is dropped while rendering offline.
 
-    Alembic would say "Running upgrade" and a revision might report rows it touched, though
-    nothing runs; the same lines come when the step really runs. Errors still show.
+    Alembic would say "Running upgrade" and a revision might report rows it touched, or warn
+    about what its offline branch cannot do, though nothing runs; the lines that matter come when
+    the step really runs. Logged errors still show.
     """
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        yield
+        with redirect_stdout(io.StringIO()):
+            yield
     finally:
         logging.disable(previous)

@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import uuid
 import warnings
@@ -147,8 +146,7 @@ def run(
     module sits beside the API rather than above it).
     """
     gate = _GateLog()
-    # What a migration prints must not end up in the JSON on stdout.
-    with contextlib.redirect_stdout(sys.stderr), gate:
+    with gate:
         config = scripts.load_config(settings)
         script = scripts.load_scripts(config)
         revisions = scripts.revision_range(script, revision_range)

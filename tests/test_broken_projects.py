@@ -71,7 +71,7 @@ def test_script_location_pointing_nowhere_exits_2_naming_the_path(project: Path,
     assert result.returncode == 2, result.stderr
     assert "no-such-scripts" in result.stderr
     assert "script_location" in result.stderr
-    assert log_events(result.stderr) == []
+    assert [e["event"] for e in log_events(result.stderr)] == ["command failed"]  # nothing ran
     assert not (tmp_path / "app.db").exists()
 
 

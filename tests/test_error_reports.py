@@ -21,7 +21,9 @@ def json_error(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
     assert isinstance(data, dict), result.stdout
     assert data["exit_code"] == result.returncode != 0
     assert isinstance(data["message"], str) and data["message"]
-    assert f"error: {data['message']}" in result.stderr
+    last = json.loads(result.stderr.splitlines()[-1])  # the last log line says the same, as JSON
+    assert (last["event"], last["level"], last["message"]) == ("command failed", "error", data["message"])
+    assert (last["error"], last["exit_code"]) == (data["error"], data["exit_code"])
     return data
 
 

@@ -34,7 +34,7 @@ def test_malformed_url_exits_2_saying_so(project: Path, url: str) -> None:
     assert result.returncode == 2, result.stderr
     assert "is malformed" in result.stderr
     assert "Expected for example" in result.stderr
-    assert log_events(result.stderr) == []  # it did not try to connect
+    assert [e["event"] for e in log_events(result.stderr)] == ["command failed"]  # it did not try to connect
 
 
 @pytest.mark.parametrize(("url", "hint"), NO_DRIVER.values(), ids=NO_DRIVER.keys())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_REVISIONS, run_dbmigrate
+from tests.conftest import EXAMPLE_HEAD, EXAMPLE_REVISIONS, add_revision, run_dbmigrate
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 
@@ -33,6 +33,48 @@ def test_text_logs_for_a_terminal(project: Path, database_url: str) -> None:
     assert proc.returncode == 0
     assert log_lines(proc.stderr) == []
     assert "applying revision" in proc.stderr
+
+
+def test_what_a_migration_prints_becomes_a_json_log_line_of_its_revision(project: Path, database_url: str) -> None:
+    add_revision(
+        project, "0007_prints", EXAMPLE_HEAD, 'print("backfilled", 0, "rows")\nprint("done", end="", flush=True)'
+    )
+
+    proc = run_dbmigrate("upgrade", "--format", "json", cwd=project, database_url=database_url)
+
+    assert proc.returncode == 0, proc.stderr
+    run_id = json.loads(proc.stdout)["run_id"]  # stdout holds the result alone
+    lines = [json.loads(line) for line in proc.stderr.splitlines()]  # every line is JSON
+    printed = [(line["event"], line["revision"], line["run_id"]) for line in lines if line.get("printed")]
+    assert printed == [("backfilled 0 rows", "0007_prints", run_id), ("done", "0007_prints", run_id)]
+
+
+def test_a_failed_run_ends_its_log_with_a_json_error_line(project: Path, database_url: str) -> None:
+    add_revision(project, "0007_fails", EXAMPLE_HEAD, "op.execute('SELECT * FROM no_such_table')")
+
+    proc = run_dbmigrate("upgrade", cwd=project, database_url=database_url)
+
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in proc.stderr.splitlines()]
+    failed_step = next(line for line in lines if line["event"] == "revision failed")
+    assert (failed_step["level"], failed_step["revision"]) == ("error", "0007_fails")
+    last = lines[-1]
+    assert (last["event"], last["level"], last["exit_code"], last["error"]) == (
+        "command failed",
+        "error",
+        1,
+        "MigrationFailed",
+    )
+    assert "no_such_table" in last["message"] and last["run_id"] == failed_step["run_id"]
+
+
+def test_a_terminal_gets_the_error_as_one_readable_line(project: Path, database_url: str) -> None:
+    add_revision(project, "0007_fails", EXAMPLE_HEAD, "op.execute('SELECT * FROM no_such_table')")
+
+    proc = run_dbmigrate("upgrade", "--log-format", "text", cwd=project, database_url=database_url)
+
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1].startswith("error: Revision 0007_fails")
 
 
 def test_termination_message_summarises_a_successful_run(project: Path, database_url: str, tmp_path: Path) -> None:

@@ -164,7 +164,7 @@ def test_a_broken_downgrade_is_reported_as_downgrade_failed_and_exits_4(
     assert {p["revision"] for p in data["problems"]} == {"r2_note"}
     failed = [p["detail"] for p in data["problems"] if p["kind"] == "downgrade-failed"]
     assert len(failed) == 1 and says in failed[0], data
-    assert "error: " not in done.stderr
+    assert "command failed" not in done.stderr
 
 
 def test_a_downgrade_that_leaves_an_index_behind_is_a_trace_naming_it(
@@ -341,7 +341,7 @@ def test_a_user_who_may_not_create_databases_is_told_to_pass_url(
         admin.dispose()
 
     assert done.returncode == 2, done.stdout + done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    errors = [str(event["message"]) for event in log_events(done.stderr) if event["event"] == "command failed"]
     assert len(errors) == 1
     assert "cannot create its scratch database" in errors[0] and "--url" in errors[0]
     assert password not in done.stdout + done.stderr + json_done.stdout + json_done.stderr
