@@ -97,6 +97,26 @@ class PrintedLines(io.TextIOBase):
             self._pending = ""
 
 
+@contextlib.contextmanager
+def errors_only() -> Iterator[None]:
+    """Inside the block, log lines below error level are dropped, the standard library's and structlog's."""
+    previous = logging.root.manager.disable
+    processors = structlog.get_config()["processors"]
+    logging.disable(logging.WARNING)
+    structlog.configure(processors=[_drop_below_error, *processors])
+    try:
+        yield
+    finally:
+        structlog.configure(processors=processors)
+        logging.disable(previous)
+
+
+def _drop_below_error(_logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if method in ("error", "critical", "exception", "fatal"):
+        return event
+    raise structlog.DropEvent
+
+
 @dataclasses.dataclass
 class _LoggingSetup:
     """The process's logging set-up at one moment: structlog's configuration and every stdlib logger's state."""

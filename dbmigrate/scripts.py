@@ -9,7 +9,6 @@ transaction and each step passes through our runner.
 from __future__ import annotations
 
 import io
-import logging
 import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,7 +27,7 @@ from sqlalchemy.engine import Connection
 
 from dbmigrate.errors import ConfigurationError, DbmigrateError
 from dbmigrate.masking import redact
-from dbmigrate.observability import logging_kept
+from dbmigrate.observability import errors_only, logging_kept
 from dbmigrate.settings import Settings
 
 StepSource = Callable[[tuple[str, ...]], Iterable[RevisionStep]]
@@ -359,10 +358,5 @@ def _offline_chatter_dropped() -> Iterator[None]:
     about what its offline branch cannot do, though nothing runs; the lines that matter come when
     the step really runs. Logged errors still show.
     """
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
+    with errors_only(), redirect_stdout(io.StringIO()):
+        yield
