@@ -7,6 +7,7 @@ DBMIGRATE_TEST_POSTGRES_URL / DBMIGRATE_TEST_MARIADB_URL (an admin URL; the data
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -196,8 +197,6 @@ def add_revision(
 
 def log_events(stderr: str) -> list[dict[str, object]]:
     """The JSON log lines of a dbmigrate process's stderr (other lines are skipped)."""
-    import json
-
     events = []
     for line in stderr.splitlines():
         if line.startswith("{"):
@@ -206,6 +205,17 @@ def log_events(stderr: str) -> list[dict[str, object]]:
             except ValueError:
                 continue
     return events
+
+
+def every_line_as_json(stderr: str) -> list[dict[str, object]]:
+    """Each stderr line of a dbmigrate process parsed; fails the test at the first line that is not JSON."""
+    lines = []
+    for line in stderr.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"a log line is not JSON: {line!r}")
+    return lines
 
 
 def start_dbmigrate(*args: str, cwd: Path, database_url: str, output: Path, **extra_env: str) -> subprocess.Popen[str]:

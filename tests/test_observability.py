@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_HEAD, EXAMPLE_REVISIONS, add_revision, run_dbmigrate
+from tests.conftest import EXAMPLE_HEAD, EXAMPLE_REVISIONS, add_revision, every_line_as_json, run_dbmigrate
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 
@@ -44,7 +44,7 @@ def test_what_a_migration_prints_becomes_a_json_log_line_of_its_revision(project
 
     assert proc.returncode == 0, proc.stderr
     run_id = json.loads(proc.stdout)["run_id"]  # stdout holds the result alone
-    lines = [json.loads(line) for line in proc.stderr.splitlines()]  # every line is JSON
+    lines = every_line_as_json(proc.stderr)
     printed = [(line["event"], line["revision"], line["run_id"]) for line in lines if line.get("printed")]
     assert printed == [("backfilled 0 rows", "0007_prints", run_id), ("done", "0007_prints", run_id)]
 
@@ -55,7 +55,7 @@ def test_a_failed_run_ends_its_log_with_a_json_error_line(project: Path, databas
     proc = run_dbmigrate("upgrade", cwd=project, database_url=database_url)
 
     assert proc.returncode == 1
-    lines = [json.loads(line) for line in proc.stderr.splitlines()]
+    lines = every_line_as_json(proc.stderr)
     failed_step = next(line for line in lines if line["event"] == "revision failed")
     assert (failed_step["level"], failed_step["revision"]) == ("error", "0007_fails")
     last = lines[-1]

@@ -10,7 +10,14 @@ import pytest
 import structlog
 
 import dbmigrate
-from tests.conftest import EXAMPLE_HEAD, EXAMPLE_REVISIONS, add_revision, current_revisions, run_dbmigrate
+from tests.conftest import (
+    EXAMPLE_HEAD,
+    EXAMPLE_REVISIONS,
+    add_revision,
+    current_revisions,
+    every_line_as_json,
+    run_dbmigrate,
+)
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mariadb"])
 
@@ -20,18 +27,6 @@ PROJECT_STRUCTLOG = (
     "structlog.configure(processors=[structlog.processors.KeyValueRenderer()], "
     "logger_factory=structlog.PrintLoggerFactory())\n"
 )
-
-
-def every_line_as_json(stderr: str) -> list[dict[str, object]]:
-    """Each non-empty stderr line parsed; fails the test on the first line that is not JSON."""
-    lines = []
-    for line in stderr.splitlines():
-        if line.strip():
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
-                pytest.fail(f"a log line is not JSON: {line!r}")
-    return lines
 
 
 def test_an_untouched_alembic_init_env_py_leaves_only_json_lines(pristine_project: Path, database_url: str) -> None:
