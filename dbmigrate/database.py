@@ -183,6 +183,12 @@ def _first_line(exc: BaseException | None) -> str:
     return redact(" ".join(lines[:2]))[:300]
 
 
+# An execution option: SQLite transactions on this connection take the write lock when they begin,
+# waiting for it politely (busy_timeout), instead of failing at once when a read lock taken first
+# cannot be promoted while another connection writes.
+WRITE_TRANSACTIONS = "dbmigrate_write_transactions"
+
+
 @contextmanager
 def transactional_sqlite_ddl() -> Iterator[None]:
     """While active, SQLite connections (ours and any env.py creates) run DDL in transactions.
@@ -197,8 +203,9 @@ def transactional_sqlite_ddl() -> Iterator[None]:
             dbapi_connection.isolation_level = None
 
     def begin(conn):  # type: ignore[no-untyped-def]
-        if conn.dialect.name == "sqlite" and conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-            conn.exec_driver_sql("BEGIN")
+        options = conn.get_execution_options()
+        if conn.dialect.name == "sqlite" and options.get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE_TRANSACTIONS) else "BEGIN")
 
     event.listen(Pool, "connect", autocommit_driver)
     event.listen(Engine, "begin", begin)

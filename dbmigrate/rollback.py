@@ -297,39 +297,30 @@ class Backups:
     def ensure(self) -> None:
         _create(self.connection, self.table, "backups registry")
 
-    def take(self, loss: Loss, *, run_id: str, revision: str, direction: str) -> Backup | None:
-        """Copy what ``loss`` names aside and register it; None when the table is not there to copy."""
+    def prepare(self) -> None:
+        """Create the registry table and the place the copies go (before a step's transaction)."""
+        self.ensure()
+        self._prepare_location()
+
+    def take(self, loss: Loss, connection: Connection, *, run_id: str, revision: str, direction: str) -> Backup | None:
+        """Copy what ``loss`` names aside on ``connection`` and register it; None when there is nothing to copy.
+
+        On PostgreSQL, inside a transaction, writers to the table are held off (``LOCK TABLE ... IN SHARE
+        MODE``, which readers pass) until that transaction ends, so the copy holds every value committed
+        before the step changes the table. The lock waits at most the session's ``lock_timeout``.
+        """
         schema, table = _split(loss.table)
-        inspector = inspect(self.connection)
+        inspector = inspect(connection)
         if not inspector.has_table(table, schema=schema):
             return None
+        if self.caps.is_postgresql and in_transaction_block(connection):
+            connection.exec_driver_sql(f"LOCK TABLE {self._source(loss.table)} IN SHARE MODE")
         keys = tuple(inspector.get_pk_constraint(table, schema=schema).get("constrained_columns") or ())
         types = {c["name"]: c["type"] for c in inspector.get_columns(table, schema=schema)}
-        columns = loss.columns if loss.columns is not None and keys else None
-        if columns is not None:
-            # A column the step itself adds or renames before it loses it has no values from before the step.
-            later = [c for c in columns if c not in types]
-            if later:
-                log.warning(
-                    "data loss that no backup covers: the column does not exist before the step (the step "
-                    "creates or renames it first), so there is nothing to copy under its name",
-                    table=loss.table,
-                    columns=later,
-                )
-                columns = tuple(c for c in columns if c in types)
-            if set(columns) & set(keys):
-                # Rows are put back by primary key: values of the key itself can never be matched again.
-                log.warning(
-                    "data loss that no backup covers: the step removes primary key column(s), by which the "
-                    "rows would be matched when put back",
-                    table=loss.table,
-                    columns=[c for c in columns if c in keys],
-                )
-                columns = tuple(c for c in columns if c not in keys)
-            if not columns:
-                return None
+        columns = _copied_columns(loss, keys, types)
+        if columns == ():
+            return None
         target = self._backup_name(table, revision, run_id)
-        self._prepare_location()
         copied = (*keys, *columns) if columns is not None else tuple(types)
         # Enum values are copied as text: a copy that used the type would keep the downgrade from dropping it.
         selected = ", ".join(
@@ -338,11 +329,11 @@ class Backups:
             else self._quote(c)
             for c in copied
         )
-        self.connection.exec_driver_sql(
+        connection.exec_driver_sql(
             f"CREATE TABLE {self._qualified(target)} AS SELECT {selected} FROM {self._source(loss.table)}"
         )
-        count = int(self.connection.exec_driver_sql(f"SELECT COUNT(*) FROM {self._qualified(target)}").scalar_one())
-        row_id = self.connection.execute(
+        count = int(connection.exec_driver_sql(f"SELECT COUNT(*) FROM {self._qualified(target)}").scalar_one())
+        row_id = connection.execute(
             self.table.insert().values(
                 run_id=run_id,
                 revision=revision,
@@ -356,7 +347,9 @@ class Backups:
                 created_at=now(),
             )
         ).inserted_primary_key[0]  # type: ignore[index]
-        return self.get(int(row_id))
+        row = connection.execute(select(self.table).where(self.table.c.id == row_id)).first()
+        assert row is not None
+        return _backup(row._mapping)
 
     def get(self, backup_id: int) -> Backup:
         row = self.connection.execute(select(self.table).where(self.table.c.id == backup_id)).first()
@@ -503,6 +496,36 @@ class Backups:
 
     def _quote(self, name: str) -> str:
         return self.connection.dialect.identifier_preparer.quote(name)
+
+
+def _copied_columns(loss: Loss, keys: tuple[str, ...], types: dict[str, Any]) -> tuple[str, ...] | None:
+    """The columns of ``loss`` a copy can hold (None: the whole table; empty: nothing to copy)."""
+    if loss.columns is None or not keys:
+        return None
+    columns = loss.columns
+    # A column the step itself adds or renames before it loses it has no values from before the step.
+    later = [c for c in columns if c not in types]
+    if later:
+        log.warning(
+            "data loss that no backup covers: the column does not exist before the step (the step "
+            "creates or renames it first), so there is nothing to copy under its name",
+            table=loss.table,
+            columns=later,
+        )
+    if set(columns) & set(keys):
+        # Rows are put back by primary key: values of the key itself can never be matched again.
+        log.warning(
+            "data loss that no backup covers: the step removes primary key column(s), by which the "
+            "rows would be matched when put back",
+            table=loss.table,
+            columns=[c for c in columns if c in keys],
+        )
+    return tuple(c for c in columns if c in types and c not in keys)
+
+
+def in_transaction_block(connection: Connection) -> bool:
+    """Whether statements on ``connection`` run in a database transaction (not in autocommit mode)."""
+    return connection.get_isolation_level() != "AUTOCOMMIT" and connection.in_transaction()
 
 
 def _is_enum(kind: Any) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import re
 import time
 import uuid
 from collections.abc import Collection, Iterator
@@ -28,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dbmigrate import history as hist
 from dbmigrate import online, readiness, scripts
-from dbmigrate.database import Capabilities, track_statements
+from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, track_statements
 from dbmigrate.errors import (
     ConfigurationError,
     DbmigrateError,
@@ -46,6 +48,7 @@ from dbmigrate.rollback import (
     Backup,
     Backups,
     decide,
+    in_transaction_block,
     losses,
     missing_from_scripts,
     refuse_tampered,
@@ -55,6 +58,10 @@ from dbmigrate.settings import Settings
 
 log = structlog.get_logger("dbmigrate.runner")
 
+_UNHELD_WRITERS = (
+    "the backup was copied just before the step, outside its transaction (DDL commits on its own on this "
+    "connection): writes the application committed in between are not in it"
+)
 _AUTOCOMMITTING = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
 _READ_ONLY = ("SELECT", "SHOW", "SET", "DESCRIBE", "EXPLAIN", "PRAGMA")
 
@@ -513,6 +520,7 @@ class _Migration:
         self.applied_within_step: StepResult | None = None
         self.losses: dict[str, list[Any]] = {}  # revision -> the data-loss findings of its step, backed up first
         self.taken: dict[str, list[Backup]] = {}
+        self.backup_due: str | None = None  # MySQL: the revision whose copy waits for its first write
         self.pending_backups: list[Backup] = []
         self.notes: dict[str, list[str]] = {}
         self.long_transactions = online.LongTransactionWatch(runner.control) if self.caps.is_postgresql else None
@@ -649,6 +657,8 @@ class _Migration:
             return
         self.migration_connection = connection
         self.external_transaction = connection.in_transaction()
+        if self.caps.name == "sqlite":
+            connection.execution_options(**{WRITE_TRANSACTIONS: True})
         server_version = ""
         if self.caps.is_mysql:
             server_version = str(connection.execute(text("SELECT VERSION()")).scalar())
@@ -698,6 +708,7 @@ class _Migration:
             connection.commit()
         self.current = step
         self.statements = []
+        self.backup_due = None
         self.applied_within_step = None
         bind(revision=revision)
         waits = self.waits.setdefault(revision, online.LockWaits())
@@ -716,36 +727,62 @@ class _Migration:
             self._start_row(step)
         self.notes[revision] = []
         if revision in self.losses and self.settings.backup:
-            self._back_up(revision)
+            self._back_up_first(step)
         log.info(
             "applying revision" if self.upgrade else "reverting revision",
             from_revision=scripts.step_from(step),
             file=scripts.step_path(step).name,
         )
 
+    def _back_up_first(self, step: RevisionStep) -> None:
+        """Make the step copy aside what it is about to lose as its first action (again on a retry)."""
+        revision = scripts.step_revision(step)
+        self.runner.backups.discard(self.taken.pop(revision, []))
+        self.runner.backups.prepare()
+        if not self.caps.transactional_ddl:
+            self.backup_due = revision  # taken by _statement_starting, as late as it can be
+            return
+        migrate = step.migration_fn
+
+        @functools.wraps(migrate)
+        def backed_up_first(**kwargs: Any) -> Any:
+            self._back_up(revision)
+            return migrate(**kwargs)
+
+        step.migration_fn = backed_up_first
+
     def _back_up(self, revision: str) -> None:
-        """Copy aside what the step is about to lose (again on a retry: the data may have changed)."""
-        backups = self.runner.backups
-        backups.discard(self.taken.pop(revision, []))
+        """Copy aside what the step is about to lose, inside its transaction where DDL is transactional.
+
+        There the copy and the step commit or roll back together, and on PostgreSQL writers to the
+        table wait from the copy until the step commits: nothing committed before the step's change
+        is missing from the copy. MySQL/MariaDB commit DDL on their own, so the copy runs just
+        before the step on its own and writes that commit in between are not in it (noted on the step).
+        """
+        migration = self.migration_connection
+        within = self.caps.transactional_ddl and migration is not None and in_transaction_block(migration)
+        connection = migration if within and migration is not None else self.runner.control
         found, uncopyable = losses(self.losses[revision])
-        backups.ensure()
-        taken = []
         for loss in found:
-            backup = backups.take(
-                loss, run_id=self.runner.identity.run_id, revision=revision, direction=self.result.direction
+            backup = self.runner.backups.take(
+                loss, connection, run_id=self.runner.identity.run_id, revision=revision, direction=self.result.direction
             )
-            if backup is not None:
-                taken.append(backup)
-                self.notes[revision].append("backed up " + backup.describe())
-                log.info(
-                    "data backed up before the step",
-                    table=backup.source_table,
-                    rows=backup.row_count,
-                    backup=backup.backup_table,
-                )
+            if backup is None:
+                continue
+            if not within:  # committed already: discarded by hand if the step rolls back
+                self.taken.setdefault(revision, []).append(backup)
+            self.notes[revision].append("backed up " + backup.describe())
+            log.info(
+                "data backed up before the step",
+                table=backup.source_table,
+                rows=backup.row_count,
+                backup=backup.backup_table,
+            )
+        if found and not within:
+            self.notes[revision].append(_UNHELD_WRITERS)
+            log.warning(_UNHELD_WRITERS)
         for finding in uncopyable:
             log.warning("data loss that no backup covers", rule=finding.rule, message=finding.message)
-        self.taken[revision] = taken
 
     def _restore(self, step: RevisionStep, connection: Connection) -> None:
         """Put back what the other direction of this revision backed up, now that its tables and columns are back."""
@@ -852,9 +889,17 @@ class _Migration:
     def _statement_starting(self, sql: str) -> None:
         if self.current is None or sql.lstrip().upper().startswith(_READ_ONLY):
             return
+        if self.backup_due is not None and (_is_ddl(sql) or self._names_a_lost_table(sql)):
+            revision, self.backup_due = self.backup_due, None
+            self._back_up(revision)
         self.statements.append({"sql": sql, "done": False})
         if _commits_on_its_own(sql, self.caps):
             self._save_statements()
+
+    def _names_a_lost_table(self, sql: str) -> bool:
+        found, _ = losses(self.losses.get(scripts.step_revision(self.current), []) if self.current else [])
+        names = (loss.table.rpartition(".")[2] for loss in found)
+        return any(re.search(rf"\b{re.escape(name)}\b", sql, re.IGNORECASE) for name in names)
 
     def _statement_done(self, sql: str) -> None:
         if self.current is None or not self.statements or self.statements[-1]["sql"] != sql:
