@@ -306,7 +306,8 @@ def rollback(
     """Roll the database back to ``to`` (default: the heads of these scripts) without losing data.
 
     Revisions the scripts lack are run from dbmigrate's archive (refused, exit 4, when an entry is
-    tampered with or, with an archive key, not signed by it). ``schema="auto"`` keeps the newer
+    tampered with or, with an archive key, not signed by it or not the version its signed manifest
+    lists). ``schema="auto"`` keeps the newer
     schema unless a revision above the target is breaking for the older code; ``"always"``
     downgrades, ``"never"`` keeps. A downgrade backs up the data it drops first.
     """

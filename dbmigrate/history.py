@@ -81,9 +81,14 @@ def archive_table(name: str, schema: str | None) -> Table:
         Column("filename", String(255), nullable=False),
         Column("source", _LongText, nullable=False),
         Column("sha256", String(64), nullable=False),
-        Column("signature", String(64)),  # HMAC-SHA256 with DBMIGRATE_ARCHIVE_KEY, when set
+        # HMAC-SHA256 with DBMIGRATE_ARCHIVE_KEY over (revision, down revisions, sha256): the format that
+        # earlier dbmigrate versions verify, still written so that an older image's dbmigrate can roll back.
+        Column("signature", String(64)),
         Column("archived_at", _Timestamp, nullable=False),
         Column("run_id", String(32), nullable=False),
+        # Added later, so nullable: a table created without them gets them on the next upgrade.
+        Column("version", Integer),  # per revision, one more each time its archived source changes
+        Column("seal", String(64)),  # HMAC-SHA256 over the entry with its run_id and version (rollback.py)
         schema=schema,
     )
 

@@ -18,16 +18,16 @@ import hmac
 import json
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 from alembic.script import ScriptDirectory
-from sqlalchemy import Table, bindparam, inspect, select, update
+from sqlalchemy import Table, bindparam, delete, inspect, select, update
 from sqlalchemy import types as sqltypes
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 
 from dbmigrate.database import Capabilities, advance_sequences
@@ -45,28 +45,106 @@ _WHOLE_TABLE_RULES = {"DL001", "DL003", "DL004"}
 
 # -- the archive ------------------------------------------------------------------------------------
 
+# The manifest's row in the archive table: Alembic refuses "@" in revision ids, so no revision has it.
+MANIFEST = "@manifest"
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """An entry as the manifest lists it: the version of the revision's source, and the run that archived it."""
+
+    version: int
+    sha256: str
+    run_id: str
+
 
 @dataclasses.dataclass(frozen=True)
 class ArchivedRevision:
-    """One revision script as an upgrade stored it."""
+    """One revision script as an upgrade stored it.
+
+    ``version`` is 0 for an entry archived before versions existed. ``signature`` is the signature
+    earlier dbmigrate versions verify; ``seal`` is the one this version verifies.
+    """
 
     revision: str
     down_revisions: tuple[str, ...]
     filename: str
     source: str
     sha256: str
-    signature: str | None
+    run_id: str
+    version: int
+    signature: str | None = None
+    seal: str | None = None
 
-    def refusal(self, key: str | None) -> str | None:
-        """Why this entry must not run (tampered, unsigned or wrongly signed under ``key``), or None."""
+    @property
+    def listing(self) -> Listing:
+        return Listing(self.version, self.sha256, self.run_id)
+
+    def refusal(self, key: str | None, manifest: Manifest) -> str | None:
+        """Why this entry must not run, or None.
+
+        Without ``key``: its source does not match its sha256. With it, also: it is not sealed, its
+        seal does not verify, or it is not the entry the signed ``manifest`` lists.
+        """
         if hashlib.sha256(self.source.encode()).hexdigest() != self.sha256:
             return "its source does not match the sha256 stored with it"
         if key is None:
             return None
-        if not self.signature:
-            return "it is not signed, and an archive key is set"
-        if not hmac.compare_digest(self.signature, _sign(key, self.revision, self.down_revisions, self.sha256)):
+        if not self.seal:
+            return (
+                "it was archived by an earlier dbmigrate version or without the archive key, so it is not signed "
+                "together with the run and version that archived it"
+            )
+        if not hmac.compare_digest(self.seal, _seal(key, self)):
             return "its signature does not verify with the archive key"
+        return manifest.refusal(self)
+
+    def signed(self, key: str | None) -> ArchivedRevision:
+        """This entry with both signatures made with ``key`` (neither without a key)."""
+        if key is None:
+            return dataclasses.replace(self, signature=None, seal=None)
+        signature = _sign(key, self.revision, self.down_revisions, self.sha256)
+        return dataclasses.replace(self, signature=signature, seal=_seal(key, self))
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """The archive's table of contents, signed as a whole: each revision's :class:`Listing`.
+
+    An older entry written back into the table still verifies on its own; it no longer matches what
+    the manifest lists. ``listings`` is None without a key, or when the manifest is missing or does
+    not verify (``problem`` says which).
+    """
+
+    listings: dict[str, Listing] | None
+    problem: str | None = None
+
+    @classmethod
+    def verify(cls, row: ArchivedRevision | None, key: str | None) -> Manifest:
+        """The manifest stored as ``row``, as far as ``key`` vouches for it."""
+        if key is None:
+            return cls(None)
+        if row is None:
+            return cls(None, "the archive has no signed manifest (an earlier dbmigrate wrote it, or it was deleted)")
+        if not row.seal or not hmac.compare_digest(row.seal, _manifest_seal(key, row.source)):
+            return cls(None, "the archive's manifest does not verify with the archive key")
+        return cls({revision: Listing(**listed) for revision, listed in json.loads(row.source).items()})
+
+    def refusal(self, entry: ArchivedRevision) -> str | None:
+        """Why ``entry``, sealed with the key, is not the entry this manifest lists; None when it is."""
+        if self.listings is None:
+            return self.problem
+        listed = self.listings.get(entry.revision)
+        if listed is None:
+            return (
+                "the archive's signed manifest does not list it (it was written into the table by hand, or the "
+                "manifest was put back from before the entry was archived)"
+            )
+        if listed != entry.listing:
+            return (
+                f"it is version {entry.version} archived by run {entry.run_id}, but the archive's signed manifest "
+                f"lists version {listed.version} archived by run {listed.run_id}: an older entry was written back"
+            )
         return None
 
 
@@ -79,75 +157,162 @@ class Archive:
         self.key = key
 
     def ensure(self) -> None:
+        """Create the table, or add the columns that one created by an earlier dbmigrate lacks."""
         _create(self.connection, self.table, "archive")
+
+    def read(self) -> tuple[dict[str, ArchivedRevision], Manifest]:
+        """Every entry by revision, and the manifest as far as the key vouches for it."""
+        inspector = inspect(self.connection)
+        if not inspector.has_table(self.table.name, schema=self.table.schema):
+            return {}, Manifest.verify(None, self.key)
+        # An archive created by an earlier dbmigrate lacks the newer columns until the next upgrade adds them.
+        present = {column["name"] for column in inspector.get_columns(self.table.name, schema=self.table.schema)}
+        query = select(*(column for column in self.table.c if column.name in present))
+        entries = {row.revision: _archived(row._mapping) for row in self.connection.execute(query)}
+        return entries, Manifest.verify(entries.pop(MANIFEST, None), self.key)
 
     def store(self, script: ScriptDirectory, revisions: Iterable[str], run_id: str) -> int:
         """Archive the scripts of ``revisions`` (applied, known to ``script``) not archived as they are now.
 
-        Returns how many entries were written.
+        With a key, the manifest is signed anew over the entries written and the stored ones that
+        verify; entries and manifest commit together. Returns how many entries were written.
         """
-        stored = {
-            row.revision: (row.sha256, row.signature)
-            for row in self.connection.execute(
-                select(self.table.c.revision, self.table.c.sha256, self.table.c.signature)
-            )
-        }
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        for revision in revisions:
-            found = script.get_revision(revision)
-            if found is None or found.path is None:
-                continue
-            source = Path(found.path).read_text(encoding="utf-8")
-            digest = hashlib.sha256(source.encode()).hexdigest()
-            down = tuple(found._normalized_down_revisions)
-            signature = _sign(self.key, revision, down, digest) if self.key else None
-            if stored.get(revision) == (digest, signature):
-                continue
-            row = {
-                "revision": revision,
-                "down_revisions": json.dumps(list(down)),
-                "filename": Path(found.path).name,
-                "source": source,
-                "sha256": digest,
-                "signature": signature,
-                "archived_at": now(),
-                "run_id": run_id,
-            }
-            (updates if revision in stored else inserts).append(row)
-        if inserts:
-            self.connection.execute(self.table.insert(), inserts)
-        for row in updates:
-            self.connection.execute(update(self.table).where(self.table.c.revision == row["revision"]).values(**row))
-        return len(inserts) + len(updates)
+        stored, manifest = self.read()
+        written = [
+            entry
+            for revision in revisions
+            if (entry := self._fresh(script, revision, run_id, stored.get(revision), manifest)) is not None
+        ]
+        rows = [_row(entry) for entry in written]
+        if self.key is not None:
+            listings = _listings(self.key, stored, manifest, written)
+            if listings != manifest.listings:
+                rows.append(_row(_manifest_entry(self.key, listings, run_id)))
+        if rows:
+            # A separate connection, for one transaction: entries never commit without the manifest listing them.
+            with self.connection.engine.begin() as connection:
+                replaced = self.table.c.revision.in_([row["revision"] for row in rows])
+                connection.execute(delete(self.table).where(replaced))
+                connection.execute(self.table.insert(), rows)
+        return len(written)
 
-    def entries(self) -> dict[str, ArchivedRevision]:
-        if not inspect(self.connection).has_table(self.table.name, schema=self.table.schema):
-            return {}
-        return {
-            row.revision: ArchivedRevision(
-                row.revision,
-                tuple(json.loads(row.down_revisions)),
-                row.filename,
-                row.source,
-                row.sha256,
-                row.signature,
-            )
-            for row in self.connection.execute(select(self.table))
-        }
+    def _fresh(
+        self, script: ScriptDirectory, revision: str, run_id: str, stored: ArchivedRevision | None, manifest: Manifest
+    ) -> ArchivedRevision | None:
+        """The entry to write for ``revision``; None when the scripts lack it or it is archived as they have it."""
+        found = script.get_revision(revision)
+        if found is None or found.path is None:
+            return None
+        source = Path(found.path).read_text(encoding="utf-8")
+        digest = hashlib.sha256(source.encode()).hexdigest()
+        filename = Path(found.path).name
+        if stored is not None and self._intact(stored, digest, filename, manifest):
+            return None
+        trusted = (manifest.listings or {}).get(revision)
+        version = _next_version(digest, trusted, stored.listing if stored is not None else None)
+        down = tuple(found._normalized_down_revisions)
+        return ArchivedRevision(revision, down, filename, source, digest, run_id, version).signed(self.key)
+
+    def _intact(self, entry: ArchivedRevision, digest: str, filename: str, manifest: Manifest) -> bool:
+        """Whether a stored entry is the script as it is now (``digest``, ``filename``), has a version, verifies
+        and carries exactly the signatures this key makes: then there is nothing to write."""
+        if (entry.sha256, entry.filename) != (digest, filename) or entry.version == 0:
+            return False
+        return entry.refusal(self.key, manifest) is None and entry.signed(self.key) == entry
+
+
+def _listings(
+    key: str, stored: dict[str, ArchivedRevision], manifest: Manifest, written: Iterable[ArchivedRevision]
+) -> dict[str, Listing]:
+    """The manifest after a store: the entries written now, and the stored ones that verify.
+
+    A stored entry that does not verify (written back by hand, archived the old way) is left out:
+    signing the manifest anew must never vouch for it.
+    """
+    listings = {revision: entry.listing for revision, entry in stored.items() if entry.refusal(key, manifest) is None}
+    listings.update((entry.revision, entry.listing) for entry in written)
+    return listings
+
+
+def _next_version(digest: str, trusted: Listing | None, stored: Listing | None) -> int:
+    """The version of an entry whose source has ``digest``.
+
+    Unchanged source keeps its version; changed source gets one past both what the signed manifest
+    lists and what the row says, so that versions only grow, whatever the row was edited to.
+    """
+    previous = trusted or stored
+    if previous is not None and previous.version > 0 and previous.sha256 == digest:
+        return previous.version
+    return 1 + max(trusted.version if trusted else 0, stored.version if stored else 0)
+
+
+def _manifest_entry(key: str, listings: dict[str, Listing], run_id: str) -> ArchivedRevision:
+    """The archive row that stores ``listings``, signed with ``key``."""
+    text = json.dumps({revision: dataclasses.asdict(listing) for revision, listing in listings.items()}, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return ArchivedRevision(MANIFEST, (), "", text, digest, run_id, 0, seal=_manifest_seal(key, text))
+
+
+def _archived(row: RowMapping) -> ArchivedRevision:
+    return ArchivedRevision(
+        revision=row["revision"],
+        down_revisions=tuple(json.loads(row["down_revisions"])),
+        filename=row["filename"],
+        source=row["source"],
+        sha256=row["sha256"],
+        run_id=row["run_id"],
+        version=row.get("version") or 0,  # NULL, or no column yet: archived before versions existed
+        signature=row["signature"],
+        seal=row.get("seal"),
+    )
+
+
+def _row(entry: ArchivedRevision) -> dict[str, Any]:
+    return {
+        "revision": entry.revision,
+        "down_revisions": json.dumps(list(entry.down_revisions)),
+        "filename": entry.filename,
+        "source": entry.source,
+        "sha256": entry.sha256,
+        "signature": entry.signature,
+        "archived_at": now(),
+        "run_id": entry.run_id,
+        "version": entry.version,
+        "seal": entry.seal,
+    }
 
 
 def _sign(key: str, revision: str, down_revisions: Sequence[str], sha256: str) -> str:
-    message = json.dumps([revision, list(down_revisions), sha256]).encode()
-    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+    """The signature earlier dbmigrate versions verify: it binds the source to its revision, not to its history."""
+    return _hmac(key, [revision, list(down_revisions), sha256])
+
+
+def _seal(key: str, entry: ArchivedRevision) -> str:
+    """The signature that binds an entry's source to its revision, file, run and version."""
+    fields = [entry.revision, list(entry.down_revisions), entry.filename, entry.sha256, entry.run_id, entry.version]
+    return _hmac(key, ["entry", *fields])
+
+
+def _manifest_seal(key: str, text: str) -> str:
+    return _hmac(key, ["manifest", text])
+
+
+def _hmac(key: str, message: list[Any]) -> str:
+    # The three kinds of message are JSON arrays of different lengths: one can never pass for another.
+    return hmac.new(key.encode(), json.dumps(message).encode(), hashlib.sha256).hexdigest()
 
 
 def missing_from_scripts(
-    current: Iterable[str], script: ScriptDirectory, archive: dict[str, ArchivedRevision]
+    current: Iterable[str],
+    script: ScriptDirectory,
+    archive: dict[str, ArchivedRevision],
+    listed: Collection[str] = (),
 ) -> list[ArchivedRevision]:
     """The archived revisions between the scripts' revisions and ``current``, newest first.
 
-    Raises :class:`ConfigurationError` naming a revision that neither the scripts nor the archive hold.
+    Raises :class:`UnsafeMigration` naming a revision that the signed manifest (``listed``) lists
+    but the archive no longer holds, :class:`ConfigurationError` naming one that neither the scripts
+    nor the archive hold.
     """
     known = script.revision_map._revision_map
     found: dict[str, ArchivedRevision] = {}
@@ -157,6 +322,8 @@ def missing_from_scripts(
         if revision in found or revision in known:
             continue
         entry = archive.get(revision)
+        if entry is None and revision in listed:
+            raise UnsafeMigration(_refused(revision, "the archive's signed manifest lists it, but its entry is gone"))
         if entry is None:
             raise ConfigurationError(
                 f"The database is at revision {revision}, which neither these migration scripts nor dbmigrate's "
@@ -562,24 +729,41 @@ def _backup(row: Any) -> Backup:
 
 
 def _create(connection: Connection, table: Table, what: str) -> None:
+    """Create ``table`` if it is missing, and add the columns that one created by an earlier dbmigrate lacks."""
     try:
         table.create(connection, checkfirst=True)
+        _add_missing_columns(connection, table)
     except SQLAlchemyError as exc:
         where = f"{table.schema}.{table.name}" if table.schema else table.name
         raise ConfigurationError(
-            f"Cannot create dbmigrate's {what} table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
-            "Check --table-schema (the schema must exist) and that the user may create tables."
+            f"Cannot create or update dbmigrate's {what} table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
+            "Check --table-schema (the schema must exist) and that the user may create and alter tables."
         ) from None
 
 
-def refuse_tampered(entries: Iterable[ArchivedRevision], key: str | None) -> None:
-    """Raise :class:`UnsafeMigration` when any archived entry about to run does not verify."""
-    for entry in entries:
-        reason = entry.refusal(key)
-        if reason is not None:
-            raise UnsafeMigration(
-                f"Refusing to run archived revision {entry.revision} ({entry.filename}): {reason}. Whoever can write "
-                "dbmigrate's archive table must not be able to run code in the migration Job, so nothing was "
-                "executed. Restore the entry by running `dbmigrate upgrade` with the image that contains the "
-                "revision, or downgrade with that image."
+def _add_missing_columns(connection: Connection, table: Table) -> None:
+    # Columns added after a table's first release are nullable: ADD COLUMN needs no default on any backend.
+    present = {column["name"] for column in inspect(connection).get_columns(table.name, schema=table.schema)}
+    preparer = connection.dialect.identifier_preparer
+    for column in table.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(
+                f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} {kind}"
             )
+
+
+def refuse_tampered(entries: Iterable[ArchivedRevision], key: str | None, manifest: Manifest) -> None:
+    """Raise :class:`UnsafeMigration` when any archived entry about to run does not verify (see ``refusal``)."""
+    for entry in entries:
+        reason = entry.refusal(key, manifest)
+        if reason is not None:
+            raise UnsafeMigration(_refused(f"{entry.revision} ({entry.filename})", reason))
+
+
+def _refused(entry: str, reason: str) -> str:
+    return (
+        f"Refusing to run archived revision {entry}: {reason}. Whoever can write dbmigrate's archive table must not "
+        "be able to run code in the migration Job, so nothing was executed. Archive the revision again by running "
+        "`dbmigrate upgrade` with the image that contains it (which signs it anew), or downgrade with that image."
+    )

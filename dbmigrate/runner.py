@@ -306,8 +306,9 @@ class Runner:
             self.refuse_if_needs_repair()
             current = self.current_heads()
             target = self._rollback_target(to)
-            archived = missing_from_scripts(current, self.script, self.archive.entries())
-            refuse_tampered(archived, self.settings.archive_key)
+            entries, manifest = self.archive.read()
+            archived = missing_from_scripts(current, self.script, entries, manifest.listings or {})
+            refuse_tampered(archived, self.settings.archive_key, manifest)
             code_scripts = self.script
             with with_archived(code_scripts, archived) as merged:
                 self.script = merged

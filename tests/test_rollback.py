@@ -6,6 +6,8 @@ Two copies of the example project stand for two images: ``older`` (image N, up t
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import shutil
 from pathlib import Path
@@ -198,8 +200,6 @@ def test_a_tampered_archive_entry_is_refused_and_nothing_runs(
         ).scalar_one()
         evil = source.replace('op.drop_table("coupons")', 'op.drop_table("coupons")\n    op.drop_table("orders")')
         assert evil != source
-        import hashlib
-
         digest = hashlib.sha256(evil.encode()).hexdigest() if forge == "source and its sha256" else None
         connection.execute(
             sa.text("UPDATE dbmigrate_archive SET source = :s, sha256 = COALESCE(:d, sha256) WHERE revision = :r"),
@@ -215,6 +215,164 @@ def test_a_tampered_archive_entry_is_refused_and_nothing_runs(
     assert "loyalty_points" in columns_of(database_url, "customers")
     assert columns_of(database_url, "orders")
     assert not [r for r in history_rows(database_url) if r["direction"] in ("downgrade", "rollback")]
+
+
+ARCHIVE_KEY = {"DBMIGRATE_ARCHIVE_KEY": "k3y-for-the-archive"}
+# Version 1 of 0007, later fixed: its downgrade also drops orders. Running it again is what a replay would do.
+DROPS_ORDERS_TOO = DROPS_COLUMN_AND_TABLE + 'op.drop_table("orders")\n'
+
+
+def archive_two_versions(newer: Path, database_url: str) -> dict[str, object]:
+    """Upgrade with 0007's first version, then with its fixed one (the fixture's), under the key; returns v1's row."""
+    add_revision(newer, NEWER_HEAD, EXAMPLE_HEAD, ADDS_COLUMN_AND_TABLE, DROPS_ORDERS_TOO)
+    ok(run_dbmigrate("upgrade", cwd=newer, database_url=database_url, **ARCHIVE_KEY))
+    first = archive_row(database_url, NEWER_HEAD)
+    add_revision(newer, NEWER_HEAD, EXAMPLE_HEAD, ADDS_COLUMN_AND_TABLE, DROPS_COLUMN_AND_TABLE)
+    ok(run_dbmigrate("upgrade", cwd=newer, database_url=database_url, **ARCHIVE_KEY))
+    return first
+
+
+def archive_table_of(connection: sa.Connection) -> sa.Table:
+    return sa.Table("dbmigrate_archive", sa.MetaData(), autoload_with=connection)
+
+
+def archive_row(url: str, revision: str) -> dict[str, object]:
+    """Every column of one archive row, as stored."""
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        table = archive_table_of(connection)
+        row = connection.execute(sa.select(table).where(table.c.revision == revision)).one()
+    engine.dispose()
+    return dict(row._mapping)
+
+
+def write_archive_row(url: str, revision: str, values: dict[str, object] | None) -> None:
+    """Replace the archive row of ``revision`` with ``values`` (all columns); delete it when None."""
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        table = archive_table_of(connection)
+        connection.execute(table.delete().where(table.c.revision == revision))
+        if values is not None:
+            connection.execute(table.insert(), values)
+    engine.dispose()
+
+
+def assert_nothing_ran(database_url: str) -> None:
+    assert current_revisions(database_url) == {NEWER_HEAD}
+    assert "loyalty_points" in columns_of(database_url, "customers")
+    assert columns_of(database_url, "orders")
+    assert not [r for r in history_rows(database_url) if r["direction"] in ("downgrade", "rollback")]
+
+
+@pytest.mark.parametrize("forge", ["the whole older row", "older source, sha256 and signatures", "newest deleted"])
+def test_an_older_signed_archive_entry_written_back_is_refused_until_an_upgrade_archives_it_again(
+    older: Path, newer: Path, database_url: str, forge: str
+) -> None:
+    first = archive_two_versions(newer, database_url)
+    if forge == "the whole older row":
+        write_archive_row(database_url, NEWER_HEAD, first)
+    elif forge == "older source, sha256 and signatures":
+        signed = ("source", "sha256", "signature", "seal")
+        newest = archive_row(database_url, NEWER_HEAD)
+        write_archive_row(database_url, NEWER_HEAD, {**newest, **{column: first[column] for column in signed}})
+    else:
+        write_archive_row(database_url, NEWER_HEAD, None)
+
+    rollback = run_dbmigrate("rollback", "--schema", "always", cwd=older, database_url=database_url, **ARCHIVE_KEY)
+
+    assert rollback.returncode == 4, rollback.stdout + rollback.stderr
+    assert f"Refusing to run archived revision {NEWER_HEAD}" in rollback.stderr
+    reason = {
+        "the whole older row": "an older entry was written back",
+        "older source, sha256 and signatures": "its signature does not verify",
+        "newest deleted": "the archive's signed manifest lists it, but its entry is gone",
+    }[forge]
+    assert reason in rollback.stderr and "`dbmigrate upgrade`" in rollback.stderr
+    assert_nothing_ran(database_url)
+
+    ok(run_dbmigrate("upgrade", cwd=newer, database_url=database_url, **ARCHIVE_KEY))
+
+    assert archive_row(database_url, NEWER_HEAD)["version"] == 2, "the version went back with the row written back"
+    ok(run_dbmigrate("rollback", "--schema", "always", cwd=older, database_url=database_url, **ARCHIVE_KEY))
+    assert current_revisions(database_url) == {EXAMPLE_HEAD}
+    assert columns_of(database_url, "orders"), "the first version's downgrade ran, not the newest"
+
+
+def test_an_untouched_signed_archive_rolls_back_through_the_newest_version(
+    older: Path, newer: Path, database_url: str
+) -> None:
+    first = archive_two_versions(newer, database_url)
+    newest = archive_row(database_url, NEWER_HEAD)
+    assert (first["version"], newest["version"]) == (1, 2)
+    assert newest["run_id"] != first["run_id"] and newest["seal"] != first["seal"]
+
+    rollback = run_dbmigrate(
+        "rollback", "--schema", "always", "--format", "json", cwd=older, database_url=database_url, **ARCHIVE_KEY
+    )
+
+    ok(rollback)
+    assert json.loads(rollback.stdout)["from_archive"] == [NEWER_HEAD]
+    assert current_revisions(database_url) == {EXAMPLE_HEAD}
+    assert "loyalty_points" not in columns_of(database_url, "customers")
+    assert columns_of(database_url, "orders"), "the first version's downgrade ran, not the newest"
+
+
+def rewrite_as_previous_format(url: str, key: str) -> None:
+    """Turn the archive into what earlier dbmigrate versions wrote: no version, seal or manifest, its own signature."""
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        current = archive_table_of(connection)
+        rows = [dict(r._mapping) for r in connection.execute(sa.select(current)) if r.revision != "@manifest"]
+        current.drop(connection)
+        previous = sa.Table(
+            "dbmigrate_archive",
+            sa.MetaData(),
+            sa.Column("revision", sa.String(255), primary_key=True),
+            sa.Column("down_revisions", sa.Text, nullable=False),
+            sa.Column("filename", sa.String(255), nullable=False),
+            sa.Column("source", sa.Text, nullable=False),
+            sa.Column("sha256", sa.String(64), nullable=False),
+            sa.Column("signature", sa.String(64)),
+            sa.Column("archived_at", sa.DateTime, nullable=False),
+            sa.Column("run_id", sa.String(32), nullable=False),
+        )
+        previous.create(connection)
+        kept = [column.name for column in previous.columns]
+        connection.execute(
+            previous.insert(),
+            [{**{c: row[c] for c in kept}, "signature": previous_signature(key, row)} for row in rows],
+        )
+    engine.dispose()
+
+
+def previous_signature(key: str, row: dict[str, object]) -> str:
+    """The signature earlier dbmigrate versions wrote: HMAC-SHA256 of [revision, down revisions, sha256]."""
+    message = json.dumps([row["revision"], json.loads(str(row["down_revisions"])), row["sha256"]])
+    return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def test_an_archive_in_the_previous_format_is_refused_until_an_upgrade_signs_it_anew(
+    older: Path, newer: Path, database_url: str
+) -> None:
+    key = ARCHIVE_KEY["DBMIGRATE_ARCHIVE_KEY"]
+    ok(run_dbmigrate("upgrade", cwd=newer, database_url=database_url, **ARCHIVE_KEY))
+    rewrite_as_previous_format(database_url, key)
+
+    refused = run_dbmigrate("rollback", "--schema", "always", cwd=older, database_url=database_url, **ARCHIVE_KEY)
+
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    assert f"Refusing to run archived revision {NEWER_HEAD}" in refused.stderr
+    assert "archived by an earlier dbmigrate version" in refused.stderr and "`dbmigrate upgrade`" in refused.stderr
+    assert_nothing_ran(database_url)
+
+    ok(run_dbmigrate("upgrade", cwd=newer, database_url=database_url, **ARCHIVE_KEY))
+
+    resigned = archive_row(database_url, NEWER_HEAD)
+    assert resigned["version"] == 1 and resigned["seal"]
+    assert resigned["signature"] == previous_signature(key, resigned), "older dbmigrate versions could not verify it"
+    rollback = run_dbmigrate("rollback", "--schema", "always", cwd=older, database_url=database_url, **ARCHIVE_KEY)
+    ok(rollback)
+    assert current_revisions(database_url) == {EXAMPLE_HEAD}
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
