@@ -127,14 +127,15 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
             json_logs = configure_logging(settings.log_format, debug)
             if "output_format" in inspect.signature(render).parameters:
                 kwargs["output_format"] = output_format
-            # What a migration prints goes to stderr with the logs (as log lines when they are JSON):
-            # stdout carries only the result.
-            printed = PrintedLines() if json_logs else sys.stderr
+            # What a migration prints, to stdout or stderr, goes to stderr with the logs, masked like
+            # them (as log lines when they are JSON): stdout carries only the result.
+            printed, printed_to_stderr = PrintedLines(json_logs), PrintedLines(json_logs)
             try:
-                with contextlib.redirect_stdout(printed):
+                with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed_to_stderr):
                     output = render(settings, **kwargs)
             finally:
                 printed.flush()
+                printed_to_stderr.flush()
         except DbmigrateError as exc:
             _fail(exc, output_format, debug, json_logs)
         except Exception as exc:  # noqa: BLE001 - the last net: a paragraph, not a traceback

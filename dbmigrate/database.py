@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -21,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool, Pool
 
 from dbmigrate.errors import ConfigurationError, DatabaseUnavailable
-from dbmigrate.masking import mask_url, redact
+from dbmigrate.masking import mask_url, redact, url_password
 
 log = structlog.get_logger("dbmigrate.database")
 
@@ -44,17 +45,38 @@ class Capabilities:
         return self.name in ("mysql", "mariadb")
 
 
+_AMBIGUOUS = (
+    "where its password ends is ambiguous. Percent-encode every @, :, /, ? and # in its user name, password and "
+    "query values (@ as %40, : as %3A, / as %2F, ? as %3F, # as %23, and % itself as %25), or give the password "
+    "in a password file (--database-password-file)"
+)
+
+
 def parse_url(url: str) -> URL:
-    """Parse a database URL; raises :class:`ConfigurationError` (password masked) when malformed."""
+    """Parse a database URL; raises :class:`ConfigurationError` (password masked) when malformed.
+
+    A URL whose password SQLAlchemy would read differently from :func:`~dbmigrate.masking.url_password`
+    (an unencoded ``@`` in it, a ``/`` in the user name) is malformed too: connecting with it would
+    send a piece of the password as the host or database name, where messages show it.
+    """
+    written = url_password(url)
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        raise ConfigurationError(
-            f"The database URL {mask_url(url)} is malformed ({redact(str(exc))}). Expected for example "
-            "postgresql://user@host:5432/dbname, mysql+pymysql://user@host/dbname (password after user:) "
-            "or sqlite:///path/to/file.db."
-        ) from None
+        # SQLAlchemy's reason can quote a piece of a password it cut at an "@" (the "port" it failed to read).
+        reason = _AMBIGUOUS if written is not None and "@" in written else redact(str(exc))
+        raise ConfigurationError(_malformed(url, reason)) from None
+    if written is not None and parsed.password != urllib.parse.unquote(written):
+        raise ConfigurationError(_malformed(url, _AMBIGUOUS))
     return parsed
+
+
+def _malformed(url: str, reason: str) -> str:
+    return (
+        f"The database URL {mask_url(url)} is malformed: {reason}. Expected for example "
+        "postgresql://user@host:5432/dbname, mysql+pymysql://user@host/dbname (password after user:) "
+        "or sqlite:///path/to/file.db."
+    )
 
 
 def create(url: str, pooled: bool = False) -> Engine:

@@ -1,7 +1,8 @@
 """Logs, the pod termination message, and Prometheus metrics.
 
 Logs go to stderr: JSON lines in a pod (stderr is not a terminal) or with ``log_format="json"``,
-readable lines in a terminal. Every event passes through :func:`dbmigrate.masking.redact`.
+readable lines in a terminal. Every event, and every line a migration prints, passes through
+:func:`dbmigrate.masking.redact`.
 """
 
 from __future__ import annotations
@@ -71,15 +72,21 @@ def configure_logging(log_format: str = "auto", debug: bool = False) -> bool:
 
 
 class PrintedLines(io.TextIOBase):
-    """A stdout whose every printed line becomes a log line (``printed``), with the run id and revision.
+    """A stand-in for stdout or stderr while a command runs: what is written comes out line by line, masked.
 
-    With JSON logs, what a migration prints then keeps stderr one JSON object per line.
+    With JSON logs each line becomes a log line (``printed``) with the run id and revision, so
+    stderr stays one JSON object per line; otherwise it goes to the real stderr as it was written.
+    Whole lines are what :func:`dbmigrate.masking.redact` sees, so a password written in pieces
+    is still found.
     """
 
-    def __init__(self) -> None:
+    encoding = "utf-8"  # io.TextIOBase says None, and code that prints may read it (the real stderr had one)
+
+    def __init__(self, as_log_lines: bool) -> None:
         super().__init__()
         self._pending = ""
-        self._log = structlog.get_logger("dbmigrate.printed")
+        self._log = structlog.get_logger("dbmigrate.printed") if as_log_lines else None
+        self._stderr = sys.stderr  # taken now, before stdout and stderr are redirected here
 
     def writable(self) -> bool:
         return True
@@ -87,14 +94,21 @@ class PrintedLines(io.TextIOBase):
     def write(self, text: str) -> int:
         *complete, self._pending = (self._pending + text).split("\n")
         for line in complete:
-            self._log.info(line, printed=True)
+            self._emit(line, "\n")
         return len(text)
 
     def flush(self) -> None:
-        """A line printed without its end (``print(..., end="", flush=True)``) is logged as it is."""
+        """A line written without its end (``print(..., end="", flush=True)``) comes out as it is."""
         if self._pending:
-            self._log.info(self._pending, printed=True)
+            self._emit(self._pending, "")
             self._pending = ""
+        self._stderr.flush()
+
+    def _emit(self, line: str, end: str) -> None:
+        if self._log is not None:
+            self._log.info(line, printed=True)  # masked with every other log event
+        else:
+            self._stderr.write(redact(line) + end)
 
 
 @contextlib.contextmanager

@@ -14,12 +14,17 @@ import math
 import os
 import socket
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from dbmigrate.database import parse_url
 from dbmigrate.errors import ConfigurationError
-from dbmigrate.masking import register_secret
+from dbmigrate.masking import register_secret, url_password
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -200,17 +205,20 @@ def _read_secret_file(path: Path, what: str) -> str:
 
 
 def _passwords_of(url: str | None) -> list[str]:
-    """The URL's password and any ``?password=``/``?passwd=`` query value (drivers accept both)."""
+    """The URL's password and any ``?password=``/``?passwd=`` query value (drivers accept both).
+
+    The password is read both as written up to the URL's last ``@`` (so a URL that does not parse,
+    or parses wrongly, still has its whole password masked) and as SQLAlchemy reads it.
+    """
     if not url:
         return []
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
+    written = url_password(url)
+    found = [written, urllib.parse.unquote(written)] if written else []
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        return []
-    found = [parsed.password] if parsed.password else []
+        return found
+    found += [parsed.password] if parsed.password else []
     for key in ("password", "passwd"):
         value = parsed.query.get(key)
         found.extend([value] if isinstance(value, str) else list(value or ()))
@@ -218,10 +226,5 @@ def _passwords_of(url: str | None) -> list[str]:
 
 
 def _with_password(url: str, password: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).set(password=password).render_as_string(hide_password=False)
-    except (ArgumentError, ValueError):
-        raise ConfigurationError("The database URL is malformed; cannot apply the password file.") from None
+    # Checked before the password goes in: once rendered, a URL that parsed wrongly looks well-formed.
+    return parse_url(url).set(password=password).render_as_string(hide_password=False)

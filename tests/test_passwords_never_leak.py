@@ -20,7 +20,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import dbmigrate
-from tests.conftest import MARIADB_ADMIN, add_revision, free_port, history_rows, remove_revisions, run_dbmigrate
+from tests.conftest import (
+    MARIADB_ADMIN,
+    add_revision,
+    every_line_as_json,
+    free_port,
+    history_rows,
+    remove_revisions,
+    run_dbmigrate,
+)
 
 SECRET = "Sup3rSecretPw"
 SERVER_BACKENDS = ["postgresql", "mariadb"]
@@ -222,3 +230,57 @@ def test_unreachable_url_from_a_url_file_exits_3_without_showing_the_password(pr
     assert result.returncode == 3, result.stderr
     assert "not reachable" in result.stderr
     assert_not_leaked(SECRET, result, termination_log)
+
+
+# Passwords holding "@", ":" and "/" unencoded: a URL parser cuts them at the first "@" and reads
+# the rest as host, port or database. Each piece is distinctive, so any piece shown is caught.
+UNPARSABLE_PIECES = ["Fr4g", "0ne", "Tw0", "Thr33"]
+UNPARSABLE_URLS = {
+    "port-not-a-number": "postgresql+psycopg://user:Fr4g@0ne:Tw0/Thr33%@127.0.0.1:5432/test",
+    "parses-wrongly": "postgresql+psycopg://user:Fr4g@0ne/Tw0:Thr33%@127.0.0.1:5432/test",
+}
+
+
+# Each URL through both commands and both log formats, and once from a URL file.
+UNPARSABLE_CASES = [
+    (name, command, log_format, "url")
+    for name in UNPARSABLE_URLS
+    for command in ("upgrade", "status")
+    for log_format in ("json", "text")
+] + [(name, "upgrade", "json", "url-file") for name in UNPARSABLE_URLS]
+
+
+@pytest.mark.parametrize(
+    ("name", "command", "log_format", "source"), UNPARSABLE_CASES, ids=["-".join(case) for case in UNPARSABLE_CASES]
+)
+def test_url_with_unencoded_at_colon_and_slash_in_its_password_exits_2_showing_no_piece_of_it(
+    project: Path, tmp_path: Path, name: str, command: str, log_format: str, source: str
+) -> None:
+    # Without a wait, a URL that is wrongly accepted fails at once (exit 3) instead of retrying for a minute.
+    url, args = UNPARSABLE_URLS[name], ["--wait-timeout", "0"]
+    if source == "url-file":
+        (tmp_path / "database-url").write_text(url + "\n")
+        args, url = [*args, "--database-url-file", str(tmp_path / "database-url")], ""
+
+    result, termination_log = run(
+        command, *args, cwd=project, database_url=url, tmp_path=tmp_path, DBMIGRATE_LOG_FORMAT=log_format
+    )
+
+    assert result.returncode == 2, result.stderr
+    error = json.loads(result.stdout)
+    assert (error["error"], error["exit_code"]) == ("ConfigurationError", 2)
+    assert "\n" not in error["message"]
+    assert error["message"].startswith(
+        "The database URL postgresql+psycopg://user:***@127.0.0.1:5432/test is malformed"
+    )
+    assert "Percent-encode" in error["message"] and "--database-password-file" in error["message"]
+    if command == "upgrade":  # status, which changes nothing, leaves the termination message alone
+        assert error["message"] in termination_log.read_text()
+    if log_format == "json":
+        assert [line["event"] for line in every_line_as_json(result.stderr)] == ["command failed"]
+    else:
+        assert result.stderr == f"error: {error['message']}\n"
+    outputs = {"stdout": result.stdout, "stderr": result.stderr, "termination log": termination_log.read_text()}
+    for output, text in outputs.items():
+        for piece in UNPARSABLE_PIECES:
+            assert piece not in text, f"a piece of the password leaked into {output}: {text}"
