@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dbmigrate import database, readiness, scripts
 from dbmigrate import history as hist
 from dbmigrate._version import __version__
-from dbmigrate.errors import ConfigurationError, DbmigrateError, NotReady
+from dbmigrate.errors import ConfigurationError, ConnectionLost, DbmigrateError, NotReady, RepairNeeded, Terminated
 from dbmigrate.locking import lock_is_free
 from dbmigrate.masking import mask_url
 from dbmigrate.observability import RunReport, publish_metrics, write_termination_message
@@ -31,7 +31,15 @@ from dbmigrate.readiness import Readiness
 if TYPE_CHECKING:
     from dbmigrate.checks import Report
 from dbmigrate.rollback import Backup
-from dbmigrate.runner import RollbackResult, Runner, RunResult, interrupted_status, new_identity, repair_message
+from dbmigrate.runner import (
+    RollbackResult,
+    Runner,
+    RunResult,
+    describe,
+    interrupted_status,
+    new_identity,
+    repair_message,
+)
 from dbmigrate.settings import Settings
 
 # Loaded with the API, so before dbmigrate/__init__.py binds the name ``verify`` to the function below:
@@ -377,11 +385,11 @@ def _locked_run(settings: Settings, command: str, work: Callable[[Runner], _Resu
             try:
                 with runner.locked():
                     result = work(runner)
-            except DbmigrateError as exc:
+            except (DbmigrateError, Terminated) as exc:
                 report = _report(runner, command, "error", exc.exit_code)
                 raise
             report = _report(runner, command, result.outcome, 0)
-    except DbmigrateError as exc:
+    except (DbmigrateError, Terminated) as exc:
         write_termination_message(settings.termination_log, f"dbmigrate {command} failed: {exc}")
         _publish(settings, dataclasses.replace(report, exit_code=exc.exit_code))
         raise
@@ -425,9 +433,19 @@ def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Run
                 # History rows need not wait for their own fsync: a killed process loses none of them
                 # (the server has them), and the steps themselves still commit durably.
                 control.exec_driver_sql("SET synchronous_commit = off")
+            runner = Runner(resolved, config, script, engine, caps, control, __version__, identity)
             try:
-                yield Runner(resolved, config, script, engine, caps, control, __version__, identity)
+                yield runner
+            except (DbmigrateError, SQLAlchemyError) as exc:
+                if isinstance(exc, (ConnectionLost, RepairNeeded)) or not database.connection_lost(exc):
+                    raise
+                raise ConnectionLost(
+                    f"The connection to the database at {mask_url(url)} was lost ({describe(exc)}): the server was "
+                    "restarted or failed over, or the network cut the connection. No migration step was under way; "
+                    "nothing is half-done. Run the command again once the database is back; a Kubernetes Job "
+                    "retries exit 3 by itself."
+                ) from exc
             finally:
-                control.close()
+                runner.control.close()
     finally:
         engine.dispose()

@@ -7,7 +7,6 @@ import functools
 import inspect
 import json
 import os
-import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -17,7 +16,7 @@ from typing import Any
 import click
 import structlog
 
-from dbmigrate import api
+from dbmigrate import api, termination
 from dbmigrate._version import __version__
 from dbmigrate.errors import (
     EXIT_CODES,
@@ -136,7 +135,7 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
             finally:
                 printed.flush()
                 printed_to_stderr.flush()
-        except DbmigrateError as exc:
+        except (DbmigrateError, Terminated) as exc:
             _fail(exc, output_format, debug, json_logs)
         except Exception as exc:  # noqa: BLE001 - the last net: a paragraph, not a traceback
             _fail(
@@ -153,7 +152,7 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _fail(exc: DbmigrateError, output_format: str, debug: bool, json_logs: bool) -> None:
+def _fail(exc: DbmigrateError | Terminated, output_format: str, debug: bool, json_logs: bool) -> None:
     message = redact(str(exc))
     trace = {"trace": redact(traceback.format_exc())} if debug else {}
     if output_format == "json":
@@ -197,13 +196,7 @@ def _wants_json(argv: list[str]) -> bool:
 @click.version_option(__version__, prog_name="dbmigrate")
 def main() -> None:
     """Safe Alembic migrations: one run at a time, online-friendly locking, history, clear exits."""
-    signal.signal(signal.SIGTERM, _terminate)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    # Kubernetes sends SIGTERM before SIGKILL when a hook pod is deleted or its deadline passes: stop
-    # like a failing step (roll back, record it, exit) instead of dying silently after the grace period.
-    raise Terminated("dbmigrate received SIGTERM (the pod is being stopped)")
+    termination.install()
 
 
 @main.command(epilog=EPILOG)

@@ -193,6 +193,48 @@ def classify(exc: BaseException) -> str:
     return "other"
 
 
+# What drivers say when a session ends under them: a server restart or failover, an admin's
+# pg_terminate_backend / KILL, or a network that cut the connection.
+_LOST_WORDS = (
+    "server closed the connection",
+    "terminating connection",
+    "connection is closed",
+    "the connection is lost",
+    "connection already closed",
+    "consuming input failed",
+    "lost connection",
+    "server has gone away",
+    "connection was killed",
+    "server shutdown in progress",
+    "connection reset",
+    "broken pipe",
+    "ssl syscall error",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "can't reconnect until invalid transaction is rolled back",
+)
+_LOST_MYSQL_CODES = (1053, 1927, 2006, 2013, 2055, 4031)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) says the database session ended under us."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        orig = getattr(current, "orig", None) or current
+        code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
+        sqlstate = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+        message = str(orig).lower()
+        if code in _LOST_MYSQL_CODES or sqlstate.startswith(("08", "57P")) or any(w in message for w in _LOST_WORDS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and classify(exc) == "transient"
 

@@ -51,8 +51,30 @@ class MigrationFailed(DbmigrateError):
     exit_code = 1
 
 
-class Terminated(Exception):
-    """The process was asked to stop (SIGTERM); raised where it runs, so the step in flight rolls back."""
+class ConnectionLost(DbmigrateError):
+    """The connection to the database broke during a run (restart, failover, a cut network); a rerun continues."""
+
+    exit_code = 3
+
+
+class Terminated(BaseException):
+    """The process was asked to stop (SIGTERM, SIGINT); raised where it runs, so the step in flight rolls back.
+
+    Like ``KeyboardInterrupt`` it is not an ``Exception``: no broad ``except Exception`` on the way
+    (in env.py, a revision or a library) can swallow it. ``exit_code`` is 128 + the signal's number.
+    """
+
+    def __init__(self, signal_name: str, signal_number: int) -> None:
+        self.signal_name = signal_name
+        self.exit_code = 128 + signal_number
+        self.message = (
+            f"dbmigrate was stopped by {signal_name} (the pod is being stopped, or Ctrl-C) before any step was in "
+            "flight; every step before stays applied. Run the command again to continue."
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class UnsafeMigration(DbmigrateError):
@@ -89,7 +111,10 @@ EXIT_CODES: dict[int, str] = {
     0: "success (also: nothing to do)",
     1: "a migration step failed (its transaction was rolled back where the database allows)",
     2: "usage or configuration error (bad URL, broken scripts, multiple heads, unknown revision)",
-    3: "database unreachable, credentials refused, a lock not acquired, or (wait) the schema not ready in time",
+    3: "database unreachable or connection lost (a rerun continues), credentials refused, a lock not acquired, "
+    "or (wait) the schema not ready in time",
     4: "a check or verification found problems (for example status --check: not at head)",
     5: "the database needs repair: a step was partially applied; status names the fix",
+    130: "stopped by SIGINT (Ctrl-C): the statement in flight was cancelled on the server and rolled back",
+    143: "stopped by SIGTERM (the pod is being stopped): the statement in flight was cancelled and rolled back",
 }

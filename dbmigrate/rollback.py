@@ -344,7 +344,9 @@ def with_archived(script: ScriptDirectory, entries: Sequence[ArchivedRevision]) 
     with tempfile.TemporaryDirectory(prefix="dbmigrate-archive-") as directory:
         for entry in entries:
             name = re.sub(r"\W", "_", entry.revision)
-            (Path(directory) / f"archived_{name}_{Path(entry.filename).name}").write_text(entry.source, encoding="utf-8")
+            (Path(directory) / f"archived_{name}_{Path(entry.filename).name}").write_text(
+                entry.source, encoding="utf-8"
+            )
         yield ScriptDirectory(
             script.dir,
             file_template=script.file_template,

@@ -28,19 +28,21 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from dbmigrate import database, online, readiness, scripts, termination
 from dbmigrate import history as hist
-from dbmigrate import online, readiness, scripts
-from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, track_statements
+from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, connection_lost, track_statements
 from dbmigrate.errors import (
     ConfigurationError,
+    ConnectionLost,
     DbmigrateError,
     LockTimeout,
     MigrationFailed,
     RepairNeeded,
+    Terminated,
     UnsafeMigration,
 )
 from dbmigrate.locking import Identity, lock_name, run_lock, utcnow
-from dbmigrate.masking import redact
+from dbmigrate.masking import mask_url, redact
 from dbmigrate.observability import bind, unbind
 from dbmigrate.rollback import (
     POLICIES,
@@ -57,6 +59,11 @@ from dbmigrate.rollback import (
 from dbmigrate.settings import Settings
 
 log = structlog.get_logger("dbmigrate.runner")
+
+# After a signal, how long to wait for the server to end the migration session: well inside a pod's
+# default 30 s grace period. After a lost connection, how long to try to reconnect for the history row.
+SESSION_END_TIMEOUT = 15.0
+RECONNECT_TIMEOUT = 10.0
 
 _UNHELD_WRITERS = (
     "the backup was copied just before the step, outside its transaction (DDL commits on its own on this "
@@ -225,6 +232,60 @@ class Runner:
         """The database's revision(s) by one query on the control connection (after :meth:`current_heads`)."""
         context = readiness.version_context(self.control, *self.version_table)
         return tuple(sorted(context.get_current_heads()))
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def reconnect(self, timeout: float = RECONNECT_TIMEOUT) -> bool:
+        """Replace a broken control connection (history rows go on it); False when none comes within ``timeout``.
+
+        The run lock held by the old session is gone with it: call only to record what happened.
+        """
+        try:
+            control = database.connect(self.engine, timeout).execution_options(isolation_level="AUTOCOMMIT")
+        except DbmigrateError:
+            return False
+        with contextlib.suppress(SQLAlchemyError):
+            self.control.close()
+        self.control = self.history.connection = self.archive.connection = self.backups.connection = control
+        return True
+
+    def heads_if_reachable(self) -> tuple[str, ...] | None:
+        """The database's revision(s) by one query, or None when it cannot be read now."""
+        try:
+            return self.read_heads()
+        except SQLAlchemyError:
+            return None
+
+    def end_session(self, server_id: int | None, timeout: float = SESSION_END_TIMEOUT) -> bool:
+        """Make sure the server ended session ``server_id`` (statement cancelled, transaction rolled back).
+
+        Ends it from the control connection if it is still there, then waits until the server no
+        longer lists it, at most ``timeout`` seconds. True once it is gone; SQLite has no such session.
+        """
+        if server_id is None or not (self.caps.is_postgresql or self.caps.is_mysql):
+            return True
+        if self.control.invalidated and not self.reconnect():
+            return False
+        if self.caps.is_postgresql:
+            end = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = :id"
+            listed = "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = :id"
+        else:
+            end = "SELECT 1"  # KILL takes no parameters: run below when the session is still listed
+            listed = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = :id"
+        deadline = time.monotonic() + timeout
+        try:
+            if self.caps.is_mysql and self.control.execute(text(listed), {"id": server_id}).scalar():
+                with contextlib.suppress(SQLAlchemyError):  # it may end by itself in the meantime
+                    self.control.exec_driver_sql(f"KILL {int(server_id)}")
+            self.control.execute(text(end), {"id": server_id})
+            while self.control.execute(text(listed), {"id": server_id}).scalar():
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+        except SQLAlchemyError as exc:
+            log.warning("could not confirm that the server ended the migration session", error=describe(exc))
+            return False
+        return True
 
     # -- running --------------------------------------------------------------------------------
 
@@ -514,7 +575,8 @@ class _Migration:
         self.current: RevisionStep | None = None
         self.statements: list[dict[str, Any]] = []
         self.migration_connection: Connection | None = None
-        self.migration_pid: int | None = None
+        self.migration_pid: int | None = None  # the server's id of the migration session (not SQLite)
+        self.migration_dbapi: Any = None  # the driver's connection, for a cancel from the signal watcher
         self.external_transaction = False
         self.heads_after: tuple[str, ...] | None = None
         self.seen: list[RevisionStep] = []
@@ -547,7 +609,7 @@ class _Migration:
         while True:
             attempt += 1
             try:
-                with runner.engine.connect() as connection:
+                with termination.cancelling(self._cancel_in_flight), runner.engine.connect() as connection:
                     scripts.run_env(
                         runner.config, runner.script, self._steps, connection=connection, on_configure=self._configure
                     )
@@ -555,12 +617,17 @@ class _Migration:
                 break
             except _TablesNeeded:
                 self._find_tables_to_lock()
+            except Terminated as exc:
+                self._terminated(exc)
+                raise
             except DbmigrateError:
                 raise
             except Exception as exc:  # a step failed: record it, then retry or stop
                 step = self.current
+                if connection_lost(exc):
+                    raise self._lost(step, exc) from exc
                 if step is None:
-                    raise MigrationFailed(f"The migration environment (env.py) failed: {_describe(exc)}") from exc
+                    raise MigrationFailed(f"The migration environment (env.py) failed: {describe(exc)}") from exc
                 if not self._retry_after_lock_timeout(step, exc, attempt, backoff):
                     raise self._fail(step, exc) from exc
         if self.heads_after is None:  # nothing ran: the database is where it was
@@ -667,6 +734,9 @@ class _Migration:
             connection.exec_driver_sql(statement)
         if self.caps.is_postgresql:
             self.migration_pid = int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        elif self.caps.is_mysql:
+            self.migration_pid = int(connection.execute(text("SELECT CONNECTION_ID()")).scalar_one())
+        self.migration_dbapi = connection.connection.dbapi_connection
         if self.caps.is_mysql:
             track_statements(connection, before=self._statement_starting, after=self._statement_done)
         if not self.external_transaction:
@@ -946,15 +1016,108 @@ class _Migration:
             attempt=retries + 1,
             max_retries=self.settings.max_lock_retries,
             retry_in_s=round(delay, 2),
-            error=_describe(exc),
+            error=describe(exc),
         )
         time.sleep(delay)
         return True
 
+    def _cancel_in_flight(self) -> None:
+        """End the statement running on the migration connection, from another thread (the signal watcher)."""
+        dbapi = self.migration_dbapi
+        if dbapi is None:
+            return
+        if self.caps.is_mysql:
+            if self.migration_pid is not None:
+                killer = self.runner.engine.raw_connection()
+                try:
+                    killer.cursor().execute(f"KILL QUERY {int(self.migration_pid)}")
+                finally:
+                    killer.close()
+        elif self.caps.is_postgresql:
+            (getattr(dbapi, "cancel_safe", None) or dbapi.cancel)()
+        else:
+            dbapi.interrupt()
+
+    def _terminated(self, exc: Terminated) -> None:
+        """After a signal: make sure the server ended the step, record it, and say so in ``exc``.
+
+        The run lock is released only after this, so the next run never meets the step still running.
+        """
+        ended = self.runner.end_session(self.migration_pid)
+        step = self.current
+        if step is None or scripts.step_revision(step) in self.results:
+            return
+        revision = scripts.step_revision(step)
+        if self._committed_statements():
+            status, what = hist.PARTIAL, "part of it had committed (statements that commit on their own)"
+        elif self.migration_pid is None:
+            status, what = hist.FAILED, "the step's transaction was rolled back"
+        elif ended:
+            status, what = hist.FAILED, "the statement in flight was cancelled on the server and the step rolled back"
+        else:
+            status, what = hist.FAILED, "the server rolls the step back as its session ends"
+        self._record_despite_faults(step, status, f"terminated by {exc.signal_name}: {what}")
+        before = scripts.step_from(step) or "base"
+        exc.message = (
+            f"dbmigrate was stopped by {exc.signal_name} (the pod is being stopped, or Ctrl-C) during revision "
+            f"{revision}: {what}. "
+            + (
+                "Run `dbmigrate status` for the repair."
+                if status == hist.PARTIAL
+                else f"The database is at {before}; run the command again to continue."
+            )
+        )
+
+    def _lost(self, step: RevisionStep | None, exc: BaseException) -> DbmigrateError:
+        """The connection broke mid-run: record what is known, say where the database is, exit 3 (or 5)."""
+        reason = describe(exc)
+        where = mask_url(self.runner.engine.url)
+        if step is None:
+            return ConnectionLost(
+                f"The connection to the database at {where} was lost while env.py ran, before any step of this "
+                f"run started ({reason}). Nothing was changed. Run the command again once the database is back; "
+                "a Kubernetes Job retries exit 3 by itself."
+            )
+        revision = scripts.step_revision(step)
+        if self._committed_statements():
+            self._record_despite_faults(step, hist.PARTIAL, f"connection lost: {reason}")
+            return RepairNeeded(
+                f"The connection to the database at {where} was lost during revision {revision} after part of it "
+                f"committed ({reason}); MySQL/MariaDB cannot roll that part back. Run `dbmigrate status` to see "
+                "what committed and the command that repairs it."
+            )
+        self._record_despite_faults(
+            step, hist.FAILED, f"connection lost: {reason}; the server rolled the step's transaction back"
+        )
+        heads = self.runner.heads_if_reachable()
+        at = f"The database is at {', '.join(heads) or 'base'}" if heads is not None else "The database is at the "
+        at += "" if heads is not None else "revision before this step (it could not be read back to confirm)"
+        return ConnectionLost(
+            f"The connection to the database at {where} was lost during revision {revision} ({reason}): the server "
+            f"was restarted or failed over, or the network cut the connection. The step's transaction was rolled "
+            f"back by the server and everything before it stays applied. {at}. Run the command again to continue "
+            "from there; a Kubernetes Job retries exit 3 by itself."
+        )
+
+    def _record_despite_faults(self, step: RevisionStep, status: str, error: str) -> None:
+        """Record the step's outcome on a working connection, or leave its row for the next run to settle."""
+        for attempt in (1, 2):
+            try:
+                self._record(step, status, error)
+                return
+            except SQLAlchemyError as exc:
+                if attempt == 2 or not connection_lost(exc) or not self.runner.reconnect():
+                    log.warning(
+                        "the step's history row could not be written; the next run settles it",
+                        status=status,
+                        error=describe(exc),
+                    )
+                    return
+
     def _fail(self, step: RevisionStep, exc: BaseException) -> DbmigrateError:
         revision = scripts.step_revision(step)
         path = scripts.step_path(step)
-        reason = _describe(exc)
+        reason = describe(exc)
         committed = self._committed_statements()
         if committed:
             row = self.rows.get(revision)
@@ -1012,7 +1175,7 @@ def _env_py_errors() -> Iterator[None]:
     except DbmigrateError:
         raise
     except Exception as exc:
-        raise ConfigurationError(f"The migration environment (env.py) failed: {_describe(exc)}") from exc
+        raise ConfigurationError(f"The migration environment (env.py) failed: {describe(exc)}") from exc
 
 
 class _RetryState:
@@ -1022,7 +1185,7 @@ class _RetryState:
         self.attempt_number = attempt_number
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
     if not lines:

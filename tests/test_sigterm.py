@@ -1,7 +1,14 @@
-"""A pod being stopped (SIGTERM) rolls the step in flight back, records it, and exits instead of hanging."""
+"""A pod being stopped (SIGTERM) or Ctrl-C (SIGINT) ends the run honestly, at any moment.
+
+The statement in flight is cancelled on the server before the process exits (no lock left held
+for the application to queue behind), the step's history row says ``failed`` and names the
+signal, the run lock is released only after that, the exit code is 128 + the signal's number, and
+the next run continues to head.
+"""
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import sys
@@ -9,48 +16,194 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import current_revisions, dbmigrate_env, history_rows
-
-SLOW_REVISION = """revision = "0007_slow"
-down_revision = "0006_name_contract"
-import time
 import sqlalchemy as sa
-from alembic import op
 
+from tests.conftest import (
+    EXAMPLE_HEAD,
+    add_revision,
+    current_revisions,
+    dbmigrate_env,
+    history_rows,
+    log_events,
+    run_dbmigrate,
+)
 
-def upgrade():
-    op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))
-    if not op.get_context().as_sql:
-        time.sleep(60)
+SIGTERM_EXIT, SIGINT_EXIT = 128 + signal.SIGTERM, 128 + signal.SIGINT
+MOMENTS = 20
 
-
-def downgrade():
-    op.drop_table("audit")
+# Offline (the upgrade gate's pass) it takes a while too, so signals land in the gate as well; online
+# it holds ACCESS EXCLUSIVE on customers while a long statement runs. MySQL/MariaDB commit the ALTER
+# on its own (a signal after it leaves a partial step, tested elsewhere): there it comes last.
+SLOW_UPGRADE = """
+if op.get_context().as_sql:
+    if os.environ.get("TEST_GATE_MARKER"):
+        open(os.environ["TEST_GATE_MARKER"], "w").close()
+    time.sleep(0.5)
+    return
+if op.get_bind().dialect.name == "mysql":
+    op.execute(LONG_STATEMENT)
+op.add_column("customers", sa.Column("audit", sa.Integer))
+if op.get_bind().dialect.name != "mysql":
+    op.execute(LONG_STATEMENT)
 """
 
+LONG_STATEMENTS = {
+    "postgresql": "SELECT pg_sleep(2)",
+    "mariadb": "SELECT SLEEP(2)",
+    # A statement that keeps SQLite busy for seconds inside the C library.
+    "sqlite": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000000) SELECT MAX(i) FROM n",
+}
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_sigterm_rolls_back_the_running_step_and_records_it(project: Path, database_url: str) -> None:
-    (project / "alembic" / "versions" / "0007_slow.py").write_text(SLOW_REVISION)
-    process = subprocess.Popen(
+
+def add_slow_revision(project: Path, backend: str) -> None:
+    add_revision(
+        project,
+        "0007_slow",
+        EXAMPLE_HEAD,
+        f"LONG_STATEMENT = {LONG_STATEMENTS[backend]!r}\n" + SLOW_UPGRADE,
+        'op.drop_column("customers", "audit")',
+    )
+
+
+def start_upgrade(project: Path, database_url: str, output: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "dbmigrate", "upgrade"],
         cwd=project,
-        env=dbmigrate_env(database_url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        env=dbmigrate_env(database_url, TEST_GATE_MARKER=str(output) + ".gate"),
+        stdout=subprocess.DEVNULL,
+        stderr=output.open("w"),
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while not any(r["revision"] == "0007_slow" and r["status"] == "running" for r in history_rows(database_url)):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.1)
 
+
+def wait_for(condition: object, what: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert process.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def server_still_runs_the_step(database_url: str, backend: str) -> list[str]:
+    """What of the step the server still runs or holds: long statements, and locks on customers."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            if backend == "postgresql":
+                rows = connection.exec_driver_sql(
+                    "SELECT 'statement ' || query FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                    "AND state <> 'idle' AND query ILIKE '%%pg_sleep%%' UNION ALL "
+                    "SELECT 'lock ' || l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                    "WHERE c.relname = 'customers' AND l.pid <> pg_backend_pid()"
+                )
+            elif backend == "mariadb":
+                rows = connection.exec_driver_sql(
+                    "SELECT CONCAT('statement ', INFO) FROM information_schema.PROCESSLIST "
+                    "WHERE ID <> CONNECTION_ID() AND INFO LIKE '%%SLEEP(%%'"
+                )
+            else:
+                return []
+            return [str(row[0]) for row in rows]
+    finally:
+        engine.dispose()
+
+
+def assert_terminated_honestly(process: subprocess.Popen[str], output: Path, database_url: str, backend: str) -> None:
+    process.wait(timeout=30)
+    stderr = output.read_text()
+    left = server_still_runs_the_step(database_url, backend)  # read the moment the process is gone
+    finished = any(e.get("event") == "run finished" for e in log_events(stderr))
+    if process.returncode == 0 or (finished and process.returncode == -signal.SIGTERM):
+        # Done before the signal, or stopped while the interpreter shut down (Python's default handler
+        # is back by then): the work was complete either way.
+        assert finished and current_revisions(database_url) == {"0007_slow"}, stderr
+        return
+    assert process.returncode == SIGTERM_EXIT, stderr
+    assert not left, f"the server still runs the step after the process exited: {left}"
+    failure = [e for e in log_events(stderr) if e.get("event") == "command failed"]
+    assert failure and "SIGTERM" in str(failure[-1]["message"]), stderr
+    run_id = failure[-1]["run_id"]
+    rows = [r for r in history_rows(database_url) if r["run_id"] == run_id]
+    assert all(r["status"] != "running" for r in rows), rows
+    if rows and rows[-1]["status"] != "applied":
+        assert rows[-1]["status"] == "failed" and "terminated by SIGTERM" in str(rows[-1]["error"]), rows
+
+
+@pytest.mark.slow
+def test_sigterm_at_random_moments_cancels_the_statement_records_it_and_the_next_run_continues(
+    project: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import create_database, drop_database
+
+    backend = "postgresql"
+    database_url = create_database(backend, tmp_path)
+    try:
+        add_slow_revision(project, backend)
+        assert run_dbmigrate("upgrade", EXAMPLE_HEAD, cwd=project, database_url=database_url).returncode == 0
+        moments = random.Random(20261203)
+        terminated = 0
+        for moment in range(MOMENTS):
+            if current_revisions(database_url) == {"0007_slow"}:
+                undone = run_dbmigrate("downgrade", EXAMPLE_HEAD, cwd=project, database_url=database_url)
+                assert undone.returncode == 0, undone.stderr
+            output = tmp_path / f"moment{moment}.err"
+            process = start_upgrade(project, database_url, output)
+            wait_for(lambda out=output: out.stat().st_size > 0, "the first log line", process)  # handlers in place
+            time.sleep(moments.uniform(0.0, 3.5))  # start-up, the gate, the steps and the long statement
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                terminated += 1
+            assert_terminated_honestly(process, output, database_url, backend)
+        assert terminated >= MOMENTS // 2, f"only {terminated} of {MOMENTS} runs were still going when signalled"
+        finished = run_dbmigrate("upgrade", cwd=project, database_url=database_url)
+        assert finished.returncode == 0, finished.stderr
+        assert current_revisions(database_url) == {"0007_slow"}
+        assert all(r["status"] in ("applied", "failed") for r in history_rows(database_url))
+    finally:
+        drop_database(database_url)
+
+
+@pytest.mark.parametrize("moment", ["gate", "long statement"])
+def test_sigterm_during_the_gate_or_a_long_statement_ends_the_run_with_its_exit_code(
+    project: Path, database_url: str, backend: str, tmp_path: Path, moment: str
+) -> None:
+    add_slow_revision(project, backend)
+    assert run_dbmigrate("upgrade", EXAMPLE_HEAD, cwd=project, database_url=database_url).returncode == 0
+    output = tmp_path / "run.err"
+    process = start_upgrade(project, database_url, output)
+    if moment == "gate":
+        wait_for(Path(str(output) + ".gate").exists, "the gate", process)
+    else:
+        wait_for(
+            lambda: any(r["status"] == "running" and r["revision"] == "0007_slow" for r in history_rows(database_url)),
+            "the slow step",
+            process,
+        )
+        time.sleep(0.5)  # inside the long statement
+    signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=30)
+    assert_terminated_honestly(process, output, database_url, backend)
+    assert process.returncode == SIGTERM_EXIT
+    assert time.monotonic() - signalled < 30, "longer than a pod's default grace period"
+    assert current_revisions(database_url) == {EXAMPLE_HEAD}
+    assert run_dbmigrate("upgrade", cwd=project, database_url=database_url).returncode == 0
+    assert current_revisions(database_url) == {"0007_slow"}
 
-    assert process.returncode == 1, stderr
-    assert "SIGTERM" in stderr
-    assert current_revisions(database_url) == {"0006_name_contract"}
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_sigint_stops_like_sigterm_with_its_own_exit_code(project: Path, database_url: str, tmp_path: Path) -> None:
+    add_slow_revision(project, "postgresql")
+    output = tmp_path / "run.err"
+    process = start_upgrade(project, database_url, output)
+    wait_for(
+        lambda: any(r["status"] == "running" and r["revision"] == "0007_slow" for r in history_rows(database_url)),
+        "the slow step",
+        process,
+    )
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    assert process.returncode == SIGINT_EXIT, output.read_text()
+    assert not server_still_runs_the_step(database_url, "postgresql")
     row = history_rows(database_url)[-1]
-    assert row["revision"] == "0007_slow" and row["status"] == "failed" and "SIGTERM" in str(row["error"])
+    assert row["revision"] == "0007_slow" and row["status"] == "failed" and "SIGINT" in str(row["error"])
+    assert current_revisions(database_url) == {EXAMPLE_HEAD}
