@@ -190,22 +190,12 @@ class History:
         return self._exists
 
     def ensure(self) -> None:
-        """Create the table and its index if missing; call only while holding the run lock.
-
-        Each is checked on its own: on an autocommit connection they commit separately, and a run
-        killed between the two must not leave the index missing for good.
-        """
+        """Create the table and its index if missing (see :func:`create_missing`); call while holding the run lock."""
+        create_missing(self.connection, self.table, "history")
         try:
-            self.table.create(self.connection, checkfirst=True)
-            for index in self.table.indexes:
-                index.create(self.connection, checkfirst=True)
             self._add_missing_note_column()
         except SQLAlchemyError as exc:
-            where = f"{self.table.schema}.{self.table.name}" if self.table.schema else self.table.name
-            raise ConfigurationError(
-                f"Cannot create dbmigrate's history table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
-                "Check --table-schema (the schema must exist) and that the user may create tables."
-            ) from None
+            raise _cannot_create(self.table, "history", exc) from None
 
     def _add_missing_note_column(self) -> None:
         """Tables created by dbmigrate 0.1.0 before rollback notes existed get the column."""
@@ -337,6 +327,33 @@ class History:
             if self.connection.execute(later.limit(1)).first() is None:
                 unresolved.append(entry)
         return unresolved
+
+
+def create_missing(connection: Connection, table: Table, what: str) -> None:
+    """Create ``table`` and then each of its indexes, those missing; :class:`ConfigurationError` if that fails.
+
+    Each is checked on its own: on an autocommit connection they commit separately, and a run killed
+    between the two must not leave an index missing for good. A failed attempt is made once more:
+    runs on other version tables hold other run locks, and one may have created the same table (or
+    index) at the same moment, which the second attempt finds there.
+    """
+    for attempt in range(2):
+        try:
+            table.create(connection, checkfirst=True)
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)
+            return
+        except SQLAlchemyError as exc:
+            if attempt:
+                raise _cannot_create(table, what, exc) from None
+
+
+def _cannot_create(table: Table, what: str, exc: SQLAlchemyError) -> ConfigurationError:
+    where = f"{table.schema}.{table.name}" if table.schema else table.name
+    return ConfigurationError(
+        f"Cannot create dbmigrate's {what} table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
+        "Check --table-schema (the schema must exist) and that the user may create tables."
+    )
 
 
 def _entry(row: Any) -> Entry:

@@ -25,15 +25,13 @@ from typing import Any
 
 import structlog
 from alembic.script import ScriptDirectory
-from sqlalchemy import Table, bindparam, inspect, select, update
+from sqlalchemy import bindparam, inspect, select, update
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
 from dbmigrate.database import Capabilities, advance_sequences
 from dbmigrate.errors import ConfigurationError, UnsafeMigration
-from dbmigrate.history import archive_table, backups_table, now
-from dbmigrate.masking import redact
+from dbmigrate.history import archive_table, backups_table, create_missing, now
 
 log = structlog.get_logger("dbmigrate.rollback")
 
@@ -79,7 +77,7 @@ class Archive:
         self.key = key
 
     def ensure(self) -> None:
-        _create(self.connection, self.table, "archive")
+        create_missing(self.connection, self.table, "archive")
 
     def store(self, script: ScriptDirectory, revisions: Iterable[str], run_id: str) -> int:
         """Archive the scripts of ``revisions`` (applied, known to ``script``) not archived as they are now.
@@ -295,7 +293,7 @@ class Backups:
         self.location = location
 
     def ensure(self) -> None:
-        _create(self.connection, self.table, "backups registry")
+        create_missing(self.connection, self.table, "backups registry")
 
     def take(self, loss: Loss, *, run_id: str, revision: str, direction: str) -> Backup | None:
         """Copy what ``loss`` names aside and register it; None when the table is not there to copy."""
@@ -536,17 +534,6 @@ def _backup(row: Any) -> Backup:
         restored_at=row["restored_at"],
         restored_rows=row["restored_rows"],
     )
-
-
-def _create(connection: Connection, table: Table, what: str) -> None:
-    try:
-        table.create(connection, checkfirst=True)
-    except SQLAlchemyError as exc:
-        where = f"{table.schema}.{table.name}" if table.schema else table.name
-        raise ConfigurationError(
-            f"Cannot create dbmigrate's {what} table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
-            "Check --table-schema (the schema must exist) and that the user may create tables."
-        ) from None
 
 
 def refuse_tampered(entries: Iterable[ArchivedRevision], key: str | None) -> None:
