@@ -85,25 +85,32 @@ def downgrade(target: str, *, dry_run: bool = False, settings: Settings | None =
 
 
 def status(*, settings: Settings | None = None, **options: Any) -> Status:
-    """Current revision(s), the scripts' heads, pending revisions, the last run, and any repair needed."""
+    """Current revision(s), the scripts' heads, pending revisions, the last run, and any repair needed.
+
+    Only reads. A step whose run died mid-step (its row still says 'running') is shown as the next
+    run will record it: failed (rolled back), applied (it had committed) or partial (MySQL), with why.
+    """
     with _session(settings, options) as runner:
         current = runner.current_heads()
         code_heads = scripts.heads(runner.script)
         ahead = scripts.unknown_revisions(runner.script, current)
         pending = [] if ahead else [scripts.step_revision(s) for s in _pending(runner, current)]
-        lock_free = lock_is_free(runner.control, runner.caps, runner.lock_name(), runner.identity)
-        needs_repair = None
-        last_run = runner.history.last_run()
+        lock_free = lock_is_free(runner.control, runner.caps, runner.lock_scope(), runner.identity)
+        interrupted = runner.interrupted_steps()
+        applied = runner.applied_revisions(current) if interrupted else set()
+        settled: dict[int, hist.Entry] = {}
+        for entry in interrupted:
+            state, error = interrupted_status(entry, runner.caps, applied)
+            settled[entry.id] = dataclasses.replace(entry, status=state, error=error)
+        # Read after those runs were found dead: a row still 'running' now stays so until the next run
+        # settles it (one that settled it meanwhile shows as it did), and runs started since are not in it.
+        last_run = [
+            settled.get(entry.id, entry) if entry.status == hist.RUNNING else entry
+            for entry in runner.history.last_run()
+        ]
         partials = runner.history.unresolved_partials()
-        running = runner.history.entries(status=hist.RUNNING) if lock_free else []
-        if running:
-            applied = runner.applied_revisions()
-            for entry in running:
-                state, error = interrupted_status(entry, runner.caps, applied)
-                if state == hist.PARTIAL:
-                    partials.append(dataclasses.replace(entry, status=state, error=error))
-        if partials:
-            needs_repair = repair_message(partials[0])
+        partials += [entry for entry in settled.values() if entry.status == hist.PARTIAL]
+        needs_repair = repair_message(partials[0]) if partials else None
         kept = runner.kept_ahead(current) if ahead else None
         return Status(
             database=mask_url(runner.engine.url),

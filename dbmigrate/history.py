@@ -195,29 +195,8 @@ class History:
         return self._exists
 
     def ensure(self) -> None:
-        """Create the table and its index if missing; call only while holding the run lock.
-
-        Each is checked on its own: on an autocommit connection they commit separately, and a run
-        killed between the two must not leave the index missing for good.
-        """
-        try:
-            self.table.create(self.connection, checkfirst=True)
-            for index in self.table.indexes:
-                index.create(self.connection, checkfirst=True)
-            self._add_missing_note_column()
-        except SQLAlchemyError as exc:
-            where = f"{self.table.schema}.{self.table.name}" if self.table.schema else self.table.name
-            raise ConfigurationError(
-                f"Cannot create dbmigrate's history table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
-                "Check --table-schema (the schema must exist) and that the user may create tables."
-            ) from None
-
-    def _add_missing_note_column(self) -> None:
-        """Tables created by dbmigrate 0.1.0 before rollback notes existed get the column."""
-        columns = {c["name"] for c in inspect(self.connection).get_columns(self.table.name, schema=self.table.schema)}
-        if "note" not in columns:
-            preparer = self.connection.dialect.identifier_preparer
-            self.connection.exec_driver_sql(f"ALTER TABLE {preparer.format_table(self.table)} ADD COLUMN note TEXT")
+        """Create the table, its index and newer columns if missing (see :func:`create_missing`); under the run lock."""
+        create_missing(self.connection, self.table, "history")
 
     def start(
         self,
@@ -342,6 +321,46 @@ class History:
             if self.connection.execute(later.limit(1)).first() is None:
                 unresolved.append(entry)
         return unresolved
+
+
+def create_missing(connection: Connection, table: Table, what: str) -> None:
+    """Create ``table`` and then each of its indexes, those missing; :class:`ConfigurationError` if that fails.
+
+    Each is checked on its own: on an autocommit connection they commit separately, and a run killed
+    between the two must not leave an index missing for good. A failed attempt is made once more:
+    runs on other version tables hold other run locks, and one may have created the same table (or
+    index) at the same moment, which the second attempt finds there.
+    """
+    for attempt in range(2):
+        try:
+            table.create(connection, checkfirst=True)
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)
+            _add_missing_columns(connection, table)
+            return
+        except SQLAlchemyError as exc:
+            if attempt:
+                raise _cannot_create(table, what, exc) from None
+
+
+def _add_missing_columns(connection: Connection, table: Table) -> None:
+    # Columns added after a table's first release are nullable: ADD COLUMN needs no default on any backend.
+    present = {column["name"] for column in inspect(connection).get_columns(table.name, schema=table.schema)}
+    preparer = connection.dialect.identifier_preparer
+    for column in table.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(
+                f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} {kind}"
+            )
+
+
+def _cannot_create(table: Table, what: str, exc: SQLAlchemyError) -> ConfigurationError:
+    where = f"{table.schema}.{table.name}" if table.schema else table.name
+    return ConfigurationError(
+        f"Cannot create or update dbmigrate's {what} table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
+        "Check --table-schema (the schema must exist) and that the user may create and alter tables."
+    )
 
 
 def _entry(row: Any) -> Entry:

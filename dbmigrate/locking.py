@@ -1,8 +1,14 @@
-"""The run lock: one dbmigrate run per database at a time, however many pods start one.
+"""The run lock: one dbmigrate run per version table at a time, however many pods start one.
 
-PostgreSQL uses a session advisory lock, MySQL/MariaDB a named ``GET_LOCK``, SQLite an ``flock``
-on a file beside the database. All three vanish with the process that held them, so a killed run
-never leaves a stale lock. A waiting run polls without blocking and says who holds the lock.
+The lock is keyed by what it protects: the database, and the version table (in its schema) that
+env.py migrates there. PostgreSQL uses a session advisory lock, MySQL/MariaDB a named ``GET_LOCK``,
+SQLite an ``flock`` on a file beside the database. All three vanish with the process that held
+them, so a killed run never leaves a stale lock. A waiting run polls without blocking and says who
+holds the lock.
+
+While it holds the run lock, a run also holds a lock named after its run id: projects with other
+version tables run at the same time and may share the history table, so whether the run that wrote
+a history row is still alive is asked of that lock (:func:`live_runs`), not of one's own run lock.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +36,9 @@ from dbmigrate.errors import LockTimeout
 log = structlog.get_logger("dbmigrate.locking")
 
 HOLDER_LOG_INTERVAL = 10.0
+MAX_LOCK_NAME = 64  # MySQL/MariaDB refuse longer GET_LOCK names
+DEFAULT_VERSION_TABLE = "alembic_version"
+_LOCK_FILE_SUFFIX = ".dbmigrate-lock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,16 +61,44 @@ class _Lock(Protocol):
     def release(self) -> None: ...
 
 
-def lock_name(database: str | None, version_table: str) -> str:
-    """The lock's name for one database (and one version table within it)."""
-    return f"dbmigrate:{database or ''}:{version_table}"[:64]
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """What one run lock protects: a version table, in its schema, of one database."""
+
+    database: str | None
+    version_table: str = DEFAULT_VERSION_TABLE
+    version_table_schema: str | None = None
+
+    def name(self) -> str:
+        """The lock's name: distinct for distinct scopes, and at most 64 characters.
+
+        A name that would be longer is replaced by a digest of it: cutting it short could give two
+        version tables one lock.
+        """
+        parts = [self.database or "", self.version_table_schema or "", self.version_table]
+        name = "dbmigrate:" + json.dumps(parts, separators=(",", ":"))
+        if len(name) <= MAX_LOCK_NAME:
+            return name
+        return "dbmigrate:" + hashlib.sha256(name.encode()).hexdigest()[: MAX_LOCK_NAME - len("dbmigrate:")]
+
+    def lock_file(self, database_file: str) -> Path:
+        """SQLite: the file beside the database that is locked; Alembic's default version table keeps the plain name."""
+        if (self.version_table, self.version_table_schema) == (DEFAULT_VERSION_TABLE, None):
+            return Path(database_file + _LOCK_FILE_SUFFIX)
+        digest = hashlib.sha256(self.name().encode()).hexdigest()[:16]
+        return Path(f"{database_file}.{digest}{_LOCK_FILE_SUFFIX}")
+
+
+def _run_marker(run_id: str) -> str:
+    """The name of the lock a run holds beside its run lock, so that others can tell it is alive."""
+    return f"dbmigrate-run:{run_id}"
 
 
 @contextlib.contextmanager
 def run_lock(
     control: Connection,
     caps: Capabilities,
-    name: str,
+    scope: Scope,
     identity: Identity,
     timeout: float,
     running_step: Callable[[], str] = lambda: "",
@@ -71,7 +108,7 @@ def run_lock(
     ``running_step`` describes what the holder is doing (from history), for the waiting log lines.
     Raises :class:`LockTimeout` (naming the holder) when it is not acquired in time.
     """
-    lock = _make_lock(control, caps, name, identity)
+    lock = _make_lock(control, caps, scope, identity)
     started = time.monotonic()
     last_logged = -HOLDER_LOG_INTERVAL
 
@@ -107,32 +144,77 @@ def run_lock(
         lock.release()
 
 
-def lock_is_free(control: Connection, caps: Capabilities, name: str, identity: Identity) -> bool:
+def lock_is_free(control: Connection, caps: Capabilities, scope: Scope, identity: Identity) -> bool:
     """Whether no run holds the lock right now (takes it for an instant to find out)."""
-    lock = _make_lock(control, caps, name, identity)
+    lock = _make_lock(control, caps, scope, identity)
     if lock.try_acquire():
         lock.release()
         return True
     return False
 
 
-def _make_lock(control: Connection, caps: Capabilities, name: str, identity: Identity) -> _Lock:
+def live_runs(control: Connection, caps: Capabilities, run_ids: Collection[str]) -> set[str]:
+    """Those of ``run_ids`` whose run is alive now: it holds a run lock on this database.
+
+    Read-only on PostgreSQL and MySQL/MariaDB; on SQLite each lock file beside the database is
+    share-locked for an instant to see whether a run holds it.
+    """
+    if not run_ids:
+        return set()
     if caps.is_postgresql:
-        return _AdvisoryLock(control, name, identity)
+        return {run_id for run_id in run_ids if _advisory_key(_run_marker(run_id)).held(control)}
     if caps.is_mysql:
-        return _NamedLock(control, name)
+        used = text("SELECT IS_USED_LOCK(:n)")
+        return {run_id for run_id in run_ids if control.execute(used, {"n": _run_marker(run_id)}).scalar() is not None}
+    database = control.engine.url.database
+    if not database or database == ":memory:":
+        return set()  # no other process can reach this database, and this one is not settling its own rows
+    return set(run_ids) & _sqlite_lock_holders(Path(database))
+
+
+def _make_lock(control: Connection, caps: Capabilities, scope: Scope, identity: Identity) -> _Lock:
+    if caps.is_postgresql:
+        return _AdvisoryLock(control, scope.name(), identity)
+    if caps.is_mysql:
+        return _NamedLock(control, scope.name(), identity)
     database = control.engine.url.database
     if not database or database == ":memory:":
         return _InProcessLock()
-    return _FileLock(Path(database + ".dbmigrate-lock"), identity)
+    return _FileLock(scope.lock_file(database), identity)
+
+
+@dataclasses.dataclass(frozen=True)
+class _AdvisoryKey:
+    """A PostgreSQL advisory lock key derived from a name, and its halves as pg_locks shows them."""
+
+    key: int
+    high: int
+    low: int
+
+    def held(self, control: Connection) -> bool:
+        """Whether some session holds this key on the current database (pg_locks; takes nothing)."""
+        row = control.execute(
+            text(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid = CAST(:high AS oid) AND objid = CAST(:low AS oid) AND objsubid = 1 "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"high": self.high, "low": self.low},
+        ).first()
+        return row is not None
+
+
+def _advisory_key(name: str) -> _AdvisoryKey:
+    unsigned = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    signed = unsigned - (1 << 64) if unsigned >= (1 << 63) else unsigned
+    return _AdvisoryKey(signed, unsigned >> 32, unsigned & 0xFFFFFFFF)
 
 
 class _AdvisoryLock:
     def __init__(self, control: Connection, name: str, identity: Identity) -> None:
         self.control = control
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
-        self.high, self.low = key >> 32, key & 0xFFFFFFFF
-        self.key = key - (1 << 64) if key >= (1 << 63) else key
+        self.lock = _advisory_key(name)
+        self.marker = _advisory_key(_run_marker(identity.run_id))
         self.identity = identity
         self.labelled = False
 
@@ -142,7 +224,10 @@ class _AdvisoryLock:
             label = f"dbmigrate {self.identity.compact()}"[:63]
             self.control.execute(text("SELECT set_config('application_name', :n, false)"), {"n": label})
             self.labelled = True
-        return bool(self.control.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar())
+        if not self.control.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.lock.key}).scalar():
+            return False
+        self.control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.marker.key})  # this run's own: free
+        return True
 
     def holder(self) -> str:
         row = self.control.execute(
@@ -152,7 +237,7 @@ class _AdvisoryLock:
                 "AND l.classid = CAST(:high AS oid) AND l.objid = CAST(:low AS oid) AND l.objsubid = 1 "
                 "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ),
-            {"high": self.high, "low": self.low},
+            {"high": self.lock.high, "low": self.lock.low},
         ).first()
         if row is None:
             return "nobody (just released)"
@@ -161,16 +246,21 @@ class _AdvisoryLock:
 
     def release(self) -> None:
         with contextlib.suppress(Exception):
-            self.control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            self.control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.lock.key})
+            self.control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.marker.key})
 
 
 class _NamedLock:
-    def __init__(self, control: Connection, name: str) -> None:
+    def __init__(self, control: Connection, name: str, identity: Identity) -> None:
         self.control = control
         self.name = name
+        self.marker = _run_marker(identity.run_id)
 
     def try_acquire(self) -> bool:
-        return self.control.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": self.name}).scalar() == 1
+        if self.control.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": self.name}).scalar() != 1:
+            return False
+        self.control.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": self.marker})  # this run's own: free
+        return True
 
     def holder(self) -> str:
         holder_id = self.control.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": self.name}).scalar()
@@ -185,6 +275,7 @@ class _NamedLock:
     def release(self) -> None:
         with contextlib.suppress(Exception):
             self.control.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
+            self.control.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.marker})
 
 
 class _FileLock:
@@ -225,6 +316,30 @@ class _FileLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _sqlite_lock_holders(database: Path) -> set[str]:
+    """The run ids recorded in the lock files beside ``database`` that a live run holds."""
+    holders = set()
+    prefix = database.name + "."
+    for path in database.parent.iterdir():
+        if not (path.name.startswith(prefix) and path.name.endswith(_LOCK_FILE_SUFFIX)):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # removed meanwhile: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Held: the holder wrote its record before it started any step.
+            with contextlib.suppress(OSError, ValueError):
+                holders.add(str(json.loads(os.read(fd, 4096) or b"{}").get("run_id")))
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    return holders
 
 
 class _InProcessLock:

@@ -25,15 +25,13 @@ from typing import Any
 
 import structlog
 from alembic.script import ScriptDirectory
-from sqlalchemy import Table, bindparam, delete, inspect, select, update
+from sqlalchemy import bindparam, delete, inspect, select, update
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import SQLAlchemyError
 
 from dbmigrate.database import Capabilities, advance_sequences
 from dbmigrate.errors import ConfigurationError, UnsafeMigration
-from dbmigrate.history import archive_table, backups_table, now
-from dbmigrate.masking import redact
+from dbmigrate.history import archive_table, backups_table, create_missing, now
 
 log = structlog.get_logger("dbmigrate.rollback")
 
@@ -158,7 +156,7 @@ class Archive:
 
     def ensure(self) -> None:
         """Create the table, or add the columns that one created by an earlier dbmigrate lacks."""
-        _create(self.connection, self.table, "archive")
+        create_missing(self.connection, self.table, "archive")
 
     def read(self) -> tuple[dict[str, ArchivedRevision], Manifest]:
         """Every entry by revision, and the manifest as far as the key vouches for it."""
@@ -464,7 +462,7 @@ class Backups:
         self.location = location
 
     def ensure(self) -> None:
-        _create(self.connection, self.table, "backups registry")
+        create_missing(self.connection, self.table, "backups registry")
 
     def prepare(self) -> None:
         """Create the registry table and the place the copies go (before a step's transaction)."""
@@ -728,31 +726,6 @@ def _backup(row: Any) -> Backup:
         restored_at=row["restored_at"],
         restored_rows=row["restored_rows"],
     )
-
-
-def _create(connection: Connection, table: Table, what: str) -> None:
-    """Create ``table`` if it is missing, and add the columns that one created by an earlier dbmigrate lacks."""
-    try:
-        table.create(connection, checkfirst=True)
-        _add_missing_columns(connection, table)
-    except SQLAlchemyError as exc:
-        where = f"{table.schema}.{table.name}" if table.schema else table.name
-        raise ConfigurationError(
-            f"Cannot create or update dbmigrate's {what} table {where}: {redact(str(getattr(exc, 'orig', exc)))}. "
-            "Check --table-schema (the schema must exist) and that the user may create and alter tables."
-        ) from None
-
-
-def _add_missing_columns(connection: Connection, table: Table) -> None:
-    # Columns added after a table's first release are nullable: ADD COLUMN needs no default on any backend.
-    present = {column["name"] for column in inspect(connection).get_columns(table.name, schema=table.schema)}
-    preparer = connection.dialect.identifier_preparer
-    for column in table.columns:
-        if column.name not in present:
-            kind = column.type.compile(dialect=connection.dialect)
-            connection.exec_driver_sql(
-                f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} {kind}"
-            )
 
 
 def refuse_tampered(entries: Iterable[ArchivedRevision], key: str | None, manifest: Manifest) -> None:

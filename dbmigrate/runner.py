@@ -41,7 +41,7 @@ from dbmigrate.errors import (
     Terminated,
     UnsafeMigration,
 )
-from dbmigrate.locking import Identity, lock_name, run_lock, utcnow
+from dbmigrate.locking import DEFAULT_VERSION_TABLE, Identity, Scope, live_runs, run_lock, utcnow
 from dbmigrate.masking import mask_url, redact
 from dbmigrate.observability import bind, unbind
 from dbmigrate.rollback import (
@@ -202,20 +202,37 @@ class Runner:
         self.history = hist.History(control, settings.history_table, settings.table_schema)
         self.archive = Archive(control, settings.archive_table, settings.table_schema, settings.archive_key)
         self.backups = Backups(control, caps, settings.backups_table, settings.table_schema, settings.backup_schema)
-        self.version_table: tuple[str, str | None] = ("alembic_version", None)
+        self._version_table: tuple[str, str | None] | None = None  # as env.py configures it; see current_heads
 
     # -- reading --------------------------------------------------------------------------------
 
     def current_heads(self) -> tuple[str, ...]:
-        """The database's current revision(s), read through env.py without changing anything."""
+        """The database's current revision(s), read through env.py without changing anything.
+
+        Also learns where env.py keeps them (:attr:`version_table`).
+        """
+        heads, self._version_table = self._read_through_env_py()
+        return heads
+
+    @property
+    def version_table(self) -> tuple[str, str | None]:
+        """``(version_table, version_table_schema)`` as env.py configures them; runs env.py once if not known yet."""
+        if self._version_table is None:
+            _, self._version_table = self._read_through_env_py()
+        return self._version_table
+
+    def _read_through_env_py(self) -> tuple[tuple[str, ...], tuple[str, str | None]]:
         found: list[tuple[str, ...]] = []
+        configured: list[tuple[str, str | None]] = []
 
         def capture(current: tuple[str, ...]) -> list[RevisionStep]:
             found.append(current)
             return []
 
         def remember_version_table(options: dict[str, Any]) -> None:
-            self.version_table = (options.get("version_table", "alembic_version"), options.get("version_table_schema"))
+            configured.append(
+                (options.get("version_table") or DEFAULT_VERSION_TABLE, options.get("version_table_schema"))
+            )
 
         with self.engine.connect() as connection, _env_py_errors():
             scripts.run_env(
@@ -226,10 +243,12 @@ class Runner:
                 on_configure=remember_version_table,
                 dont_mutate=True,
             )
-        return tuple(sorted(found[0])) if found else ()
+        heads = tuple(sorted(found[0])) if found else ()
+        return heads, configured[0] if configured else (DEFAULT_VERSION_TABLE, None)
 
     def read_heads(self) -> tuple[str, ...]:
-        """The database's revision(s) by one query on the control connection (after :meth:`current_heads`)."""
+        """The database's revision(s) by one query on the control connection (env.py runs first only to learn
+        where the version table is, when no earlier call did)."""
         context = readiness.version_context(self.control, *self.version_table)
         return tuple(sorted(context.get_current_heads()))
 
@@ -307,14 +326,14 @@ class Runner:
             ],
         )
 
-    def lock_name(self) -> str:
-        return lock_name(self.engine.url.database, self.settings.history_table)
+    def lock_scope(self) -> Scope:
+        """What the run lock protects: this database's version table (env.py runs first if it is not known yet)."""
+        return Scope(self.engine.url.database, *self.version_table)
 
     def locked(self) -> Any:
-        """The run lock for this database, waiting up to ``lock_wait_timeout``."""
-        return run_lock(
-            self.control, self.caps, self.lock_name(), self.identity, self.settings.lock_wait_timeout, self.running_step
-        )
+        """The run lock for this database's version table, waiting up to ``lock_wait_timeout``."""
+        timeout = self.settings.lock_wait_timeout
+        return run_lock(self.control, self.caps, self.lock_scope(), self.identity, timeout, self.running_step)
 
     def running_step(self) -> str:
         """What the lock holder is applying, from its 'running' history row (empty if unknown)."""
@@ -453,16 +472,26 @@ class Runner:
             return last[0]
         return None
 
+    def interrupted_steps(self) -> list[hist.Entry]:
+        """The 'running' rows that no live run will finish: the run that wrote them died, newest first.
+
+        Asked of each row's run rather than of this run lock: projects with other version tables
+        (other locks) may share the history table and be migrating right now.
+        """
+        running = self.history.entries(status=hist.RUNNING)
+        alive = live_runs(self.control, self.caps, {entry.run_id for entry in running})
+        return [entry for entry in running if entry.run_id not in alive]
+
     def settle_interrupted(self) -> list[hist.Entry]:
         """Name the steps of runs that died mid-step (their rows still say 'running').
 
-        Call while holding the lock: then no live run owns a 'running' row. Where DDL is
-        transactional the database rolled the step back; on MySQL, a step that had started a
-        DDL statement may have committed part of itself, and is marked partial.
+        Where DDL is transactional the database rolled the step back; on MySQL, a step that had
+        started a DDL statement may have committed part of itself, and is marked partial. Call
+        while holding the lock, so that no run of this version table can start meanwhile.
         """
         settled = []
-        running = self.history.entries(status=hist.RUNNING)
-        applied = self.applied_revisions() if running else set()
+        running = self.interrupted_steps()
+        applied = self.applied_revisions(self.current_heads()) if running else set()
         for entry in running:
             status, error = interrupted_status(entry, self.caps, applied)
             self.history.finish(entry.id, status, error=error)
@@ -476,9 +505,9 @@ class Runner:
             settled.append(entry)
         return settled
 
-    def applied_revisions(self) -> set[str]:
-        """Every revision at or below the database's current heads (through history for unknown ones)."""
-        return readiness.ancestors(self.current_heads(), self.script, self.history)
+    def applied_revisions(self, heads: tuple[str, ...]) -> set[str]:
+        """Every revision at or below ``heads`` (through history for revisions the scripts lack)."""
+        return readiness.ancestors(heads, self.script, self.history)
 
     def refuse_if_needs_repair(self) -> None:
         partials = self.history.unresolved_partials()

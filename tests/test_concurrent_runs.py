@@ -3,7 +3,9 @@
 Every run is a real process (`python -m dbmigrate`), all started together, against real PostgreSQL,
 MariaDB and SQLite databases. The run lock is what keeps them apart; these tests check what it
 promises: each revision applied exactly once by one run, every other run ending with nothing to do,
-and every run that had to wait saying so and naming who held the lock.
+and every run that had to wait saying so and naming who held the lock. The lock belongs to the
+version table: runs that write different history tables still take turns, and projects with their
+own version tables in one database do not wait for each other.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,15 +23,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
 
+from dbmigrate.history import History, history_table
 from tests.conftest import (
     EXAMPLE_REVISIONS,
     add_revision,
     current_revisions,
     history_rows,
     log_events,
+    remove_revisions,
     run_dbmigrate,
     start_dbmigrate,
 )
@@ -239,8 +244,9 @@ def test_a_run_that_waits_longer_than_lock_wait_timeout_exits_3_naming_the_holde
     assert first.process.returncode == 0
 
 
-def start_first_run_at_gate(project: Path, database_url: str, tmp_path: Path) -> list[Run]:
-    """Start one upgrade and return once it holds the lock, paused in revision 0007_gate.
+def start_first_run_at_gate(project: Path, database_url: str, tmp_path: Path, **env: str) -> list[Run]:
+    """Start one upgrade (``env`` added to its environment) and return once it holds the lock, paused in
+    revision 0007_gate.
 
     It goes on when the test creates the file ``tmp_path/gates/open``.
     """
@@ -253,7 +259,7 @@ def start_first_run_at_gate(project: Path, database_url: str, tmp_path: Path) ->
     )
     gates = tmp_path / "gates"
     gates.mkdir()
-    runs = start_upgrades(project, database_url, tmp_path / "first", count=1, TEST_GATE_DIR=str(gates))
+    runs = start_upgrades(project, database_url, tmp_path / "first", count=1, TEST_GATE_DIR=str(gates), **env)
     try:
         wait_for(
             lambda: any(e["revision"] == "0007_gate" for e in runs[0].events("applying revision")),
@@ -264,3 +270,146 @@ def start_first_run_at_gate(project: Path, database_url: str, tmp_path: Path) ->
         stop_leftovers(runs)
         raise
     return runs
+
+
+# -- what the lock is keyed by ---------------------------------------------------------------------
+
+
+def query(database_url: str, sql: str) -> list[dict[str, object]]:
+    """The rows ``sql`` returns."""
+    engine = sa.create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.exec_driver_sql(sql)]
+    finally:
+        engine.dispose()
+
+
+def test_runs_writing_different_history_tables_take_turns_on_one_version_table(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    # Both runs migrate alembic_version: the second must wait for the first however its history is kept.
+    revisions = [*EXAMPLE_REVISIONS, "0007_gate"]
+    gates = tmp_path / "gates"
+    runs = start_first_run_at_gate(project, database_url, tmp_path, DBMIGRATE_HISTORY_TABLE="history_one")
+    first = runs[0]
+    try:
+        second = start_upgrades(
+            project,
+            database_url,
+            tmp_path / "second",
+            count=1,
+            TEST_GATE_DIR=str(gates),
+            DBMIGRATE_HISTORY_TABLE="history_two",
+        )[0]
+        runs.append(second)
+        wait_for(
+            lambda: bool(second.events(WAITING) or second.events("applying revision")),
+            "the second run waits for the lock or starts a step",
+            runs,
+        )
+        assert second.events("applying revision") == [], second.describe()
+        status = run_dbmigrate(
+            "status", "--format", "json", cwd=project, database_url=database_url, DBMIGRATE_HISTORY_TABLE="history_two"
+        )
+        assert json.loads(status.stdout)["run_in_progress"] is True, status.stdout + status.stderr
+        assert first.process.poll() is None and current_revisions(database_url) == {"0006_name_contract"}
+        (gates / "open").touch()
+        wait_all(runs)
+    finally:
+        stop_leftovers(runs)
+
+    assert first.process.returncode == 0, first.describe()
+    assert second.process.returncode == 0, second.describe()
+    assert [step["revision"] for step in first.result()["steps"]] == revisions
+    assert (second.result()["outcome"], second.result()["after"]) == ("nothing-to-do", ["0007_gate"])
+    assert second.events("applying revision") == [], second.describe()
+    assert current_revisions(database_url) == {"0007_gate"}
+    history_one = query(database_url, "SELECT revision, status FROM history_one ORDER BY id")
+    assert [(r["revision"], r["status"]) for r in history_one] == [(revision, "applied") for revision in revisions]
+    assert query(database_url, "SELECT * FROM history_two") == []
+
+
+# Lock names longer than MySQL's 64 characters are hashed: cut short, these two would be one lock.
+LONG_VERSION_TABLE = "alembic_version_of_a_project_with_a_rather_long_name_"
+
+
+def project_with_version_table(project: Path, where: Path, version_table: str, revision: str, upgrade: str) -> Path:
+    """A copy of ``project`` whose env.py keeps its revision in ``version_table``, with one revision."""
+    shutil.copytree(project, where)
+    remove_revisions(where)
+    add_revision(where, revision, None, upgrade)
+    env_py = where / "alembic" / "env.py"
+    source = env_py.read_text()
+    assert source.count("context.configure(") == 2  # offline and online
+    env_py.write_text(source.replace("context.configure(", f"context.configure(version_table={version_table!r}, "))
+    return where
+
+
+def test_projects_with_their_own_version_tables_in_one_database_do_not_wait_for_each_other(
+    project: Path, database_url: str, backend: str, tmp_path: Path
+) -> None:
+    # They share the default history table: the second run must leave the first one's 'running' row
+    # alone, since that run is alive (on MariaDB its step's CREATE TABLE has committed: it must not be
+    # taken for a partial step either).
+    create = 'op.create_table("first_items", sa.Column("id", sa.Integer, primary_key=True))'
+    # SQLite has one writer: the first run pauses before its step writes, or the second could not write.
+    paused = f'pause("open")\n{create}' if backend == "sqlite" else f'{create}\npause("open")'
+    first_project = project_with_version_table(project, tmp_path / "a", LONG_VERSION_TABLE + "a", "first_1", paused)
+    second_project = project_with_version_table(
+        project,
+        tmp_path / "b",
+        LONG_VERSION_TABLE + "b",
+        "second_1",
+        'op.create_table("second_items", sa.Column("id", sa.Integer, primary_key=True))',
+    )
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    runs = start_upgrades(first_project, database_url, tmp_path / "first", count=1, TEST_GATE_DIR=str(gates))
+    first = runs[0]
+    try:
+        wait_for(lambda: bool(first.events("applying revision")), "the first run reaches its gate", runs)
+        started = time.monotonic()
+        second = run_dbmigrate(
+            "upgrade", "--format", "json", "--lock-wait-timeout", "10", cwd=second_project, database_url=database_url
+        )
+        took = time.monotonic() - started
+        assert first.process.poll() is None, first.describe()
+        (gates / "open").touch()
+        wait_all(runs)
+    finally:
+        stop_leftovers(runs)
+
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert json.loads(second.stdout)["outcome"] == "applied"
+    assert WAITING not in second.stderr, f"the second run waited {took:.1f}s:\n{second.stderr}"
+    assert first.process.returncode == 0, first.describe()
+    assert first.result()["outcome"] == "applied"
+    for version_table, revision in ((LONG_VERSION_TABLE + "a", "first_1"), (LONG_VERSION_TABLE + "b", "second_1")):
+        assert query(database_url, f"SELECT version_num FROM {version_table}") == [{"version_num": revision}]
+    steps = sorted((r["revision"], r["status"], r["error"]) for r in history_rows(database_url))
+    assert steps == [("first_1", "applied", None), ("second_1", "applied", None)]
+
+
+def test_a_history_table_another_run_creates_meanwhile_is_no_error(database_url: str) -> None:
+    # Runs on other version tables do not wait for this one, and may create the shared history table
+    # between this run's check for it and its CREATE TABLE.
+    engine = sa.create_engine(database_url, poolclass=NullPool)
+    created = []
+
+    def create_it_first(connection: Connection, cursor: object, statement: str, *_: object) -> None:
+        if not created and statement.lstrip().startswith("CREATE TABLE dbmigrate_history"):
+            created.append(statement)
+            with engine.begin() as other:
+                history_table("dbmigrate_history", None).create(other)
+
+    try:
+        with engine.connect() as connection:
+            control = connection.execution_options(isolation_level="AUTOCOMMIT")
+            sa.event.listen(control, "before_cursor_execute", create_it_first)
+            History(control, "dbmigrate_history", None).ensure()
+    finally:
+        engine.dispose()
+
+    assert created, "the history table was not created by the test's competitor"
+    assert query(database_url, "SELECT * FROM dbmigrate_history") == []

@@ -554,3 +554,60 @@ def gated_step_with_its_history_row_locked(
         kill(process)
         engine.dispose()
     wait_until(lambda: other_sessions(url) == 0, "the killed run's sessions are gone")
+
+
+# -- status after a kill, before any new run -------------------------------------------------------
+
+
+def test_status_after_a_kill_shows_the_interrupted_step_as_failed_and_writes_nothing(
+    project: Path, database_url: str, backend: str, tmp_path: Path
+) -> None:
+    url = database_url
+    create = 'op.create_table("gated", sa.Column("id", sa.Integer, primary_key=True))'
+    # MariaDB commits a CREATE TABLE at once: there the step is killed before it, so that it is failed, not partial.
+    body = f'pause("never")\n{create}' if backend == "mariadb" else f'{create}\npause("never")'
+    add_revision(project, "0007_gate", "0006_name_contract", body, 'op.drop_table("gated")')
+    gates = tmp_path / "gates"
+    gates.mkdir()  # the gate never opens: the step waits in it until it is killed
+    output = tmp_path / "killed"
+    process = start_dbmigrate("upgrade", cwd=project, database_url=url, output=output, TEST_GATE_DIR=str(gates))
+    try:
+        wait_until(
+            lambda: (
+                process.poll() is not None
+                or any(e.get("revision") == "0007_gate" for e in log_events(Path(f"{output}.err").read_text()))
+            ),
+            "the run starts 0007_gate",
+            timeout=60,
+        )
+        assert process.poll() is None, Path(f"{output}.err").read_text()
+        # While the run lives, its step is running (and status, a second or so, lets it reach its gate).
+        code, alive = status_json(project, url, "while the run is alive")
+        assert (code, alive["run_in_progress"]) == (0, True), alive
+        assert (alive["last_run"][-1]["revision"], alive["last_run"][-1]["status"]) == ("0007_gate", "running")
+    finally:
+        kill(process)
+    wait_until(lambda: other_sessions(url) == 0, "the killed run's sessions are gone")
+
+    code, state = status_json(project, url, "after the kill")
+    assert (code, state["current"], state["needs_repair"], state["run_in_progress"]) == (
+        0,
+        ["0006_name_contract"],
+        None,
+        False,
+    ), state
+    last_run = [(step["revision"], step["status"]) for step in state["last_run"]]
+    assert last_run == [*((revision, "applied") for revision in EXAMPLE_REVISIONS), ("0007_gate", "failed")]
+    explanation = str(state["last_run"][-1]["error"])
+    assert "was interrupted during this step; its transaction was rolled back" in explanation, explanation
+    assert running_row(url, "0007_gate") is not None, "status wrote to the history table"
+    with connect(url) as connection:
+        assert not sa.inspect(connection).has_table("gated")
+
+    upgrade = run_dbmigrate("upgrade", "--format", "json", cwd=project, database_url=url)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    assert current_revisions(url) == {"0007_gate"}
+    rows = [(r["status"], r["error"]) for r in history_rows(url) if r["revision"] == "0007_gate"]
+    assert rows == [("failed", explanation), ("applied", None)], rows
+    code, state = status_json(project, url, "after the next upgrade")
+    assert (code, state["at_head"], state["last_run"][-1]["status"]) == (0, True, "applied"), state

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import dbmigrate
-from tests.conftest import EXAMPLE_HEAD, dbmigrate_env, run_dbmigrate
+from tests.conftest import EXAMPLE_HEAD, add_revision, dbmigrate_env, remove_revisions, run_dbmigrate
 
 WAIT_LIMIT = 60.0
 
@@ -121,3 +121,40 @@ def test_is_ready_is_false_when_the_database_is_unreachable(project: Path) -> No
     )
 
     assert dbmigrate.is_ready(settings=settings, cache_seconds=0) is False
+
+
+def two_branches(project: Path) -> None:
+    """Scripts with two heads: ``trunk``, then ``left_1`` -> ``left_2`` on one branch and ``right_1`` on the other."""
+    remove_revisions(project)
+    for revision, down_revision in (("trunk", None), ("left_1", "trunk"), ("left_2", "left_1"), ("right_1", "trunk")):
+        table = f"{revision}_items"
+        add_revision(
+            project,
+            revision,
+            down_revision,
+            f'op.create_table("{table}", sa.Column("id", sa.Integer, primary_key=True))',
+            f'op.drop_table("{table}")',
+        )
+
+
+def test_with_two_heads_the_schema_is_ready_only_once_both_are_applied(project: Path, database_url: str) -> None:
+    two_branches(project)
+    settings = dbmigrate.Settings.load(config_file=project / "alembic.ini", database_url=database_url, environ={})
+    one_branch = run_dbmigrate("upgrade", "left_2", cwd=project, database_url=database_url)
+    assert one_branch.returncode == 0, one_branch.stderr
+
+    waited = run_dbmigrate("wait", "--timeout", "2", "--format", "json", cwd=project, database_url=database_url)
+    probed = dbmigrate.is_ready(settings=settings, cache_seconds=0)
+
+    assert waited.returncode == 3, waited.stdout + waited.stderr
+    message = json.loads(waited.stdout)["message"]
+    assert "database at left_2, expecting left_2, right_1, 1 revision(s) pending" in message, message
+    assert probed is False
+
+    both = run_dbmigrate("upgrade", "heads", cwd=project, database_url=database_url)
+    assert both.returncode == 0, both.stderr
+    ready = run_dbmigrate("wait", "--timeout", "2", "--format", "json", cwd=project, database_url=database_url)
+
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    assert json.loads(ready.stdout)["current"] == ["left_2", "right_1"]
+    assert dbmigrate.is_ready(settings=settings, cache_seconds=0) is True
