@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint services venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## test: lint, then pytest against real PostgreSQL, MariaDB and SQLite
-test: lint
+## services: install or start what the tests need (PostgreSQL, MariaDB, a Pushgateway binary)
+services:
+	bash tests/start-services.sh
+
+## test: lint, then pytest against real PostgreSQL, MariaDB and SQLite (independent tests in parallel processes)
+PYTEST_ARGS ?= -n 3
+test: lint services
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:

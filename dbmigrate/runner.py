@@ -655,6 +655,12 @@ class _Migration:
                 step = self.current
                 if connection_lost(exc):
                     raise self._lost(step, exc) from exc
+                if step is None and online.is_lock_timeout(exc, self.caps):
+                    raise LockTimeout(
+                        f"The migration environment (env.py) could not get a lock on the database before the first "
+                        f"step ({describe(exc)}): another session is writing. Nothing was applied. Run again later, "
+                        "or raise --lock-timeout."
+                    ) from exc
                 if step is None:
                     raise MigrationFailed(f"The migration environment (env.py) failed: {describe(exc)}") from exc
                 if not self._retry_after_lock_timeout(step, exc, attempt, backoff):
@@ -754,8 +760,6 @@ class _Migration:
             return
         self.migration_connection = connection
         self.external_transaction = connection.in_transaction()
-        if self.caps.name == "sqlite":
-            connection.execution_options(**{WRITE_TRANSACTIONS: True})
         server_version = ""
         if self.caps.is_mysql:
             server_version = str(connection.execute(text("SELECT VERSION()")).scalar())
@@ -826,7 +830,11 @@ class _Migration:
         if revision not in self.rows and not self.external_transaction:
             self._start_row(step)
         self.notes[revision] = []
-        if revision in self.losses and self.settings.backup:
+        backs_up = revision in self.losses and self.settings.backup
+        if connection is not None and self.caps.name == "sqlite":
+            # The copy must see the last committed data and no writer after it: take the write lock first.
+            connection.execution_options(**{WRITE_TRANSACTIONS: backs_up})
+        if backs_up:
             self._back_up_first(step)
         log.info(
             "applying revision" if self.upgrade else "reverting revision",

@@ -23,6 +23,7 @@ from tests.conftest import (
     add_revision,
     current_revisions,
     dbmigrate_env,
+    every_line_as_json,
     history_rows,
     log_events,
     run_dbmigrate,
@@ -119,6 +120,7 @@ def assert_terminated_honestly(process: subprocess.Popen[str], output: Path, dat
         assert finished and current_revisions(database_url) == {"0007_slow"}, stderr
         return
     assert process.returncode == SIGTERM_EXIT, stderr
+    every_line_as_json(stderr)  # no driver or pool traceback on the way out
     assert not left, f"the server still runs the step after the process exited: {left}"
     failure = [e for e in log_events(stderr) if e.get("event") == "command failed"]
     assert failure and "SIGTERM" in str(failure[-1]["message"]), stderr
