@@ -110,7 +110,7 @@ def server_still_runs_the_step(database_url: str, backend: str) -> list[str]:
 
 
 def assert_terminated_honestly(process: subprocess.Popen[str], output: Path, database_url: str, backend: str) -> None:
-    process.wait(timeout=30)
+    process.wait(timeout=30)  # a pod's default grace period: past it, Kubernetes would SIGKILL
     stderr = output.read_text()
     left = server_still_runs_the_step(database_url, backend)  # read the moment the process is gone
     finished = any(e.get("event") == "run finished" for e in log_events(stderr))
@@ -182,11 +182,9 @@ def test_sigterm_during_the_gate_or_a_long_statement_ends_the_run_with_its_exit_
             process,
         )
         time.sleep(0.5)  # inside the long statement
-    signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     assert_terminated_honestly(process, output, database_url, backend)
     assert process.returncode == SIGTERM_EXIT
-    assert time.monotonic() - signalled < 30, "longer than a pod's default grace period"
     assert current_revisions(database_url) == {EXAMPLE_HEAD}
     assert run_dbmigrate("upgrade", cwd=project, database_url=database_url).returncode == 0
     assert current_revisions(database_url) == {"0007_slow"}
