@@ -1168,13 +1168,15 @@ class _Migration:
             )
         self.runner.backups.discard(self.taken.pop(revision, []))  # rolled back: nothing was lost
         if online.is_lock_timeout(exc, self.caps):
-            self._record(step, hist.FAILED, f"lock not acquired after {self._attempts(revision)} attempt(s): {reason}")
+            self._record_despite_faults(
+                step, hist.FAILED, f"lock not acquired after {self._attempts(revision)} attempt(s): {reason}"
+            )
             return LockTimeout(
                 f"Revision {revision} could not get its table locks after {self._attempts(revision)} attempt(s) "
                 f"(lock_timeout {self.settings.lock_timeout:g}s): {reason}. Other sessions kept conflicting locks; "
                 f"nothing of this revision was applied. Run again later, or raise --max-lock-retries / --lock-timeout."
             )
-        self._record(step, hist.FAILED, reason)
+        self._record_despite_faults(step, hist.FAILED, reason)
         before = scripts.step_from(step) or "base"
         rolled_back = (
             f"Its transaction was rolled back: the database is still at {before}."
