@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from dbmigrate.checks import Report
 from dbmigrate.rollback import Backup
 from dbmigrate.runner import (
+    LOST_CAUSES,
     RollbackResult,
     Runner,
     RunResult,
@@ -444,13 +445,13 @@ def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Run
             try:
                 yield runner
             except (DbmigrateError, SQLAlchemyError) as exc:
-                if isinstance(exc, (ConnectionLost, RepairNeeded)) or not database.connection_lost(exc):
+                lost = None if isinstance(exc, (ConnectionLost, RepairNeeded)) else database.connection_lost(exc)
+                if lost is None:
                     raise
                 raise ConnectionLost(
-                    f"The connection to the database at {mask_url(url)} was lost ({describe(exc)}): the server was "
-                    "restarted or failed over, or the network cut the connection. No migration step was under way; "
-                    "nothing is half-done. Run the command again once the database is back; a Kubernetes Job "
-                    "retries exit 3 by itself."
+                    f"The connection to the database at {mask_url(url)} was lost ({describe(lost)}): {LOST_CAUSES}. "
+                    "No migration step was under way; nothing is half-done. Run the command again once the database "
+                    "is back; a Kubernetes Job retries exit 3 by itself."
                 ) from exc
             finally:
                 runner.control.close()

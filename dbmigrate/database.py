@@ -217,22 +217,32 @@ _LOST_WORDS = (
 _LOST_MYSQL_CODES = (1053, 1927, 2006, 2013, 2055, 4031)
 
 
-def connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an error it was raised from) says the database session ended under us."""
+def connection_lost(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain (itself, or one it was raised from) that says the database session ended
+    under us, or None.
+
+    Of several, the first in time: wrappers ("env.py failed", "cannot create the history table")
+    quote their cause's message, and a later statement on the dead connection fails with a
+    consequence of it ("can't reconnect until invalid transaction is rolled back").
+    """
     seen: set[int] = set()
+    found: BaseException | None = None
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, DBAPIError) and current.connection_invalidated:
-            return True
         orig = getattr(current, "orig", None) or current
         code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
         sqlstate = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
         message = str(orig).lower()
-        if code in _LOST_MYSQL_CODES or sqlstate.startswith(("08", "57P")) or any(w in message for w in _LOST_WORDS):
-            return True
+        if (
+            (isinstance(current, DBAPIError) and current.connection_invalidated)
+            or code in _LOST_MYSQL_CODES
+            or sqlstate.startswith(("08", "57P"))
+            or any(w in message for w in _LOST_WORDS)
+        ):
+            found = current
         current = current.__cause__ or current.__context__
-    return False
+    return found
 
 
 def _is_transient(exc: BaseException) -> bool:

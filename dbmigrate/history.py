@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from dbmigrate.database import connection_lost
 from dbmigrate.errors import ConfigurationError
 from dbmigrate.masking import redact
 
@@ -209,8 +210,9 @@ class History:
         dbmigrate_version: str,
         app_version: str | None,
         within: Connection | None = None,
+        started_at: datetime | None = None,
     ) -> int:
-        """Record that a step is starting; returns the row id to finish it with.
+        """Record that a step is starting (at ``started_at``, default now); returns the row id to finish it with.
 
         With ``within``, the row is written in that connection's open transaction and exists only
         once it commits.
@@ -223,7 +225,7 @@ class History:
                 "from_revision": from_revision or None,
                 "direction": direction,
                 "status": RUNNING,
-                "started_at": now(),
+                "started_at": started_at or now(),
                 "attempts": 1,
                 "lock_waits": 0,
                 "lock_wait_ms": 0,
@@ -252,11 +254,11 @@ class History:
         within: Connection | None = None,
         note: str | None = None,
         **counters: int,
-    ) -> None:
+    ) -> bool:
         """Close a row with its status; ``counters`` (attempts, lock_waits, lock_wait_ms) in the same update.
 
         With ``within``, the update runs on that connection, in its open transaction, and commits
-        or rolls back with it.
+        or rolls back with it. False when there is no such row.
         """
         finished = now()
         values: dict[str, Any] = {"status": status, "finished_at": finished, **counters}
@@ -266,10 +268,11 @@ class History:
             values["error"] = redact(error)[:_MAX_ERROR_CHARS]
         if note is not None:
             values["note"] = redact(note)[:_MAX_ERROR_CHARS]
-        self._update(row_id, within=within, **values)
+        return self._update(row_id, within=within, **values) > 0
 
-    def _update(self, row_id: int, *, within: Connection | None = None, **values: Any) -> None:
-        self._on(within).execute(self._update_row, {"row_id": row_id, **values})
+    def _update(self, row_id: int, *, within: Connection | None = None, **values: Any) -> int:
+        """Update row ``row_id``; returns how many rows matched (SQLAlchemy counts matched rows on MySQL too)."""
+        return self._on(within).execute(self._update_row, {"row_id": row_id, **values}).rowcount
 
     def _on(self, within: Connection | None) -> Connection:
         """Where a write goes: into ``within``'s open transaction, else autocommit on the control connection."""
@@ -329,7 +332,8 @@ def create_missing(connection: Connection, table: Table, what: str) -> None:
     Each is checked on its own: on an autocommit connection they commit separately, and a run killed
     between the two must not leave an index missing for good. A failed attempt is made once more:
     runs on other version tables hold other run locks, and one may have created the same table (or
-    index) at the same moment, which the second attempt finds there.
+    index) at the same moment, which the second attempt finds there. A lost connection is no such race:
+    an attempt on the dead connection would only fail with a consequence of it, hiding the cause.
     """
     for attempt in range(2):
         try:
@@ -339,7 +343,7 @@ def create_missing(connection: Connection, table: Table, what: str) -> None:
             _add_missing_columns(connection, table)
             return
         except SQLAlchemyError as exc:
-            if attempt:
+            if attempt or connection_lost(exc) is not None:
                 raise _cannot_create(table, what, exc) from None
 
 

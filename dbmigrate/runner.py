@@ -65,6 +65,10 @@ log = structlog.get_logger("dbmigrate.runner")
 SESSION_END_TIMEOUT = 15.0
 RECONNECT_TIMEOUT = 10.0
 
+# What ends a session under a run, for the messages that say so.
+LOST_CAUSES = (
+    "the server was restarted or failed over, an administrator ended the session, or the network cut the connection"
+)
 _UNHELD_WRITERS = (
     "the backup was copied just before the step, outside its transaction (DDL commits on its own on this "
     "connection): writes the application committed in between are not in it"
@@ -268,12 +272,18 @@ class Runner:
         self.control = self.history.connection = self.archive.connection = self.backups.connection = control
         return True
 
-    def heads_if_reachable(self) -> tuple[str, ...] | None:
-        """The database's revision(s) by one query, or None when it cannot be read now."""
-        try:
+    def heads_after_fault(self, timeout: float = RECONNECT_TIMEOUT) -> tuple[str, ...] | None:
+        """After a lost connection: the database's revision(s), read on a new control connection when the old
+        one is gone too (waiting up to ``timeout`` for the database to be back); None when they cannot be read."""
+        with contextlib.suppress(SQLAlchemyError):
             return self.read_heads()
-        except SQLAlchemyError:
+        # Whatever the old connection's error says (a failed attempt to reopen it may read "connection
+        # refused"), the database was just lost: wait for it.
+        if not self.reconnect(timeout):
             return None
+        with contextlib.suppress(SQLAlchemyError):
+            return self.read_heads()
+        return None
 
     def end_session(self, server_id: int | None, timeout: float = SESSION_END_TIMEOUT) -> bool:
         """Make sure the server ended session ``server_id`` (statement cancelled, transaction rolled back).
@@ -653,8 +663,9 @@ class _Migration:
                 raise
             except Exception as exc:  # a step failed: record it, then retry or stop
                 step = self.current
-                if connection_lost(exc):
-                    raise self._lost(step, exc) from exc
+                lost = connection_lost(exc)
+                if lost is not None:
+                    raise self._lost(step, lost) from exc
                 if step is None and online.is_lock_timeout(exc, self.caps):
                     raise LockTimeout(
                         f"The migration environment (env.py) could not get a lock on the database before the first "
@@ -805,12 +816,17 @@ class _Migration:
 
     def _before(self, step: RevisionStep) -> None:
         revision = scripts.step_revision(step)
+        # The step is under way from here: a fault or a signal in what follows (the polite wait among
+        # them) is recorded against it, and its row's duration counts from its first attempt.
+        self.current = step
+        if revision not in self.started_at:
+            self.seen.append(step)
+            self.started_at[revision] = hist.now()
         connection = self.migration_connection
         if connection is not None and not self.external_transaction and connection.in_transaction():
             # Alembic's version-table check opened a transaction; end it so that no snapshot or lock
             # of ours is held while we wait, and so SQLite's single writer is free for history rows.
             connection.commit()
-        self.current = step
         self.statements = []
         self.backup_due = None
         self.applied_within_step = None
@@ -824,9 +840,6 @@ class _Migration:
             online.wait_for_lock_holders(
                 self.runner.control, self.tables[revision], own, self.settings.lock_conflict_wait, waits
             )
-        if revision not in self.started_at:
-            self.seen.append(step)
-            self.started_at[revision] = hist.now()
         if revision not in self.rows and not self.external_transaction:
             self._start_row(step)
         self.notes[revision] = []
@@ -946,18 +959,22 @@ class _Migration:
             duration_ms=int((hist.now() - started).total_seconds() * 1000),
             error=error,
         )
-        row = self.rows.get(revision) or self._start_row(step)
-        self.runner.history.finish(
-            row,
-            status,
-            started,
-            error,
+        finish = functools.partial(
+            self.runner.history.finish,
+            status=status,
+            started_at=started,
+            error=error,
             within=within,
             note="; ".join(self.notes.get(revision, [])) or None,
             attempts=result.attempts,
             lock_waits=waits.count,
             lock_wait_ms=waits.waited_ms,
         )
+        if not finish(self.rows.get(revision) or self._start_row(step)) and within is None:
+            # The row is gone: a server crash lost its asynchronous commit (PostgreSQL, see api._session)
+            # before anything flushed it. Write it again, or the step would not be on record at all.
+            self.rows[revision] = self._insert_row(step, started_at=started)
+            finish(self.rows[revision])
         return result
 
     def _note(self, result: StepResult) -> StepResult:
@@ -977,7 +994,9 @@ class _Migration:
         self.rows[scripts.step_revision(step)] = row = self._insert_row(step)
         return row
 
-    def _insert_row(self, step: RevisionStep, within: Connection | None = None) -> int:
+    def _insert_row(
+        self, step: RevisionStep, within: Connection | None = None, started_at: datetime | None = None
+    ) -> int:
         return self.runner.history.start(
             run_id=self.runner.identity.run_id,
             revision=scripts.step_revision(step),
@@ -987,6 +1006,7 @@ class _Migration:
             dbmigrate_version=self.runner.version,
             app_version=self.settings.app_version,
             within=within,
+            started_at=started_at,
         )
 
     def _attempts(self, revision: str) -> int:
@@ -1106,7 +1126,10 @@ class _Migration:
         )
 
     def _lost(self, step: RevisionStep | None, exc: BaseException) -> DbmigrateError:
-        """The connection broke mid-run: record what is known, say where the database is, exit 3 (or 5)."""
+        """The connection broke mid-run (``exc`` says so): record what is known, say where the database is.
+
+        ConnectionLost (exit 3), or RepairNeeded (exit 5) where part of the step committed on its own.
+        """
         reason = describe(exc)
         where = mask_url(self.runner.engine.url)
         if step is None:
@@ -1116,6 +1139,24 @@ class _Migration:
                 "a Kubernetes Job retries exit 3 by itself."
             )
         revision = scripts.step_revision(step)
+        # Read first: what the database holds now decides what the step did, whatever was lost on the way.
+        heads = self.runner.heads_after_fault()
+        at = (
+            f"The database is at {', '.join(heads) or 'base'}"
+            if heads is not None
+            else "The database is at the revision before this step (it could not be read back to confirm)"
+        )
+        if heads is not None and (revision in self.runner.applied_revisions(heads)) == self.upgrade:
+            # The step committed before the connection broke: the answer to its COMMIT was lost, or (MySQL)
+            # the history write that follows the commit. It is whole, not partial, and not to be run again.
+            if revision not in self.results:
+                self._record_despite_faults(step, hist.APPLIED)
+            return ConnectionLost(
+                f"The connection to the database at {where} was lost right after revision {revision} was "
+                f"{'applied' if self.upgrade else 'reverted'} ({reason}): {LOST_CAUSES}. That step committed and "
+                f"everything before it stays. {at}. Run the command again to continue from there; a Kubernetes Job "
+                "retries exit 3 by itself."
+            )
         if self._committed_statements():
             self._record_despite_faults(step, hist.PARTIAL, f"connection lost: {reason}")
             return RepairNeeded(
@@ -1126,24 +1167,20 @@ class _Migration:
         self._record_despite_faults(
             step, hist.FAILED, f"connection lost: {reason}; the server rolled the step's transaction back"
         )
-        heads = self.runner.heads_if_reachable()
-        at = f"The database is at {', '.join(heads) or 'base'}" if heads is not None else "The database is at the "
-        at += "" if heads is not None else "revision before this step (it could not be read back to confirm)"
         return ConnectionLost(
-            f"The connection to the database at {where} was lost during revision {revision} ({reason}): the server "
-            f"was restarted or failed over, or the network cut the connection. The step's transaction was rolled "
-            f"back by the server and everything before it stays applied. {at}. Run the command again to continue "
-            "from there; a Kubernetes Job retries exit 3 by itself."
+            f"The connection to the database at {where} was lost during revision {revision} ({reason}): "
+            f"{LOST_CAUSES}. The step's transaction was rolled back by the server and everything before it stays "
+            f"applied. {at}. Run the command again to continue from there; a Kubernetes Job retries exit 3 by itself."
         )
 
-    def _record_despite_faults(self, step: RevisionStep, status: str, error: str) -> None:
+    def _record_despite_faults(self, step: RevisionStep, status: str, error: str | None = None) -> None:
         """Record the step's outcome on a working connection, or leave its row for the next run to settle."""
         for attempt in (1, 2):
             try:
                 self._record(step, status, error)
                 return
             except SQLAlchemyError as exc:
-                if attempt == 2 or not connection_lost(exc) or not self.runner.reconnect():
+                if attempt == 2 or connection_lost(exc) is None or not self.runner.reconnect():
                     log.warning(
                         "the step's history row could not be written; the next run settles it",
                         status=status,

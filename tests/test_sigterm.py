@@ -207,3 +207,41 @@ def test_sigint_stops_like_sigterm_with_its_own_exit_code(project: Path, databas
     row = history_rows(database_url)[-1]
     assert row["revision"] == "0007_slow" and row["status"] == "failed" and "SIGINT" in str(row["error"])
     assert current_revisions(database_url) == {EXAMPLE_HEAD}
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_sigterm_while_a_step_waits_for_a_long_transaction_records_the_step(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    """A signal during the polite wait before a step (nothing of the step ran yet) ends the run like any other."""
+    from tests.conftest import remove_revisions
+
+    remove_revisions(project)
+    add_revision(project, "r01_busy", None, 'op.create_table("busy", sa.Column("id", sa.Integer, primary_key=True))')
+    add_revision(project, "r02_alter", "r01_busy", 'op.add_column("busy", sa.Column("note", sa.Text))')
+    assert run_dbmigrate("upgrade", "r01_busy", cwd=project, database_url=database_url).returncode == 0
+    output = tmp_path / "run.err"
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as long_transaction:
+            long_transaction.exec_driver_sql("SELECT * FROM busy").all()  # holds its lock until rolled back
+            process = start_upgrade(project, database_url, output)
+            wait_for(
+                lambda: any(
+                    str(e.get("event", "")).startswith("waiting for long transactions")
+                    for e in log_events(output.read_text())
+                ),
+                "the polite wait",
+                process,
+            )
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+            long_transaction.rollback()
+    finally:
+        engine.dispose()
+    assert process.returncode == SIGTERM_EXIT, output.read_text()
+    row = history_rows(database_url)[-1]
+    assert (row["revision"], row["status"]) == ("r02_alter", "failed") and "SIGTERM" in str(row["error"]), row
+    assert current_revisions(database_url) == {"r01_busy"}
+    assert run_dbmigrate("upgrade", cwd=project, database_url=database_url).returncode == 0
+    assert current_revisions(database_url) == {"r02_alter"}
