@@ -8,6 +8,7 @@ answers with a definite "no" (bad credentials, no such database) fails at once.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 import time
 import urllib.parse
@@ -288,6 +289,50 @@ def transactional_sqlite_ddl() -> Iterator[None]:
     finally:
         event.remove(Pool, "connect", autocommit_driver)
         event.remove(Engine, "begin", begin)
+
+
+def autocommits(connection: Connection) -> bool:
+    """Whether each statement on ``connection`` commits on its own (SQLAlchemy's ``AUTOCOMMIT`` isolation level).
+
+    Set as an execution option (on the connection or its engine), or with ``create_engine(...,
+    isolation_level="AUTOCOMMIT")``, which the driver reports. SQLite connections are left to the
+    execution option: :func:`transactional_sqlite_ddl` puts every pysqlite driver in autocommit
+    mode and begins the transactions itself, unless that option says otherwise.
+    """
+    if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return True
+    dbapi_connection = connection.connection.dbapi_connection
+    if connection.dialect.name == "sqlite" or dbapi_connection is None:
+        return False
+    try:
+        return bool(connection.dialect.detect_autocommit_setting(dbapi_connection))
+    except (AttributeError, NotImplementedError):  # SQLAlchemy 2.0, or a driver that cannot tell
+        return False
+
+
+def database_identity(connection: Connection) -> tuple[str, ...]:
+    """What tells this database apart from any other: the server (its start time, host, port) and the database.
+
+    Two connections to one database give the same answer whatever URL each was opened with (host
+    names, drivers, async or not). Leaves the connection's transaction state as it found it.
+    """
+    dialect = connection.dialect.name
+    begins = not connection.in_transaction()  # the query below begins a transaction: end it again
+    try:
+        if dialect == "postgresql":
+            found = tuple(connection.exec_driver_sql("SELECT current_database(), pg_postmaster_start_time()").one())
+        elif dialect in ("mysql", "mariadb"):
+            found = tuple(connection.exec_driver_sql("SELECT DATABASE(), @@hostname, @@port").one())
+        elif dialect == "sqlite":
+            files = {name: file for _, name, file in connection.exec_driver_sql("PRAGMA database_list")}
+            found = (os.path.realpath(files["main"]) if files.get("main") else "",)
+        else:
+            url = connection.engine.url
+            found = (url.host, url.port, url.database)
+    finally:
+        if begins:
+            connection.rollback()  # a read transaction left open would hold SQLite's readers' lock
+    return (dialect, *(str(value) for value in found))
 
 
 def track_statements(connection: Connection, before: Callable[[str], None], after: Callable[[str], None]) -> None:

@@ -27,6 +27,13 @@ class ConfigurationError(DbmigrateError):
     exit_code = 2
 
 
+class EnvironmentRefused(ConfigurationError):
+    """The project's env.py does something under which dbmigrate's promises would not hold; refused before any step.
+
+    The message names the pattern and the change that makes env.py work.
+    """
+
+
 class DatabaseUnavailable(DbmigrateError):
     """The database could not be reached in time, or refused the credentials."""
 

@@ -35,6 +35,7 @@ from dbmigrate.errors import (
     ConfigurationError,
     ConnectionLost,
     DbmigrateError,
+    EnvironmentRefused,
     LockTimeout,
     MigrationFailed,
     RepairNeeded,
@@ -72,6 +73,14 @@ LOST_CAUSES = (
 _UNHELD_WRITERS = (
     "the backup was copied just before the step, outside its transaction (DDL commits on its own on this "
     "connection): writes the application committed in between are not in it"
+)
+_AUTOCOMMIT_REFUSED = (
+    'env.py hands Alembic a connection in AUTOCOMMIT mode (create_engine(..., isolation_level="AUTOCOMMIT"), or '
+    '.execution_options(isolation_level="AUTOCOMMIT") on its engine or connection): every statement would commit '
+    "on its own, so a revision that fails half-way could not be rolled back and dbmigrate's transaction per revision "
+    "would be a false promise. Remove that isolation_level setting from env.py. A revision that must run outside a "
+    "transaction (CREATE INDEX CONCURRENTLY) puts those statements in `with op.get_context().autocommit_block():`. "
+    "Nothing was run."
 )
 _AUTOCOMMITTING = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
 _READ_ONLY = ("SELECT", "SHOW", "SET", "DESCRIBE", "EXPLAIN", "PRAGMA")
@@ -238,7 +247,7 @@ class Runner:
                 (options.get("version_table") or DEFAULT_VERSION_TABLE, options.get("version_table_schema"))
             )
 
-        with self.engine.connect() as connection, _env_py_errors():
+        with scripts.SharedConnection(self.engine) as connection, _env_py_errors():
             scripts.run_env(
                 self.config,
                 self.script,
@@ -361,7 +370,7 @@ class Runner:
 
     def stamp(self, revision: str) -> None:
         """Set alembic_version to ``revision`` the way ``alembic stamp`` does; call under the lock."""
-        with self.engine.connect() as connection:
+        with scripts.SharedConnection(self.engine) as connection:
             scripts.run_env(
                 self.config,
                 self.script,
@@ -648,7 +657,10 @@ class _Migration:
         while True:
             attempt += 1
             try:
-                with termination.cancelling(self._cancel_in_flight), runner.engine.connect() as connection:
+                with (
+                    termination.cancelling(self._cancel_in_flight),
+                    scripts.SharedConnection(runner.engine) as connection,
+                ):
                     scripts.run_env(
                         runner.config, runner.script, self._steps, connection=connection, on_configure=self._configure
                     )
@@ -769,6 +781,8 @@ class _Migration:
         connection = options.get("connection")
         if connection is None:
             return
+        if database.autocommits(connection):
+            raise EnvironmentRefused(_AUTOCOMMIT_REFUSED)
         self.migration_connection = connection
         self.external_transaction = connection.in_transaction()
         server_version = ""

@@ -3,16 +3,19 @@
 dbmigrate never replaces Alembic's behaviour: the user's ``env.py`` runs as it would under
 ``alembic upgrade``. We only hand it our connection (``config.attributes["connection"]``, which the
 Alembic cookbook's env.py uses) and wrap ``context.configure`` so that each revision runs in its own
-transaction and each step passes through our runner.
+transaction and each step passes through our runner. An env.py under which that cannot hold (one
+that migrates another database, or several) is refused before anything runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, redirect_stdout
+from contextlib import AbstractContextManager, contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,9 @@ from alembic.util import CommandError
 from alembic.util.pyfiles import pyc_file_from_path
 from sqlalchemy.engine import Connection
 
-from dbmigrate.errors import ConfigurationError, DbmigrateError
-from dbmigrate.masking import redact
+from dbmigrate.database import database_identity
+from dbmigrate.errors import ConfigurationError, DbmigrateError, EnvironmentRefused
+from dbmigrate.masking import mask_url, redact
 from dbmigrate.observability import errors_only, logging_kept
 from dbmigrate.settings import Settings
 
@@ -46,8 +50,12 @@ def load_config(settings: Settings) -> Config:
             f"Alembic config file {path} not found. Run dbmigrate where alembic.ini is, or pass "
             "-c/--config PATH (or set DBMIGRATE_CONFIG)."
         )
-    config = Config(str(path))
+    pyproject = path.parent / "pyproject.toml"  # Alembic's [tool.alembic], beside the ini as dbmigrate's own table
+    config = Config(str(path), toml_file=str(pyproject) if pyproject.is_file() else None)
     config.output_buffer = io.StringIO()
+    if not config.get_alembic_option("script_location") and (path.parent / "env.py").is_file():
+        # Flask-Migrate's layout: the ini lives in the scripts directory and names no script_location.
+        config.set_main_option("script_location", str(path.parent).replace("%", "%%"))
     return config
 
 
@@ -214,12 +222,34 @@ def step_path(step: RevisionStep) -> Path:
     return Path(step.revision.path)
 
 
+class SharedConnection(Connection):
+    """The connection dbmigrate hands env.py as ``config.attributes["connection"]``.
+
+    A SQLAlchemy 2 connection that also answers ``connect()`` as a SQLAlchemy 1.x connection did,
+    because the Alembic cookbook's older env.py calls ``connectable.connect()`` on whatever it finds
+    there. It is a real :class:`~sqlalchemy.engine.Connection` (not a proxy), so env.py, Alembic and
+    revisions can inspect it, listen to it or bind a Session to it like any other.
+    """
+
+    def __enter__(self) -> SharedConnection:
+        return self
+
+    def connect(self) -> AbstractContextManager[SharedConnection]:
+        """This same connection, in a context that leaves it open: dbmigrate closes it after env.py.
+
+        SQLAlchemy 1.x returned a "branch" whose closing did not close its parent; handing back the
+        connection itself keeps everything env.py runs inside dbmigrate's transaction per revision,
+        timeouts and history.
+        """
+        return contextlib.nullcontext(self)
+
+
 def run_env(
     config: Config,
     script: ScriptDirectory,
     steps: StepSource,
     *,
-    connection: Connection | None = None,
+    connection: SharedConnection | None = None,
     on_configure: ConfigureHook | None = None,
     as_sql: bool = False,
     starting_rev: str | None = None,
@@ -228,14 +258,16 @@ def run_env(
 ) -> None:
     """Run the project's env.py once; ``steps`` receives the database's heads, yields the steps.
 
+    Online, env.py finds ``connection`` in ``config.attributes["connection"]``. Whatever connection
+    it configures must reach the same database, and only one: otherwise :class:`EnvironmentRefused`
+    is raised before any step runs.
+    With ``FLASK_APP`` set, env.py runs inside that Flask application's context, as under ``flask db``.
     ``context_options`` go to Alembic's MigrationContext (for example ``dont_mutate=True``).
     """
 
     def migrations_fn(current: Any, context: MigrationContext) -> Iterable[RevisionStep]:
         return steps(tuple(current or ()))
 
-    if connection is not None:
-        config.attributes["connection"] = connection
     # The Alembic cookbook's env.py skips fileConfig when its caller owns logging; others are undone.
     config.attributes["configure_logger"] = False
     environment = EnvironmentContext(
@@ -247,22 +279,96 @@ def run_env(
         destination_rev=destination_rev,
         **context_options,
     )
-    # Alembic's module proxy (``alembic.context``) exposes the instance's attributes, so an
-    # instance-level wrapper is what env.py's ``context.configure(...)`` calls.
-    configure = environment.configure
+    # Alembic's module proxy (``alembic.context``) exposes the instance's attributes, so instance-level
+    # wrappers are what env.py's ``context.configure(...)`` and ``context.run_migrations(...)`` call.
+    configure, run_migrations = environment.configure, environment.run_migrations
 
-    def configure_with_hook(**options: Any) -> None:
-        restore_logging()  # env.py's own logging set-up has run by now: from here on, lines keep dbmigrate's format
-        if on_configure is not None:
-            on_configure(options)
-        configure(**options)
+    with contextlib.ExitStack() as stack:
+        if connection is not None:
+            config.attributes["connection"] = connection
+            stack.callback(config.attributes.pop, "connection", None)
+        restore_logging = stack.enter_context(logging_kept())
+        configured = False
 
-    environment.configure = configure_with_hook  # type: ignore[method-assign,assignment]
-    try:
-        with logging_kept() as restore_logging, environment:
-            script.run_env()
-    finally:
-        config.attributes.pop("connection", None)
+        def configure_with_hook(**options: Any) -> None:
+            nonlocal configured
+            configured = True
+            restore_logging()  # env.py's own logging set-up has run by now: from here on, lines keep dbmigrate's format
+            if "upgrade_token" in options or "downgrade_token" in options:
+                raise EnvironmentRefused(_SEVERAL_DATABASES)
+            theirs = options.get("connection")
+            if connection is not None and isinstance(theirs, Connection) and theirs is not connection:
+                _refuse_another_database(connection, theirs)
+            if on_configure is not None:
+                on_configure(options)
+            configure(**options)
+
+        def run_migrations_checked(**kw: Any) -> None:
+            if kw:  # arguments for the revisions' upgrade(engine_name): one database per run cannot give them
+                raise EnvironmentRefused(_SEVERAL_DATABASES)
+            run_migrations()
+
+        environment.configure = configure_with_hook  # type: ignore[method-assign,assignment]
+        environment.run_migrations = run_migrations_checked  # type: ignore[method-assign]
+        stack.enter_context(_flask_app_context())
+        try:
+            with environment:
+                script.run_env()
+        except RuntimeError as exc:
+            # Flask's words when current_app is read with no app loaded; a revision's own use of it fails its step.
+            if configured or "outside of application context" not in str(exc):
+                raise
+            raise EnvironmentRefused(_NO_FLASK_APP) from None
+
+
+_SEVERAL_DATABASES = (
+    "env.py migrates several databases in one run (Alembic's multidb template: context.configure(upgrade_token=...) "
+    "and context.run_migrations(engine_name=...) for each database). dbmigrate migrates one database per run, with "
+    "its own run lock, version table and history, so it cannot keep its promises for the others. Give each "
+    "database its own Alembic environment (alembic init -t generic) and run dbmigrate once per database (-c "
+    "each alembic.ini), or keep running this one with plain alembic. Nothing was run."
+)
+
+
+def _refuse_another_database(ours: Connection, theirs: Connection) -> None:
+    """Refuse an env.py whose own connection reaches a database other than the one dbmigrate migrates.
+
+    dbmigrate's run lock, history rows and (for verify) scratch database would all be elsewhere.
+    """
+    if database_identity(theirs) == database_identity(ours):
+        return
+    raise EnvironmentRefused(
+        f"env.py connects to {mask_url(theirs.engine.url)}, not to {mask_url(ours.engine.url)}, the database dbmigrate "
+        "was given: it builds its engine from a URL of its own (an app config, another variable), so dbmigrate's "
+        "run lock, history and verify would protect another database than the one migrated. Either use the "
+        'connection dbmigrate passes, as the Alembic cookbook does: `connectable = config.attributes.get("connection") '
+        "or <your engine>`, or give dbmigrate the URL env.py uses (DATABASE_URL or --database-url). Nothing was run."
+    )
+
+
+_NO_FLASK_APP = (
+    "env.py uses Flask's current_app (Flask-Migrate's env.py), and no Flask application is loaded. Set FLASK_APP "
+    "to your application, as for `flask db upgrade` (for example FLASK_APP='myapp:create_app()'): dbmigrate then "
+    "runs env.py inside its application context. Nothing was run."
+)
+
+
+@contextmanager
+def _flask_app_context() -> Iterator[None]:
+    """With ``FLASK_APP`` set, the app it names is loaded and its context pushed, as ``flask db upgrade`` does.
+
+    Flask-Migrate's env.py reads ``current_app``. The app is created anew for each env.py run, so it
+    sees the environment of that moment (verify points ``DATABASE_URL`` at its scratch database).
+    """
+    app_path = os.environ.get("FLASK_APP")
+    if not app_path:
+        yield
+        return
+    from flask.cli import ScriptInfo  # only projects that name a Flask app need Flask
+
+    app = ScriptInfo(app_import_path=app_path, set_debug_flag=False).load_app()
+    with app.app_context():
+        yield
 
 
 _RUNNING = re.compile(r"^-- Running (?:upgrade|downgrade) .*$", re.MULTILINE)

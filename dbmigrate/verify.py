@@ -793,7 +793,7 @@ class _Verifier:
 
         engine = database.create(self.place.url)
         try:
-            with engine.connect() as connection:
+            with scripts.SharedConnection(engine) as connection:
                 scripts.run_env(
                     self.config,
                     self.script,

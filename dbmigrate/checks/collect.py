@@ -64,7 +64,7 @@ from sqlalchemy.sql.ddl import ExecutableDDLElement
 from sqlalchemy.sql.type_api import TypeEngine
 
 from alembic import context as alembic_context
-from dbmigrate.errors import ConfigurationError
+from dbmigrate.errors import ConfigurationError, EnvironmentRefused
 from dbmigrate.masking import redact
 from dbmigrate.scripts import render_offline
 
@@ -193,7 +193,7 @@ def collect(
 
     ``dialect`` is one of :data:`DIALECT_URLS`; any other raises :class:`ConfigurationError`.
     An exception raised by env.py or the revision while rendering does not propagate: it ends the
-    step and is described in ``error``.
+    step and is described in ``error``. :class:`EnvironmentRefused` does: env.py cannot be used at all.
     """
     url = DIALECT_URLS.get(dialect)
     if url is None:
@@ -216,6 +216,8 @@ def collect(
                 destination_rev=revision,
                 on_configure=_render_for(url),
             )
+    except EnvironmentRefused:
+        raise  # not this revision's doing: no revision can be checked through this env.py
     except sa_exc.NoInspectionAvailable:
         error = (
             "it inspects the live database (sqlalchemy.inspect(op.get_bind())), which an offline check cannot "
