@@ -7,6 +7,7 @@ DBMIGRATE_TEST_POSTGRES_URL / DBMIGRATE_TEST_MARIADB_URL (an admin URL; the data
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN = os.environ.get("DBMIGRATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -115,6 +117,17 @@ def run_dbmigrate(
         timeout=timeout,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def connect(url: str) -> Iterator[sa.Connection]:
+    """A connection of its own to ``url`` (no pool), closed with its engine after the block."""
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
 
 
 def current_revisions(database_url: str) -> set[str]:

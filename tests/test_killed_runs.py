@@ -32,6 +32,7 @@ from sqlalchemy.pool import NullPool
 from tests.conftest import (
     EXAMPLE_REVISIONS,
     add_revision,
+    connect,
     current_revisions,
     history_rows,
     log_events,
@@ -111,16 +112,6 @@ def add_slow_revisions(project: Path) -> None:
     for revision, (upgrade, downgrade) in SLOW_REVISIONS.items():
         add_revision(project, revision, previous, upgrade, downgrade)
         previous = revision
-
-
-@contextlib.contextmanager
-def connect(url: str) -> Iterator[sa.Connection]:
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            yield connection
-    finally:
-        engine.dispose()
 
 
 def schema_facts(url: str) -> dict[str, list[bool]]:

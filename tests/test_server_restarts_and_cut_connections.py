@@ -42,6 +42,7 @@ from sqlalchemy.pool import NullPool
 
 from tests.conftest import (
     add_revision,
+    connect,
     current_revisions,
     every_line_as_json,
     free_port,
@@ -227,16 +228,6 @@ def twenty_slow_revisions(project: Path) -> None:
             f'op.drop_table("t_{revision}")',
         )
         previous = revision
-
-
-@contextlib.contextmanager
-def connect(url: str) -> Iterator[sa.Connection]:
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            yield connection
-    finally:
-        engine.dispose()
 
 
 def applied_revisions(url: str) -> list[str]:
