@@ -130,6 +130,12 @@ def connect(url: str) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
+def table_names(database_url: str) -> set[str]:
+    """The tables the database holds now."""
+    with connect(database_url) as connection:
+        return set(sa.inspect(connection).get_table_names())
+
+
 def current_revisions(database_url: str) -> set[str]:
     """alembic_version as the database holds it (empty when the table is missing)."""
     engine = sa.create_engine(database_url)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import create_database, current_revisions, drop_database, history_rows, run_dbmigrate
+from tests.conftest import create_database, current_revisions, drop_database, history_rows, run_dbmigrate, table_names
 
 Dbmigrate = Callable[..., subprocess.CompletedProcess[str]]
 SHAPES = Path(__file__).resolve().parent / "envpy_shapes"
@@ -215,15 +215,6 @@ def make_project(shape: Shape, root: Path, database_url: str, initialised: Calla
         )
     write_revisions(project / "migrations" / "versions", multidb=template == "multidb")
     return project
-
-
-def table_names(database_url: str) -> set[str]:
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return set(sa.inspect(connection).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def column_names(database_url: str, table: str) -> set[str]:

@@ -24,6 +24,7 @@ from tests.conftest import (
     log_events,
     remove_revisions,
     run_dbmigrate,
+    table_names,
 )
 
 CREATES_ITEMS = """\
@@ -99,18 +100,9 @@ def small_project(project: Path, *revisions: tuple[str, str, str]) -> Path:
     return project
 
 
-def tables_in(database_url: str) -> set[str]:
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return set(sa.inspect(connection).get_table_names())
-    finally:
-        engine.dispose()
-
-
 def test_the_example_app_round_trips_without_a_problem(project: Path, database_url: str, tmp_path: Path) -> None:
     assert_no_problems(project, database_url, tmp_path, checked=6)
-    assert tables_in(database_url) == set()  # the configured database is never touched
+    assert table_names(database_url) == set()  # the configured database is never touched
 
 
 def test_a_downgrade_that_keeps_what_its_upgrade_changed_is_a_trace(
@@ -298,7 +290,7 @@ def test_url_starts_from_the_tables_already_there_and_keeps_the_database(
         titles = [row[0] for row in connection.exec_driver_sql("SELECT title FROM legacy WHERE id = 1")]
     engine.dispose()
     assert titles == ["made before the first revision"]
-    assert {"legacy", "items"} <= tables_in(database_url)
+    assert {"legacy", "items"} <= table_names(database_url)
 
 
 def test_the_scratch_database_is_dropped_even_when_verify_stops_with_an_error(
