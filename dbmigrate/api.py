@@ -138,7 +138,8 @@ def wait_until_ready(
     """Block until the database is reachable and at ``revision`` (default: the scripts' heads).
 
     A database ahead of it on a chain descending from it counts as ready unless ``exact``.
-    Raises :class:`NotReady` (exit 3) after ``timeout`` seconds, the wait for the database included.
+    Raises :class:`NotReady` (exit 3) after ``timeout`` seconds, the wait for the database included,
+    and :class:`RepairNeeded` (exit 5) at once when a partial step blocks every later upgrade.
     """
     deadline = time.monotonic() + timeout
     resolved = dataclasses.replace(_settings(settings, options), wait_timeout=timeout)
@@ -153,6 +154,12 @@ def wait_until_ready(
             if state.ready:
                 log.info("schema ready", detail=state.describe())
                 return state
+            partials = runner.history.unresolved_partials()
+            if partials:
+                raise RepairNeeded(
+                    f"The schema will not become ready by itself ({state.describe()}), so waiting stops here. "
+                    + repair_message(partials[0])
+                )
             if now >= deadline:
                 raise NotReady(
                     f"The schema was not ready within {timeout:g}s: {state.describe()}. Check the "

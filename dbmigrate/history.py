@@ -40,7 +40,10 @@ RUNNING, APPLIED, FAILED, PARTIAL, REPAIRED = "running", "applied", "failed", "p
 KEPT = "kept"  # a rollback that kept the newer schema on purpose
 ROLLBACK = "rollback"  # the direction of a rollback's decision row
 
-_MAX_STATEMENT_CHARS = 2000
+# One step's statements are kept within MySQL's TEXT (65,535 bytes), the newest first; each is cut
+# at _MAX_STATEMENT_CHARS, its full length noted, so that a reader knows the text is not whole.
+_STATEMENTS_BYTES = 60_000
+_MAX_STATEMENT_CHARS = 8000
 _MAX_ERROR_CHARS = 4000
 
 
@@ -143,6 +146,26 @@ def history_table(name: str, schema: str | None) -> Table:
     )
 
 
+def kept_statements(statements: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The statements a history row keeps: the newest that fit the column, passwords masked.
+
+    Each carries its ``position`` in the step (1 for the first); one longer than
+    ``_MAX_STATEMENT_CHARS`` is cut there and carries its full ``length``.
+    """
+    kept: list[dict[str, Any]] = []
+    size = 2
+    for position in range(len(statements), 0, -1):
+        sql = redact(statements[position - 1]["sql"])
+        entry = {**statements[position - 1], "sql": sql[:_MAX_STATEMENT_CHARS], "position": position}
+        if len(sql) > _MAX_STATEMENT_CHARS:
+            entry["length"] = len(sql)
+        size += len(json.dumps(entry).encode()) + 2
+        if size > _STATEMENTS_BYTES:
+            break
+        kept.append(entry)
+    return kept[::-1]
+
+
 def now() -> datetime:
     """UTC, without tzinfo: every backend stores it the same way."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -241,8 +264,7 @@ class History:
 
     def record_statements(self, row_id: int, statements: Sequence[dict[str, Any]]) -> None:
         """Keep the statements of a step that commit on their own (non-transactional DDL)."""
-        kept = [{**s, "sql": redact(s["sql"])[:_MAX_STATEMENT_CHARS]} for s in statements]
-        self._update(row_id, statements=json.dumps(kept))
+        self._update(row_id, statements=json.dumps(kept_statements(statements)))
 
     def finish(
         self,

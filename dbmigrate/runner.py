@@ -558,16 +558,45 @@ def interrupted_status(entry: hist.Entry, caps: Capabilities, applied: set[str])
 
 
 def repair_message(entry: hist.Entry) -> str:
-    """What a partial step left behind and the commands that repair it."""
+    """What a partial step left behind, statement by statement, and the commands that repair it."""
     committed, in_doubt = split_committed(entry.statements)
-    lines = "; ".join(_one_line(s["sql"]) for s in committed) or "none confirmed"
-    doubt = f" In doubt (started, outcome unknown): {_one_line(in_doubt['sql'])}." if in_doubt else ""
+    listed = " ".join(f"[{s.get('position', i)}] {_as_kept(s)}" for i, s in enumerate(committed, 1))
+    first_kept = committed[0].get("position", 1) if committed else 1
+    earlier = (
+        f" (the step's first {first_kept - 1} statement(s) committed too; history keeps only the last ones)"
+        if first_kept > 1
+        else ""
+    )
+    doubt = f" In doubt (started, outcome unknown): {_as_kept(in_doubt)}." if in_doubt else ""
+    cut = [*committed, *([in_doubt] if in_doubt else [])]
+    full_text = (
+        f" Where a statement is cut or not kept, `{_rendering_command(entry)}` prints the revision's full SQL."
+        if first_kept > 1 or any("length" in s for s in cut)
+        else ""
+    )
     return (
         f"The database needs repair: revision {entry.revision} ({entry.direction}, run {entry.run_id}) was partially "
-        f"applied, and MySQL/MariaDB cannot roll back DDL. Statements that committed: {lines}.{doubt} "
+        f"applied, and MySQL/MariaDB cannot roll back DDL. Statements that committed{earlier}: "
+        f"{listed or 'none confirmed'}.{doubt}{full_text} "
         f"Either undo them by hand and run `dbmigrate repair --reverted` (the revision then runs again on the next "
         f"upgrade), or finish the rest of the revision by hand and run `dbmigrate repair --applied` (which stamps it)."
     )
+
+
+def _as_kept(statement: dict[str, Any]) -> str:
+    """A recorded statement as written, ending with a mark where history cut it."""
+    sql = str(statement["sql"]).strip()
+    if "length" in statement:
+        return f"{sql} [CUT HERE: {len(statement['sql'])} of its {statement['length']} characters are kept]"
+    return sql
+
+
+def _rendering_command(entry: hist.Entry) -> str:
+    if entry.direction != "upgrade":
+        return f"alembic downgrade {entry.revision}:{entry.revision}-1 --sql"
+    if entry.from_revision and "," not in entry.from_revision:
+        return f"alembic upgrade {entry.from_revision}:{entry.revision} --sql"
+    return f"alembic upgrade {entry.revision} --sql"  # from base: a merge point has no single start
 
 
 def split_committed(statements: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -583,10 +612,6 @@ def split_committed(statements: list[dict[str, Any]]) -> tuple[list[dict[str, An
     committed = statements[:last_ddl] + ([ddl] if ddl.get("done") else [])
     in_doubt = None if ddl.get("done") or ddl.get("failed") else ddl
     return committed, in_doubt
-
-
-def _one_line(sql: str) -> str:
-    return " ".join(sql.split())[:300]
 
 
 def _is_ddl(sql: str) -> bool:
@@ -1054,7 +1079,7 @@ class _Migration:
         assert self.current is not None
         row = self.rows.get(scripts.step_revision(self.current))
         if row is not None:
-            self.runner.history.record_statements(row, self.statements[-50:])
+            self.runner.history.record_statements(row, self.statements)
 
     def _committed_statements(self) -> list[dict[str, Any]]:
         """After a step raised: what of it committed anyway (only ever non-empty on MySQL)."""
@@ -1210,7 +1235,7 @@ class _Migration:
         if committed:
             row = self.rows.get(revision)
             if row is not None:
-                self.runner.history.record_statements(row, self.statements[-50:])
+                self.runner.history.record_statements(row, self.statements)
             self._record(step, hist.PARTIAL, reason)
             entry = self.runner.history.entries(limit=1, run_id=self.runner.identity.run_id)[0]
             return RepairNeeded(

@@ -171,3 +171,11 @@ def test_lock_wait_timeout_retries_only_while_nothing_committed(project: Path, d
     assert row["status"] == "failed" and row["attempts"] == 2
     assert "note" not in orders_columns(database_url)
     assert run_dbmigrate("upgrade", cwd=project, database_url=database_url).returncode == 0
+
+
+def test_wait_stops_at_once_with_the_repair_message(half_applied: Path, database_url: str) -> None:
+    proc = run_dbmigrate("wait", "--timeout", "60", cwd=half_applied, database_url=database_url)
+
+    assert proc.returncode == 5, proc.stderr
+    assert "will not become ready by itself" in proc.stderr and "dbmigrate repair --reverted" in proc.stderr
+    assert "raise --timeout" not in proc.stderr
