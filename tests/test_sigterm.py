@@ -27,6 +27,7 @@ from tests.conftest import (
     history_rows,
     log_events,
     run_dbmigrate,
+    table_names,
 )
 
 SIGTERM_EXIT, SIGINT_EXIT = 128 + signal.SIGTERM, 128 + signal.SIGINT
@@ -245,3 +246,54 @@ def test_sigterm_while_a_step_waits_for_a_long_transaction_records_the_step(
     assert current_revisions(database_url) == {"r01_busy"}
     assert run_dbmigrate("upgrade", cwd=project, database_url=database_url).returncode == 0
     assert current_revisions(database_url) == {"r02_alter"}
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_sigterm_under_the_async_env_py_template_cancels_the_statement_and_records_the_step(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``alembic init -t async`` runs the steps inside an asyncio event loop: the signal still ends the run honestly."""
+    from tests.test_envpy_shapes import Shape, make_project
+
+    template = tmp_path / "init"
+    template.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "init", "-t", "async", "migrations"],
+        cwd=template,
+        check=True,
+        capture_output=True,
+    )
+    project = make_project(Shape("async", template="async"), tmp_path, database_url, lambda _: template)
+    versions = project / "migrations" / "versions"
+    (versions / "shape_3.py").write_text(
+        (versions / "shape_3.py")
+        .read_text()
+        .replace('op.execute("SELECT no_such_column FROM shape_items")', 'op.execute("SELECT pg_sleep(5)")')
+    )
+    assert run_dbmigrate("upgrade", "shape_2", cwd=project, database_url=database_url).returncode == 0
+    output = tmp_path / "run.err"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbmigrate", "upgrade"],
+        cwd=project,
+        env=dbmigrate_env(database_url),
+        stdout=subprocess.DEVNULL,
+        stderr=output.open("w"),
+        text=True,
+    )
+    wait_for(
+        lambda: any(r["status"] == "running" and r["revision"] == "shape_3" for r in history_rows(database_url)),
+        "the slow step",
+        process,
+    )
+    time.sleep(0.5)  # inside pg_sleep
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+    stderr = output.read_text()
+    assert process.returncode == SIGTERM_EXIT, stderr
+    every_line_as_json(stderr)
+    assert not [s for s in server_still_runs_the_step(database_url, "postgresql") if "pg_sleep" in s]
+    row = history_rows(database_url)[-1]
+    assert (row["revision"], row["status"]) == ("shape_3", "failed") and "SIGTERM" in str(row["error"]), row
+    assert current_revisions(database_url) == {"shape_2"}
+    assert "shape_doomed" not in table_names(database_url)
