@@ -76,19 +76,51 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 
 
+_ALL_FORMATS = ("text", "json", "sarif")
+
+
 def common_options(command: Callable[..., Any], formats: tuple[str, ...] = ("text", "json")) -> Callable[..., Any]:
-    """The options every command shares; each can also be set as DBMIGRATE_<OPTION>."""
+    """The options every command shares; each can also be set as DBMIGRATE_<OPTION>, or before the command."""
     for names, attrs in reversed(_SETTING_OPTIONS):
         command = click.option(*names, default=None, **attrs)(command)
     command = click.option(
         "--format",
         "output_format",
         type=click.Choice(list(formats)),
-        default="text",
-        help="Output on stdout: " + " or ".join(formats),
+        default=None,
+        help="Output on stdout: " + " or ".join(formats) + " [text]",
     )(command)
-    command = click.option("--debug", is_flag=True, help="Show tracebacks and debug logs")(command)
+    command = click.option("--debug", is_flag=True, default=None, help="Show tracebacks and debug logs")(command)
+    command.output_formats = formats  # type: ignore[attr-defined]  # what --format before the command may ask
     return command
+
+
+def _global_options(group: Callable[..., Any]) -> Callable[..., Any]:
+    """The shared options, accepted before the command as Alembic users type them (``-c FILE upgrade``)."""
+    for names, attrs in reversed(_SETTING_OPTIONS):
+        group = click.option(*names, default=None, **attrs)(group)
+    group = click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(list(_ALL_FORMATS)),
+        default=None,
+        help="Output on stdout: text or json (check: also sarif) [text]",
+    )(group)
+    return click.option("--debug", is_flag=True, default=None, help="Show tracebacks and debug logs")(group)
+
+
+def _with_options_given_first(command: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` (as given after the command), completed by those given before it: after wins."""
+    before = click.get_current_context().find_root().obj or {}
+    merged = {name: before.get(name) if value is None else value for name, value in options.items()}
+    merged["output_format"] = merged.get("output_format") or "text"
+    formats = getattr(command, "output_formats", ("text", "json"))
+    if merged["output_format"] not in formats:
+        raise click.UsageError(
+            f"--format {merged['output_format']} is not available for this command (it offers {', '.join(formats)})."
+        )
+    merged["debug"] = bool(merged.get("debug"))
+    return merged
 
 
 def _data_loss_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,7 +144,9 @@ def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
     """Turn an API call into a command: settings in, rendered result out, exit code by error type."""
 
     @functools.wraps(render)
-    def wrapper(output_format: str, debug: bool, **kwargs: Any) -> None:
+    def wrapper(**kwargs: Any) -> None:
+        kwargs = _with_options_given_first(wrapper, kwargs)
+        output_format, debug = kwargs.pop("output_format"), kwargs.pop("debug")
         flags = {k: kwargs.pop(k) for k in list(kwargs) if k in Settings.__dataclass_fields__}
         json_logs = configure_logging("auto", debug)  # until the settings say otherwise
         try:
@@ -194,9 +228,16 @@ def _wants_json(argv: list[str]) -> bool:
     cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.version_option(__version__, prog_name="dbmigrate")
-def main() -> None:
-    """Safe Alembic migrations: one run at a time, online-friendly locking, history, clear exits."""
+@_global_options
+@click.pass_context
+def main(context: click.Context, /, **options_given_first: Any) -> None:
+    """Safe Alembic migrations: one run at a time, online-friendly locking, history, clear exits.
+
+    The shared options may come before the command (`dbmigrate -c app/alembic.ini upgrade`) or after
+    it; given in both places, the one after the command wins.
+    """
     termination.install()
+    context.obj = options_given_first
 
 
 @main.command(epilog=EPILOG)
