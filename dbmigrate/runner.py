@@ -793,8 +793,14 @@ class _Migration:
             raise UnsafeMigration(
                 f"Refusing to upgrade: revision {first.revision} ({first.file}:{first.line}) {first.rule} "
                 f"{first.category}: {first.message} Nothing was applied. If the loss is intended, add "
-                '`# dbmigrate: allow-data-loss reason="..."` to the revision file, or run with --allow-data-loss; '
-                f"otherwise: {first.suggestion}"
+                '`# dbmigrate: allow-data-loss reason="..."` to the revision file, or run with --allow-data-loss'
+                + (
+                    ": either way dbmigrate copies the data aside before the step, and `dbmigrate rollback` or "
+                    "`dbmigrate backups restore` brings it back"
+                    if first.category == "data-loss" and self.settings.backup
+                    else ""
+                )
+                + f"; otherwise: {first.suggestion}"
                 + (f" ({len(refused) - 1} more finding(s): dbmigrate check.)" if len(refused) > 1 else "")
             )
 

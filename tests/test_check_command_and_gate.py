@@ -72,9 +72,20 @@ def test_gate_refuses_a_revision_that_drops_a_column(at_head: Path, database_url
     assert proc.returncode == 4
     assert "0007_drop_email" in proc.stderr and "DL002" in proc.stderr
     assert "allow-data-loss" in proc.stderr and "--allow-data-loss" in proc.stderr
+    assert "either way dbmigrate copies the data aside before the step" in proc.stderr
     assert current_revisions(database_url) == {EXAMPLE_HEAD}
     assert email_exists(database_url)
     assert not [row for row in history_rows(database_url) if row["revision"] == "0007_drop_email"]
+
+
+def test_gate_refusal_with_backups_off_does_not_promise_a_copy(at_head: Path, database_url: str) -> None:
+    add_drop_email(at_head)
+
+    proc = run_dbmigrate("upgrade", "--no-backup", cwd=at_head, database_url=database_url)
+
+    assert proc.returncode == 4
+    assert "copies the data aside" not in proc.stderr
+    assert email_exists(database_url)
 
 
 def test_gate_passes_a_declared_data_loss(at_head: Path, database_url: str) -> None:

@@ -80,8 +80,8 @@ _RULE_LIST = [
         "error",
         "A column with its values is dropped.",
         "Dropping {table}.{column} deletes its value in every row; no downgrade can bring the values back.",
-        "Copy the values elsewhere first if they may be needed, and declare the loss in the revision: "
-        '# dbmigrate: allow-data-loss reason="...".',
+        'Declare the loss in the revision (# dbmigrate: allow-data-loss reason="..."); dbmigrate then copies '
+        "the values aside before the step (unless --no-backup). Or keep the column until no code reads it.",
     ),
     Rule(
         "DL003",
