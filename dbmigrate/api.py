@@ -46,6 +46,7 @@ from dbmigrate.settings import Settings
 # Loaded with the API, so before dbmigrate/__init__.py binds the name ``verify`` to the function below:
 # a submodule imported later would rebind the package's attribute to itself.
 from dbmigrate.verify import VerifyResult
+from dbmigrate.verify import run as run_verify
 
 log = structlog.get_logger("dbmigrate")
 
@@ -266,12 +267,16 @@ def verify(
     ``with_data`` a row seeded in every table before each downgrade must come back. The problems
     are in the result (``result.raise_if_problems()`` raises :class:`VerificationFailed`, exit 4).
     """
-    from dbmigrate.verify import run as run_verify
-
     resolved = _settings(settings, options)
     try:
         result = run_verify(
-            resolved, revision_range, url=url, with_data=with_data, upgrade=upgrade, downgrade=downgrade
+            resolved,
+            revision_range,
+            url=url,
+            with_data=with_data,
+            upgrade=upgrade,
+            downgrade=downgrade,
+            repair=repair,
         )
     except DbmigrateError as exc:
         write_termination_message(resolved.termination_log, f"dbmigrate verify failed: {exc}")
