@@ -263,9 +263,10 @@ def verify(
 
     Runs on a scratch database created beside the configured one (same server; a temporary file
     for SQLite) and dropped afterwards, or on ``url``, a throwaway database used from the state it
-    is in and never dropped. All revisions by default, or ``revision_range`` (``A:B``). With
-    ``with_data`` a row seeded in every table before each downgrade must come back. The problems
-    are in the result (``result.raise_if_problems()`` raises :class:`VerificationFailed`, exit 4).
+    is in and never dropped (what dbmigrate's own steps made there beside the schema is removed).
+    All revisions by default, or ``revision_range`` (``A:B``). With ``with_data`` a row seeded in
+    every table before each downgrade must come back. The problems are in the result
+    (``result.raise_if_problems()`` raises :class:`VerificationFailed`, exit 4).
     """
     resolved = _settings(settings, options)
     try:

@@ -27,7 +27,7 @@ from dbmigrate import database
 from dbmigrate.masking import redacted_reason
 from dbmigrate.snapshot import schemas
 
-log = structlog.get_logger("dbmigrate.verify")
+log = structlog.get_logger("dbmigrate.verify")  # seeding is a part of verify's run, and logs as such
 
 Connect = Callable[[], contextlib.AbstractContextManager[Connection]]
 Excluded = Callable[[str | None, str], bool]

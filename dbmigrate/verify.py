@@ -8,7 +8,9 @@ restores included), so what is verified is what a rollback with dbmigrate does.
 
 The scratch database is created beside the configured one (same server, ``<name>_verify_<random>``;
 a temporary file for SQLite) and dropped at the end, whatever happens. Given a URL instead, verify
-runs there, starting from what the database holds, and never drops it.
+runs there, starting from what the database holds, and never drops it; what its steps made beside
+the revisions' schema (backup copies, dbmigrate's tables, the backup schema, lock files) goes again.
+Seeding rows and reading them back is :mod:`dbmigrate.seeding`'s.
 """
 
 from __future__ import annotations
