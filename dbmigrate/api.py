@@ -46,6 +46,7 @@ from dbmigrate.settings import Settings
 # Loaded with the API, so before dbmigrate/__init__.py binds the name ``verify`` to the function below:
 # a submodule imported later would rebind the package's attribute to itself.
 from dbmigrate.verify import VerifyResult
+from dbmigrate.verify import run as run_verify
 
 log = structlog.get_logger("dbmigrate")
 
@@ -269,16 +270,21 @@ def verify(
 
     Runs on a scratch database created beside the configured one (same server; a temporary file
     for SQLite) and dropped afterwards, or on ``url``, a throwaway database used from the state it
-    is in and never dropped. All revisions by default, or ``revision_range`` (``A:B``). With
-    ``with_data`` a row seeded in every table before each downgrade must come back. The problems
-    are in the result (``result.raise_if_problems()`` raises :class:`VerificationFailed`, exit 4).
+    is in and never dropped (what dbmigrate's own steps made there beside the schema is removed).
+    All revisions by default, or ``revision_range`` (``A:B``). With ``with_data`` a row seeded in
+    every table before each downgrade must come back. The problems are in the result
+    (``result.raise_if_problems()`` raises :class:`VerificationFailed`, exit 4).
     """
-    from dbmigrate.verify import run as run_verify
-
     resolved = _settings(settings, options)
     try:
         result = run_verify(
-            resolved, revision_range, url=url, with_data=with_data, upgrade=upgrade, downgrade=downgrade
+            resolved,
+            revision_range,
+            url=url,
+            with_data=with_data,
+            upgrade=upgrade,
+            downgrade=downgrade,
+            repair=repair,
         )
     except DbmigrateError as exc:
         write_termination_message(resolved.termination_log, f"dbmigrate verify failed: {exc}")

@@ -318,6 +318,31 @@ class _FileLock:
             self.fd = None
 
 
+def lock_files(database: Path) -> set[Path]:
+    """SQLite: the lock files beside ``database``, one per version table a run migrated there."""
+    if not database.parent.is_dir():
+        return set()
+    prefix = database.name + "."
+    return {p for p in database.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(_LOCK_FILE_SUFFIX)}
+
+
+def remove_lock_file(path: Path) -> bool:
+    """Delete a SQLite lock file that no run holds (taken for an instant to find out); False when one holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        path.unlink(missing_ok=True)  # while held: a run that opens it now waits, then locks a file of its own
+        return True
+    finally:
+        os.close(fd)
+
+
 def _sqlite_lock_holders(database: Path) -> set[str]:
     """The run ids recorded in the lock files beside ``database`` that a live run holds."""
     holders = set()

@@ -62,3 +62,10 @@ def mask_url(url: object) -> str:
     """
     rendered = url.render_as_string(hide_password=False) if hasattr(url, "render_as_string") else str(url)
     return redact(_WHOLE_URL.sub(lambda m: m.group("head") + MASK + "@", rendered, count=1))
+
+
+def redacted_reason(exc: BaseException) -> str:
+    """A database error's first two lines (the driver's, not SQLAlchemy's wrapper), redacted, at most 300 characters."""
+    orig = getattr(exc, "orig", exc)
+    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
+    return redact(" ".join(lines[:2]))[:300] or type(orig).__name__

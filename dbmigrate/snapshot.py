@@ -4,7 +4,8 @@ A snapshot is one line per object (table, column with type, nullability and defa
 foreign key, unique and check constraint, index, view, sequence, PostgreSQL enum type), keyed so
 that two snapshots compare line by line. Spelling the server chose does not count: column order,
 a default's redundant parentheses, a number or boolean default quoted or not, the names a server
-gives unnamed CHECK constraints. :func:`compare` says what is missing, extra and changed.
+gives unnamed CHECK constraints, the sequence PostgreSQL makes for a SERIAL or identity column (it
+is part of that column). :func:`compare` says what is missing, extra and changed.
 """
 
 from __future__ import annotations
@@ -54,14 +55,34 @@ def snapshot(connection: Connection, excluded: Callable[[str | None, str], bool]
                 definition = ""
             found[f"view {prefix}{view}"] = _norm(definition)
         with contextlib.suppress(NotImplementedError):
+            owned = _column_sequences(connection, schema or inspector.default_schema_name)
             for sequence in inspector.get_sequence_names(schema=schema):
-                if not excluded(schema, sequence):
+                if not excluded(schema, sequence) and sequence not in owned:
                     found[f"sequence {prefix}{sequence}"] = ""
         get_enums = getattr(inspector, "get_enums", None)
         if get_enums is not None:
             for enum in get_enums(schema=schema or inspector.default_schema_name):
                 found[f"enum type {prefix}{enum['name']}"] = "(" + ", ".join(repr(v) for v in enum["labels"]) + ")"
     return found
+
+
+def _column_sequences(connection: Connection, schema: str | None) -> set[str]:
+    """PostgreSQL: the sequences a column owns (SERIAL's, an identity's), part of that column rather than objects.
+
+    They come and go with their table, and the column's default (``nextval(...)``) or identity
+    already names them; listed apart, a table left behind would read differently than on MySQL or
+    SQLite, which have no such sequence.
+    """
+    if connection.dialect.name != "postgresql" or schema is None:
+        return set()
+    rows = connection.exec_driver_sql(
+        "SELECT s.relname FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace "
+        "JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass "
+        "AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 AND d.deptype IN ('a', 'i') "
+        "WHERE s.relkind = 'S' AND n.nspname = %(schema)s",
+        {"schema": schema},
+    )
+    return {str(row[0]) for row in rows}
 
 
 def schemas(connection: Connection) -> list[str | None]:

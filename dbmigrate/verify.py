@@ -8,7 +8,9 @@ restores included), so what is verified is what a rollback with dbmigrate does.
 
 The scratch database is created beside the configured one (same server, ``<name>_verify_<random>``;
 a temporary file for SQLite) and dropped at the end, whatever happens. Given a URL instead, verify
-runs there, starting from what the database holds, and never drops it.
+runs there, starting from what the database holds, and never drops it; what its steps made beside
+the revisions' schema (backup copies, dbmigrate's tables, the backup schema, lock files) goes again.
+Seeding rows and reading them back is :mod:`dbmigrate.seeding`'s.
 """
 
 from __future__ import annotations
@@ -16,17 +18,13 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
-import datetime as dt
 import logging
 import os
 import re
 import secrets
 import shutil
 import tempfile
-import uuid
-import warnings
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +32,12 @@ import structlog
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import CheckConstraint, Column, MetaData, Table, and_, func, inspect, select
+from sqlalchemy import Column, MetaData, Table, inspect, select
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError, NoSuchTableError, SAWarning, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from dbmigrate import database, scripts
+from dbmigrate import database, locking, scripts
 from dbmigrate.errors import (
     ConfigurationError,
     DbmigrateError,
@@ -49,11 +47,15 @@ from dbmigrate.errors import (
     UnsafeMigration,
     VerificationFailed,
 )
-from dbmigrate.masking import mask_url, redact, register_secret
+from dbmigrate.history import History
+from dbmigrate.masking import mask_url, redact, redacted_reason, register_secret
+from dbmigrate.rollback import Backups
+from dbmigrate.seeding import Seeded, Seeder, row_label, show
 from dbmigrate.settings import Settings
-from dbmigrate.snapshot import compare, schemas, snapshot
+from dbmigrate.snapshot import compare, snapshot
 
 if TYPE_CHECKING:
+    from dbmigrate.history import Entry
     from dbmigrate.runner import RunResult
 
 log = structlog.get_logger("dbmigrate.verify")
@@ -69,6 +71,10 @@ KINDS = (DOWNGRADE_FAILED, UPGRADE_FAILED, TRACE_LEFT, DATA_LOST)
 # What a failing step raises through the API: a finding about the revision, not about the setup.
 _STEP_ERRORS = (MigrationFailed, RepairNeeded, UnsafeMigration, LockTimeout)
 _MAX_DIFFERENCES = 20
+_EMPTY_DOWNGRADE_UNSEEN = (
+    "the downgrade (its downgrade() is empty) left behind what its upgrade did: nothing the schema snapshot "
+    "shows (rows, a function, a grant), but the upgrade again failed on it"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +135,7 @@ class VerifyResult:
 
 
 Migrate = Callable[..., "RunResult"]
+Repair = Callable[..., "Entry"]
 
 
 def run(
@@ -139,11 +146,12 @@ def run(
     with_data: bool,
     upgrade: Migrate,
     downgrade: Migrate,
+    repair: Repair,
 ) -> VerifyResult:
     """Round-trip the revisions of ``revision_range`` (default: all), oldest first; see the module docstring.
 
-    ``upgrade`` and ``downgrade`` are dbmigrate's public API functions (passed in, so that this
-    module sits beside the API rather than above it).
+    ``upgrade``, ``downgrade`` and ``repair`` are dbmigrate's public API functions, passed in by
+    the API: verify runs its steps through them without importing the API above it.
     """
     gate = _GateLog()
     with gate:
@@ -156,7 +164,7 @@ def run(
         else:
             place = _ScratchDatabase(database.parse_url(settings.resolved_url(scripts.ini_url(config))), settings)
         with place:
-            verifier = _Verifier(settings, config, script, place, with_data, upgrade, downgrade, gate)
+            verifier = _Verifier(settings, config, script, place, with_data, _Steps(upgrade, downgrade, repair), gate)
             with _environment_pointing_at(place.url):
                 result = verifier.run(revisions, lower)
     if gate.demoted:
@@ -166,6 +174,15 @@ def run(
             findings=gate.demoted,
         )
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Steps:
+    """The API functions verify runs its steps through (dbmigrate upgrade, downgrade and repair)."""
+
+    upgrade: Migrate
+    downgrade: Migrate
+    repair: Repair
 
 
 class _GateLog:
@@ -309,7 +326,7 @@ class _ScratchDatabase(_Place):
                 raise ConfigurationError(
                     f"verify cannot create its scratch database {self.name} on the server of "
                     f"{mask_url(self.configured)}: "
-                    f"{_reason(exc)}. verify round-trips every revision on a database of its own and drops it "
+                    f"{redacted_reason(exc)}. verify round-trips every revision on a database of its own and drops it "
                     "afterwards, which needs a user allowed to create databases (PostgreSQL: CREATEDB; "
                     "MySQL/MariaDB: the CREATE and DROP privileges). Grant that, or pass --url with a "
                     "throwaway database that verify may fill (it never drops a database it did not create)."
@@ -422,8 +439,7 @@ class _Verifier:
         script: ScriptDirectory,
         place: _Place,
         with_data: bool,
-        upgrade: Migrate,
-        downgrade: Migrate,
+        steps: _Steps,
         gate: _GateLog | None = None,
     ) -> None:
         self.gate = gate or _GateLog()
@@ -431,8 +447,7 @@ class _Verifier:
         self.script = script
         self.place = place
         self.with_data = with_data
-        self._upgrade_api = upgrade
-        self._downgrade_api = downgrade
+        self.steps = steps
         self.settings = dataclasses.replace(
             settings,
             database_url=place.url,
@@ -447,19 +462,19 @@ class _Verifier:
             metrics_textfile=None,
         )
         self.own_tables = _OwnTables(self.settings)
-        self.run_ids: set[str] = set()
-        self.seq = 0
+        self.seeder = Seeder(self._connect, self.own_tables.excluded)
         self.confirmed = False
         self.known: dict[str, str] | None = None  # the schema now, when a round trip just took it
-        self.seeded: list[_Seeded] = []  # the rows seeded for the current round trip
+        self.seeded: list[Seeded] = []  # the rows seeded for the current round trip
 
     # -- the walk ---------------------------------------------------------------------------------
 
     def run(self, revisions: Sequence[str], lower: str) -> VerifyResult:
         result = VerifyResult(database=mask_url(self.place.parsed), scratch=self.place.owned, with_data=self.with_data)
-        scripts.point_at(self.config, self.place.url)
-        self.own_tables.version_table = self._version_table()
+        footprint = None if self.place.owned else self._footprint()
         try:
+            scripts.point_at(self.config, self.place.url)
+            self.own_tables.version_table = self._version_table()
             todo = self._start(revisions, lower)
             for index, revision in enumerate(todo):
                 result.revisions_checked += 1
@@ -469,14 +484,14 @@ class _Verifier:
                 for problem in problems:
                     log.warning("verify found a problem", revision=revision, kind=problem.kind, detail=problem.detail)
                 rest = list(todo[index + 1 :])
-                if state == _BLOCKED and rest:
-                    self._get_past(revision, rest)
+                # Also for the last revision of a --range: the problem says whether it upgrades in one run.
+                if state == _BLOCKED and self._get_past(revision, rest):
                     failed = result.problems[-1]
+                    above = " The revisions above it were checked from there." if rest else ""
                     result.problems[-1] = dataclasses.replace(
                         failed,
                         detail=f"{failed.detail} (Upgrading an empty database to {revision} in one run works: "
-                        "it needs what an earlier revision did in the same run. The revisions above it were "
-                        "checked from there.)",
+                        f"it needs what an earlier revision did in the same run.{above})",
                     )
                 if state == _OFF_COURSE and rest:
                     self._recover(revision, rest)
@@ -486,7 +501,8 @@ class _Verifier:
             result.not_checked = stop.not_checked
             log.warning("verify stopped early", reason=stop.reason, not_checked=stop.not_checked)
         finally:
-            self._clean_up()
+            if footprint is not None:
+                self._clean_up(footprint)
         return result
 
     def _start(self, revisions: Sequence[str], lower: str) -> list[str]:
@@ -527,7 +543,7 @@ class _Verifier:
         except _STEP_ERRORS as exc:
             return [Problem(revision, UPGRADE_FAILED, f"the upgrade failed: {exc}")], _BLOCKED
         after = self._snapshot()
-        self.seeded = self._seed() if self.with_data else []
+        self.seeded = self.seeder.seed() if self.with_data else []
         try:
             self._downgrade(revision)
         except _STEP_ERRORS as exc:
@@ -536,7 +552,7 @@ class _Verifier:
                 problems.append(Problem(revision, DOWNGRADE_FAILED, f"the downgrade failed: {failure}"))
                 return problems, self._settle(revision, after, failure, stamp=False)
         down = self._snapshot()
-        kept = self._rows_now(self.seeded)  # what the downgrade left of the seeded rows
+        kept = self.seeder.rows_now(self.seeded)  # what the downgrade left of the seeded rows
         # What is missing now was removed by the downgrade itself, or removed by the upgrade and not put back.
         removed = {key: value for key, value in before.items() if key not in down and key in after}
         not_restored = {key: value for key, value in before.items() if key not in down and key not in after}
@@ -550,16 +566,21 @@ class _Verifier:
                     "the downgrade ran but removed what was there before the upgrade: " + _join(missing),
                 )
             )
+        empty = _empty_downgrade(self.script, revision)
         if extra or changed or not_restored:
             _, missing, _ = compare(not_restored, {})
             left = extra + changed + [line.removesuffix(" is gone") + " is not restored" for line in missing]
-            empty = " (its downgrade() is empty)" if _empty_downgrade(self.script, revision) else ""
-            problems.append(Problem(revision, TRACE_LEFT, f"the downgrade{empty} left behind: " + _join(left)))
+            note = " (its downgrade() is empty)" if empty else ""
+            problems.append(Problem(revision, TRACE_LEFT, f"the downgrade{note} left behind: " + _join(left)))
         try:
             self._upgrade(revision)
         except _STEP_ERRORS as exc:
             failure = self._again_without_seeded(exc, lambda: self._upgrade(revision), revision, "upgrade again")
             if failure is not None:
+                if empty and not any(problem.kind == TRACE_LEFT for problem in problems):
+                    # What the upgrade did is out of the snapshot's sight (rows, a function, a grant), yet
+                    # still there: the empty downgrade is the cause, not only the failure that follows it.
+                    problems.append(Problem(revision, TRACE_LEFT, _EMPTY_DOWNGRADE_UNSEEN))
                 problems.append(
                     Problem(revision, UPGRADE_FAILED, f"upgrading again after the downgrade failed: {failure}")
                 )
@@ -577,7 +598,7 @@ class _Verifier:
                     )
                 )
             return problems, _OFF_COURSE
-        lost, converted = self._check_seeded(self.seeded, kept)
+        lost, converted = self.seeder.check(self.seeded, kept)
         if converted:
             losses_again = self._converted_again(revision, converted)
             if losses_again is None:
@@ -597,7 +618,7 @@ class _Verifier:
         self.known = again
         return problems, _SETTLED
 
-    def _converted_again(self, revision: str, converted: Sequence[_Seeded]) -> dict[str, list[str]] | None:
+    def _converted_again(self, revision: str, converted: Sequence[Seeded]) -> dict[str, list[str]] | None:
         """The upgrade again changed values the downgrade had kept: is that a conversion, or damage?
 
         Verify seeds its rows after the first upgrade, so the upgrade's data migration (recompute a
@@ -609,7 +630,7 @@ class _Verifier:
         """
         try:
             self._downgrade(revision)
-            kept = self._rows_now(converted)
+            kept = self.seeder.rows_now(converted)
             self._upgrade(revision)
         except _STEP_ERRORS as exc:
             log.warning(
@@ -618,12 +639,12 @@ class _Verifier:
                 error=redact(str(exc))[:300],
             )
             return None
-        lost, again = self._check_seeded(converted, kept)
+        lost, again = self.seeder.check(converted, kept)
         for row in again:
             key = row.key or {}
             lost.setdefault(row.fullname, []).append(
-                f"{_row_label(row)}: the upgrade changes it again on every round trip ("
-                + ", ".join(f"{k}={_show(v)}" for k, v in row.values.items() if k not in key)
+                f"{row_label(row)}: the upgrade changes it again on every round trip ("
+                + ", ".join(f"{k}={show(v)}" for k, v in row.values.items() if k not in key)
                 + " after one upgrade, not after the next)"
             )
         if not again:
@@ -676,42 +697,47 @@ class _Verifier:
             return _OFF_COURSE
         try:
             if isinstance(exc, RepairNeeded):
-                from dbmigrate.api import repair
-
-                repair("applied" if stamp else "reverted", settings=self.settings)
+                self.steps.repair("applied" if stamp else "reverted", settings=self.settings)
             elif stamp:
                 self._stamp(revision)
         except (DbmigrateError, SQLAlchemyError) as error:
-            log.warning("could not go on from the upgraded schema", revision=revision, error=_reason(error))
+            log.warning("could not go on from the upgraded schema", revision=revision, error=redacted_reason(error))
             return _OFF_COURSE
         if stamp:
             log.info("the schema is still the upgrade's: the version table is stamped to go on", revision=revision)
         self.known = dict(after)
         return _SETTLED
 
-    def _get_past(self, revision: str, rest: Sequence[str]) -> None:
+    def _get_past(self, revision: str, rest: Sequence[str]) -> bool:
         """After an upgrade that fails in a run of its own: a new scratch database upgraded to it in one run.
 
         A revision may depend on what an earlier one left in the same run (SQLAlchemy creates a
         PostgreSQL enum type once per run, for example), so it fails when upgraded alone but works
-        as part of ``upgrade head``. Going on from there checks the revisions above it.
+        as part of ``upgrade head``. Going on from there checks the revisions above it (``rest``).
+        Returns whether the upgrade in one run works; when it does not (or the database was given
+        with --url, which is never recreated), :class:`_Stop` names the revisions above as unchecked.
         """
         if not self.place.owned:
-            raise _Stop(f"{revision} does not upgrade, so the revisions above it cannot be checked", rest)
+            if rest:
+                raise _Stop(f"{revision} does not upgrade, so the revisions above it cannot be checked", rest)
+            return False
         log.info("recreating the scratch database to upgrade to the failing revision in one run", revision=revision)
         self.place.recreate()
         try:
             self._upgrade(revision)
         except _STEP_ERRORS:
-            raise _Stop(
-                f"{revision} does not upgrade, not even from an empty database in one run, so the revisions "
-                "above it cannot be checked",
-                rest,
-            ) from None
+            if rest:
+                raise _Stop(
+                    f"{revision} does not upgrade, not even from an empty database in one run, so the revisions "
+                    "above it cannot be checked",
+                    rest,
+                ) from None
+            return False
         log.warning(
             "the revision upgrades from an empty database in one run, not on its own: going on from there",
             revision=revision,
         )
+        return True
 
     def _recover(self, revision: str, rest: Sequence[str]) -> None:
         """After a round trip that left the database off course: a new scratch database, upgraded to ``revision``."""
@@ -731,7 +757,7 @@ class _Verifier:
     # -- steps, through the public API ------------------------------------------------------------
 
     def _upgrade(self, target: str, confirm: bool = False) -> None:
-        self._run("upgrade", self._upgrade_api, target)
+        self._run("upgrade", self.steps.upgrade, target)
         if confirm and not self.confirmed:
             self._confirm_target(target)
 
@@ -741,13 +767,12 @@ class _Verifier:
         # One step down, only this revision: "REV@-1" leaves other branches alone; from a merge
         # point, downgrading to one of its parents removes the merge point only.
         target = downs[0] if len(downs) > 1 else f"{revision}@-1"
-        self._run("downgrade", self._downgrade_api, target)
+        self._run("downgrade", self.steps.downgrade, target)
 
     def _run(self, direction: str, migrate: Migrate, target: str) -> None:
         """One ``dbmigrate upgrade``/``downgrade`` through the public API, its gate's log demoted."""
         self.gate.step = direction
-        result = migrate(target, settings=self.settings)
-        self.run_ids.add(result.run_id)
+        migrate(target, settings=self.settings)
 
     def _stamp(self, revision: str) -> None:
         """Set the version table to ``revision`` without running it (``alembic stamp``)."""
@@ -832,164 +857,10 @@ class _Verifier:
 
     # -- data -------------------------------------------------------------------------------------
 
-    def _seed(self) -> list[_Seeded]:
-        """A row in every table, in foreign-key order; what each row holds, as stored."""
-        seeded: list[_Seeded] = []
-        with self._connect() as connection:
-            metadata = _reflect(connection, self.own_tables.excluded)
-            stored: dict[str, dict[str, Any]] = {}
-            for table in metadata.sorted_tables:
-                if self.own_tables.excluded(table.schema, table.name):
-                    continue
-                row = self._seed_table(connection, table, stored)
-                if row is not None:
-                    stored[table.fullname] = row.values
-                    seeded.append(row)
-        return seeded
-
-    def _seed_table(self, connection: Connection, table: Table, stored: Mapping[str, dict[str, Any]]) -> _Seeded | None:
-        """Insert one row into ``table`` in a transaction of its own; None (logged) when that cannot be done."""
-        if connection.in_transaction():
-            connection.commit()  # reflection's implicit transaction
-        try:
-            with connection.begin():
-                values = self._row_values(connection, table, stored)
-                if values is None:
-                    return None
-                inserted = connection.execute(table.insert().values(**values))
-                database.advance_sequences(
-                    connection,
-                    connection.dialect.identifier_preparer.format_table(table),
-                    [c.name for c in table.primary_key.columns if isinstance(values.get(c.name), int)],
-                )
-                key: dict[str, Any] | None = {c.name: values.get(c.name) for c in table.primary_key.columns}
-                if key and None in key.values() and inserted.inserted_primary_key is not None:
-                    key = dict(zip(key, inserted.inserted_primary_key, strict=False))  # generated by the database
-                key = key or None
-                row = connection.execute(select(table).where(_matches(table, key or values))).mappings().first()
-        except SQLAlchemyError as exc:
-            log.warning("table not seeded: the insert failed", table=table.fullname, error=_reason(exc))
-            return None
-        return None if row is None else _Seeded(table.schema, table.name, key, dict(row))
-
-    def _row_values(
-        self, connection: Connection, table: Table, stored: Mapping[str, dict[str, Any]]
-    ) -> dict[str, Any] | None:
-        """A value for every column: foreign keys refer to the rows just seeded (or any row), the rest by type."""
-        values: dict[str, Any] = {}
-        mysql = connection.dialect.name in ("mysql", "mariadb")
-        json_text = {
-            column.name
-            for constraint in table.constraints
-            if isinstance(constraint, CheckConstraint) and "json_valid" in str(constraint.sqltext).lower()
-            for column in table.columns
-            if column.name in str(constraint.sqltext)
-        }
-        for constraint in table.foreign_key_constraints:
-            referred = constraint.referred_table
-            parent = stored.get(referred.fullname)
-            if parent is None and referred is not table:
-                found = connection.execute(select(*[e.column for e in constraint.elements]).limit(1)).first()
-                parent = dict(zip([e.column.name for e in constraint.elements], found, strict=True)) if found else None
-            for element in constraint.elements:
-                if parent is not None:
-                    values[element.parent.name] = parent[element.column.name]
-                elif element.parent.nullable:
-                    values[element.parent.name] = None
-                else:
-                    log.warning(
-                        "table not seeded: no row to refer to", table=table.fullname, refers_to=referred.fullname
-                    )
-                    return None
-        for column in table.columns:
-            if column.name in values or column.computed is not None:
-                continue
-            if column.identity is not None and column.identity.always:
-                continue  # the database generates it; read back from the insert
-            self.seq += 1
-            if column.primary_key and isinstance(column.type, sqltypes.Integer):
-                # Explicit, above every existing id: rows a migration inserts with explicit ids do not collide.
-                biggest = connection.execute(select(func.max(column))).scalar()
-                values[column.name] = int(biggest or 0) + 1
-                continue
-            value = sample_value(column.type, self.seq)
-            if isinstance(value, str) and (column.name in json_text or (mysql and "TEXT" in str(column.type).upper())):
-                # JSON kept as text (MariaDB's JSON is LONGTEXT with a CHECK json_valid() that is not reflected).
-                value = f'{{"seed": {self.seq}}}'
-            if value is _UNKNOWN:
-                if column.nullable:
-                    values[column.name] = None
-                elif column.server_default is None:
-                    log.warning(
-                        "table not seeded: no value for a column of this type",
-                        table=table.fullname,
-                        column=column.name,
-                        type=str(column.type),
-                    )
-                    return None
-                continue
-            values[column.name] = value
-        return values
-
     def _unseed(self) -> None:
-        """Delete the seeded rows that are still there, the referring ones first; what cannot go is logged."""
+        """Delete the rows seeded for this round trip (those still there); none are seeded after that."""
         seeded, self.seeded = self.seeded, []
-        with self._connect() as connection:
-            metadata = _reflect(connection, self.own_tables.excluded)
-            if connection.in_transaction():
-                connection.commit()  # reflection's implicit transaction
-            for row in reversed(seeded):
-                table = metadata.tables.get(f"{row.schema}.{row.name}" if row.schema else row.name)
-                lookup = row.key if row.key is not None else row.values
-                if table is None or any(name not in table.c for name in lookup):
-                    continue
-                try:
-                    with connection.begin():
-                        connection.execute(table.delete().where(_matches(table, lookup)))
-                except SQLAlchemyError as exc:
-                    log.warning("seeded row not deleted", table=table.fullname, error=_reason(exc))
-
-    def _rows_now(self, seeded: Sequence[_Seeded]) -> list[dict[str, Any] | None]:
-        """Each seeded row as the database holds it now (None: not found by its key)."""
-        if not seeded:
-            return []
-        with self._connect() as connection:
-            metadata = _reflect(connection, self.own_tables.excluded)
-            kept: list[dict[str, Any] | None] = []
-            for row in seeded:
-                try:
-                    kept.append(_row_now(connection, metadata.tables.get(row.fullname), row))
-                except _Unreadable:
-                    kept.append(None)  # nothing counts as kept: what changes later is a loss
-            return kept
-
-    def _check_seeded(
-        self, seeded: Sequence[_Seeded], kept: Sequence[dict[str, Any] | None]
-    ) -> tuple[dict[str, list[str]], list[_Seeded]]:
-        """Per table, what of the seeded rows the round trip lost; and the rows the upgrade again converted.
-
-        A value the downgrade kept (``kept``: the rows as it left them) and the upgrade again changed
-        or removed is not counted here: those rows are returned as they are stored now (the rows
-        the upgrade removed are left out), for :meth:`_converted_again`.
-        """
-        lost: dict[str, list[str]] = {}
-        converted: list[_Seeded] = []
-        if not seeded:
-            return lost, converted
-        with self._connect() as connection:
-            metadata = _reflect(connection, self.own_tables.excluded)
-            for index, row in enumerate(seeded):
-                table = metadata.tables.get(row.fullname)
-                before = kept[index] if index < len(kept) else None
-                problems, excused = _compare_row(connection, table, row, before)
-                if problems:
-                    lost.setdefault(row.fullname, []).extend(problems)
-                now = None
-                with contextlib.suppress(_Unreadable):  # read a moment ago
-                    now = _row_now(connection, table, row) if excused else None
-                if now is not None:
-                    converted.append(dataclasses.replace(row, values=now))
-        return lost, converted
+        self.seeder.unseed(seeded)
 
     def _no_backup_note(self, revision: str) -> str:
         reason = self.gate.unanalysed.get((revision, "downgrade"))
@@ -1000,39 +871,74 @@ class _Verifier:
             f"{reason[:200]})"
         )
 
-    def _clean_up(self) -> None:
-        """On a given database: drop the copies verify's own runs backed up (a scratch database goes whole)."""
-        if self.place.owned or not self.run_ids:
-            return
-        from dbmigrate.rollback import Backups
+    def _backups(self, connection: Connection) -> Backups:
+        settings = self.settings
+        caps = database.capabilities(connection.engine)
+        return Backups(connection, caps, settings.backups_table, settings.table_schema, settings.backup_schema)
 
+    def _footprint(self) -> _Footprint:
+        """What of dbmigrate's own the given database holds before verify runs on it."""
+        with self._connect() as connection:
+            inspector = inspect(connection)
+            tables = self.own_tables.names & set(inspector.get_table_names())
+            sqlite = connection.dialect.name == "sqlite"  # its copies are tables beside the data, not a place
+            location = sqlite or self.settings.backup_schema in inspector.get_schema_names()
+            backup_ids = {backup.id for backup in self._backups(connection).all()}
+        return _Footprint(frozenset(tables), frozenset(backup_ids), location, frozenset(self._lock_files()))
+
+    def _lock_files(self) -> set[Path]:
+        name = self.place.parsed.database
+        is_file = self.place.parsed.get_backend_name() == "sqlite" and name and name != ":memory:"
+        return locking.lock_files(Path(name)) if is_file and name else set()
+
+    def _clean_up(self, before: _Footprint) -> None:
+        """On a given database: remove what verify's runs made beside the revisions' schema (a scratch one goes whole).
+
+        The copies its steps backed up, dbmigrate's tables and the backup schema (MySQL/MariaDB: the
+        server's backup database) that were not there before, SQLite's lock files. A history naming a
+        partially applied step stays: `dbmigrate status` and `dbmigrate repair` need it to set the
+        database right. What cannot be removed is logged.
+        """
         try:
             with self._connect() as connection:
                 connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-                backups = Backups(
-                    connection,
-                    database.capabilities(connection.engine),
-                    self.settings.backups_table,
-                    self.settings.table_schema,
-                    self.settings.backup_schema,
-                )
+                backups = self._backups(connection)
                 for backup in backups.all():
-                    if backup.run_id in self.run_ids and backup.status != "dropped":
+                    if backup.id not in before.backup_ids:
                         backups.drop(backup)
+                inspector = inspect(connection)
+                made = (self.own_tables.names & set(inspector.get_table_names())) - before.tables
+                history = self.settings.history_table
+                if history in made and History(connection, history, None).unresolved_partials():
+                    made.discard(history)
+                    log.warning("verify keeps the history it made: it names a partially applied step", table=history)
+                quote = connection.dialect.identifier_preparer.quote
+                for name in sorted(made):
+                    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(name)}")
+                location, now = self.settings.backup_schema, inspect(connection)
+                # Made by verify's steps, and emptied: on MySQL/MariaDB other runs' copies may be there by now.
+                if (
+                    not before.backup_location
+                    and location in now.get_schema_names()
+                    and not now.get_table_names(schema=location)
+                ):
+                    kind = "SCHEMA" if connection.dialect.name == "postgresql" else "DATABASE"
+                    connection.exec_driver_sql(f"DROP {kind} {quote(location)}")
         except (DbmigrateError, SQLAlchemyError) as exc:
-            log.warning("verify's backup copies not dropped", error=redact(str(getattr(exc, "orig", exc)))[:300])
+            log.warning("what verify made on the database was not all removed", error=redacted_reason(exc))
+        for path in self._lock_files() - before.lock_files:
+            if not locking.remove_lock_file(path):
+                log.warning("lock file not removed: a run holds it", path=str(path))
 
 
 @dataclasses.dataclass(frozen=True)
-class _Seeded:
-    schema: str | None
-    name: str
-    key: dict[str, Any] | None  # primary key values; None: the table has none, match on every value
-    values: dict[str, Any]
+class _Footprint:
+    """What of dbmigrate's own a given database held before verify: what verify adds is removed after it."""
 
-    @property
-    def fullname(self) -> str:
-        return f"{self.schema}.{self.name}" if self.schema else self.name
+    tables: frozenset[str]  # dbmigrate's tables: history, archive, backups registry
+    backup_ids: frozenset[int]  # rows of the backups registry
+    backup_location: bool  # the backup schema (PostgreSQL) or database (MySQL/MariaDB) exists
+    lock_files: frozenset[Path]  # SQLite: the lock files beside the database file
 
 
 class _OwnTables:
@@ -1080,195 +986,3 @@ def _empty_downgrade(script: ScriptDirectory, revision: str) -> bool:
 def _join(lines: Sequence[str]) -> str:
     shown = "; ".join(lines[:_MAX_DIFFERENCES])
     return shown + (f"; and {len(lines) - _MAX_DIFFERENCES} more" if len(lines) > _MAX_DIFFERENCES else "")
-
-
-# -- seeding values -------------------------------------------------------------------------------------
-
-
-class _Unknown:
-    pass
-
-
-_UNKNOWN = _Unknown()
-
-
-def sample_value(type_: sqltypes.TypeEngine[Any], seq: int) -> Any:
-    """A value of ``type_`` that every database stores; ``seq`` makes it distinct. ``_UNKNOWN`` when there is none."""
-    enums = getattr(type_, "enums", None)
-    if enums:
-        return enums[0]
-    if isinstance(type_, sqltypes.JSON):
-        return {"seed": seq}
-    try:
-        python_type = type_.python_type
-    except NotImplementedError:
-        return _UNKNOWN
-    name = type(type_).__name__.upper()
-    if python_type is bool:
-        return True
-    if python_type is int:
-        if "TINY" in name:
-            return seq % 100 + 1
-        if "SMALL" in name or isinstance(type_, sqltypes.SmallInteger):
-            return seq % 30000 + 1
-        if "MEDIUM" in name:
-            return seq % 8_000_000 + 1
-        return 1_000_000 + seq
-    if python_type is float:
-        return 1.5
-    if python_type is Decimal:
-        precision, scale = getattr(type_, "precision", None), getattr(type_, "scale", None)
-        if precision is not None and scale is not None and precision - scale < 1:
-            return Decimal("0.5")
-        return Decimal("1.5")
-    if python_type is str:
-        length = getattr(type_, "length", None)
-        if length in (32, 36):  # most likely a UUID kept as text, which migrations may reshape
-            made_up = uuid.UUID(int=0x5EED << 64 | seq)
-            return made_up.hex if length == 32 else str(made_up)
-        text = f"seed-{seq}"
-        return text[-length:] if length and length < len(text) else text
-    if python_type is bytes:
-        length = getattr(type_, "length", None)
-        return b"seed"[: length or 4]
-    if python_type is dt.datetime:
-        moment = dt.datetime(2001, 2, 3, 4, 5, 6)
-        return moment.replace(tzinfo=dt.timezone.utc) if getattr(type_, "timezone", False) else moment
-    if python_type is dt.date:
-        return dt.date(2001, 2, 3)
-    if python_type is dt.time:
-        return dt.time(4, 5, 6)
-    if python_type is dt.timedelta:
-        return dt.timedelta(seconds=seq)
-    if python_type is dict:
-        return {"seed": seq}
-    if python_type is list:
-        return []
-    if python_type is uuid.UUID:
-        return uuid.uuid4() if getattr(type_, "as_uuid", True) else str(uuid.uuid4())
-    return _UNKNOWN
-
-
-def _reflect(connection: Connection, excluded: Callable[[str | None, str], bool]) -> MetaData:
-    """The tables verify sees, as SQLAlchemy tables; a foreign key to a table that is not there is left out.
-
-    SQLite (and MySQL with foreign_key_checks off) accepts a foreign key to a missing table:
-    following it would fail the reflection, and there is no row to refer to anyway.
-    """
-    try:
-        return _reflect_tables(connection, excluded, resolve_fks=True)
-    except NoSuchTableError:
-        if connection.in_transaction():
-            connection.rollback()
-    metadata = _reflect_tables(connection, excluded, resolve_fks=False)
-    for table in metadata.tables.values():
-        for constraint in list(table.foreign_key_constraints):
-            if constraint.elements[0].target_fullname.rpartition(".")[0] not in metadata.tables:
-                table.constraints.discard(constraint)
-                for element in constraint.elements:
-                    element.parent.foreign_keys.discard(element)
-                    table.foreign_keys.discard(element)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SAWarning)
-        metadata.sorted_tables  # noqa: B018 -- computed here, where its cycle warning is silenced
-    return metadata
-
-
-def _reflect_tables(
-    connection: Connection, excluded: Callable[[str | None, str], bool], *, resolve_fks: bool
-) -> MetaData:
-    metadata = MetaData()
-    inspector = inspect(connection)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SAWarning)  # types a dialect does not know, cycles in sorted_tables
-        for schema in schemas(connection):
-            names = [n for n in inspector.get_table_names(schema=schema) if not excluded(schema, n)]
-            if names:
-                metadata.reflect(connection, schema=schema, only=names, resolve_fks=resolve_fks)
-        if resolve_fks:
-            metadata.sorted_tables  # noqa: B018 -- computed here, where its cycle warning is silenced
-    return metadata
-
-
-def _matches(table: Table, values: Mapping[str, Any]) -> Any:
-    return and_(
-        *[
-            table.c[name].is_(None) if value is None else table.c[name] == value
-            for name, value in values.items()
-            if name in table.c
-        ]
-    )
-
-
-def _row_now(connection: Connection, table: Table | None, seeded: _Seeded) -> dict[str, Any] | None:
-    """The seeded row as stored now, found by its key (by its values without one); None when it is not there."""
-    lookup = seeded.key if seeded.key is not None else seeded.values
-    if table is None or any(name not in table.c for name in lookup):
-        return None
-    try:
-        row = connection.execute(select(table).where(_matches(table, lookup))).mappings().first()
-    except (SQLAlchemyError, ValueError, TypeError) as exc:  # a value its (new) column type cannot read
-        raise _Unreadable(_reason(exc)) from None
-    return None if row is None else dict(row)
-
-
-class _Unreadable(Exception):
-    """A seeded row that the database holds but that cannot be read with its columns' types."""
-
-
-def _compare_row(
-    connection: Connection, table: Table | None, seeded: _Seeded, kept: Mapping[str, Any] | None = None
-) -> tuple[list[str], list[str]]:
-    """What of the seeded row did not come back: (losses, changes made after the downgrade had kept the value).
-
-    ``kept`` is the row as the downgrade left it: a value it held unchanged there was changed (or
-    its row removed) by the upgrade again, not lost by the downgrade.
-    """
-    label = _row_label(seeded)
-    kept_all = kept is not None and all(name in kept and kept[name] == v for name, v in seeded.values.items())
-
-    def kept_value(column: str) -> bool:
-        return kept is not None and column in kept and kept[column] == seeded.values[column]
-
-    lookup = seeded.key if seeded.key is not None else seeded.values
-    if table is None:
-        gone = f"the table is gone ({label})"
-    elif any(name not in table.c for name in lookup):
-        gone = f"{label}: column(s) {', '.join(n for n in lookup if n not in table.c)} are gone"
-    else:
-        gone = ""
-    try:
-        found = None if gone else _row_now(connection, table, seeded)
-    except _Unreadable as exc:
-        return [f"{label} cannot be read back with its column types: {exc}"], []
-    if found is None:
-        line = gone or f"{label} is gone"
-        return ([], [line]) if kept_all else ([line], [])
-    problems: list[str] = []
-    excused: list[str] = []
-    for column, value in seeded.values.items():
-        if column not in found:
-            line = f"{label}: column {column} is gone (it held {_show(value)})"
-        elif found[column] != value:
-            line = f"{label}: {column} was {_show(value)}, is {_show(found[column])}"
-        else:
-            continue
-        (excused if kept_value(column) else problems).append(line)
-    return problems, excused
-
-
-def _row_label(seeded: _Seeded) -> str:
-    if seeded.key is None:
-        return "the row " + ", ".join(f"{k}={_show(v)}" for k, v in seeded.values.items())
-    return "row " + ", ".join(f"{k}={_show(v)}" for k, v in seeded.key.items())
-
-
-def _show(value: object) -> str:
-    text = "NULL" if value is None else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _reason(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", exc)
-    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
-    return redact(" ".join(lines[:2]))[:300] or type(orig).__name__

@@ -21,6 +21,7 @@ from tests.conftest import (
     MARIADB_ADMIN,
     POSTGRES_ADMIN,
     add_revision,
+    connect,
     log_events,
     remove_revisions,
     run_dbmigrate,
@@ -410,21 +411,22 @@ def test_what_an_upgrade_removed_and_its_downgrade_did_not_bring_back_is_a_trace
     assert "column items.name VARCHAR(50) NULL is not restored" in data["problems"][0]["detail"]
 
 
+# Like a PostgreSQL enum type that SQLAlchemy creates once per run: r2 needs what r1 did in the same run.
+R1_THEN_R2_NEEDING_IT_IN_THE_SAME_RUN = (
+    ("r1_items", CREATES_ITEMS + "op.get_context().impl.r1_ran = True", DROPS_ITEMS),
+    (
+        "r2_needs_r1_in_the_same_run",
+        'if not getattr(op.get_context().impl, "r1_ran", False):\n'
+        '    raise RuntimeError("r1 did not run in this run")\n' + ADDS_NOTE,
+        DROPS_NOTE,
+    ),
+)
+
+
 def test_a_revision_that_upgrades_only_in_one_run_with_the_one_below_does_not_hide_the_revisions_above(
     project: Path, database_url: str, tmp_path: Path
 ) -> None:
-    # Like a PostgreSQL enum type that SQLAlchemy creates once per run: r2 needs what r1 did in the same run.
-    small_project(
-        project,
-        ("r1_items", CREATES_ITEMS + "op.get_context().impl.r1_ran = True", DROPS_ITEMS),
-        (
-            "r2_needs_r1_in_the_same_run",
-            'if not getattr(op.get_context().impl, "r1_ran", False):\n'
-            '    raise RuntimeError("r1 did not run in this run")\n' + ADDS_NOTE,
-            DROPS_NOTE,
-        ),
-        ("r3_index", ADDS_INDEX, DROPS_INDEX),
-    )
+    small_project(project, *R1_THEN_R2_NEEDING_IT_IN_THE_SAME_RUN, ("r3_index", ADDS_INDEX, DROPS_INDEX))
 
     done, data = verify(project, database_url, tmp_path)
 
@@ -746,3 +748,105 @@ def test_with_data_a_uuid_kept_as_text_and_reshaped_by_a_revision_round_trips(
 
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert data == {"revisions_checked": 2, "problems": []}
+
+
+def backup_copies(database_url: str, table: str) -> list[str]:
+    """Copies of ``table`` in the backup schema (PostgreSQL), the server's backup database (MariaDB) or beside it."""
+    backend = make_url(database_url).get_backend_name()
+    if backend == "sqlite":
+        return sorted(name for name in table_names(database_url) if name.startswith(f"dbmigrate_backup__{table}"))
+    with connect(database_url) as connection:  # on MariaDB the backup "schema" is the server's backup database
+        inspector = sa.inspect(connection)
+        if "dbmigrate_backup" not in inspector.get_schema_names():
+            return []
+        return sorted(name for name in inspector.get_table_names(schema="dbmigrate_backup") if name.startswith(table))
+
+
+def schemas_and_files(database_url: str) -> list[str]:
+    """A PostgreSQL database's schemas, or the files beside a SQLite one (MariaDB's schemas are the server's)."""
+    parsed = make_url(database_url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(str(parsed.database))
+        return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path)
+    if parsed.get_backend_name() == "mysql":
+        return []
+    with connect(database_url) as connection:
+        return sorted(sa.inspect(connection).get_schema_names())
+
+
+def test_verify_on_a_given_database_leaves_nothing_of_its_own_behind(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    table = f"t_{uuid.uuid4().hex[:10]}"  # the MariaDB backup database is the server's: tell this test's copies apart
+    small_project(
+        project,
+        ("r1_table", CREATES_ITEMS.replace('"items"', f'"{table}"'), f'op.drop_table("{table}")'),
+        ("r2_note", ADDS_NOTE.replace('"items"', f'"{table}"'), DROPS_NOTE.replace('"items"', f'"{table}"')),
+        # Backed up, then failing: MariaDB has dropped the column for good by then (its DDL commits).
+        (
+            "r3_failing_downgrade",
+            f'op.add_column("{table}", sa.Column("extra", sa.String(20), nullable=True))',
+            f'with op.batch_alter_table("{table}") as batch:\n    batch.drop_column("extra")\n'
+            'raise RuntimeError("the downgrade breaks after dropping extra")',
+        ),
+    )
+    before = schemas_and_files(database_url)
+
+    done, data = verify(project, database_url, tmp_path, "--url", database_url, "--with-data")
+
+    assert done.returncode == 4, done.stdout + done.stderr[-3000:]
+    assert ("r3_failing_downgrade", "downgrade-failed") in kinds(data)
+    assert [p["revision"] for p in data["problems"]] == ["r3_failing_downgrade"] * len(data["problems"])
+    assert backup_copies(database_url, table) == []
+    assert schemas_and_files(database_url) == before  # no backup schema, no lock file
+    # What the revisions made stays (verify leaves the database at the last revision checked); nothing of dbmigrate's.
+    leftovers = table_names(database_url) - {table, "alembic_version"}
+    if make_url(database_url).get_backend_name() == "mysql":
+        # The failed downgrade is partially applied there: the history that says so, and how to repair it, stays.
+        assert leftovers == {"dbmigrate_history"}, done.stderr[-3000:]
+    else:
+        assert leftovers == set(), done.stderr[-3000:]
+
+
+def test_an_empty_downgrade_is_a_trace_worded_alike_on_every_dialect_whatever_follows_it(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(
+        project,
+        ("r1_items", CREATES_ITEMS, "pass"),
+        # Nothing the schema snapshot sees: only the upgrade again, failing on the row it inserts, shows it.
+        ("r2_first_item", "op.execute(\"INSERT INTO items (id, name, price) VALUES (1, 'first', 1.5)\")", "pass"),
+        ("r3_index", ADDS_INDEX, DROPS_INDEX),
+    )
+
+    done, data = verify(project, database_url, tmp_path)
+
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert data["revisions_checked"] == 3 and "verify stopped early" not in done.stderr
+    assert kinds(data) == [
+        ("r1_items", "trace-left"),
+        ("r1_items", "upgrade-failed"),
+        ("r2_first_item", "trace-left"),
+        ("r2_first_item", "upgrade-failed"),
+    ]
+    details = [p["detail"] for p in data["problems"]]
+    assert details[0] == "the downgrade (its downgrade() is empty) left behind: table items is still there"
+    assert details[2].startswith("the downgrade (its downgrade() is empty) left behind what its upgrade did: ")
+
+
+def test_a_range_tells_a_revision_that_upgrades_only_in_one_run_as_the_full_run_does(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    small_project(project, *R1_THEN_R2_NEEDING_IT_IN_THE_SAME_RUN)
+
+    done, data = verify(project, database_url, tmp_path, "--range", "r1_items:r2_needs_r1_in_the_same_run")
+
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert data["revisions_checked"] == 1
+    assert kinds(data) == [("r2_needs_r1_in_the_same_run", "upgrade-failed")]
+    detail = data["problems"][0]["detail"]
+    assert "r1 did not run in this run" in detail
+    assert detail.endswith(
+        "(Upgrading an empty database to r2_needs_r1_in_the_same_run in one run works: it needs what an earlier "
+        "revision did in the same run.)"
+    )
