@@ -508,17 +508,20 @@ def _qualified(table: str, schema: str | None) -> str:
 def _render_type(type_: TypeEngine[Any] | None, dialect: Dialect) -> str | None:
     """``type_`` as the dialect's DDL writes it, or None when it has none there.
 
-    A PostgreSQL enum is written as ``ENUM('a', 'b')``: its DDL names the type, and what a change
-    keeps or loses is in the values.
+    A PostgreSQL enum is written as ``name ENUM('a', 'b')``: its DDL only names the type, and the
+    name says whether two declarations are one type (a change between them changes nothing),
+    while the values say what a change to another type keeps.
     """
     if type_ is None:
         return None
-    if isinstance(type_, sqltypes.Enum) and type_.native_enum and dialect.name == "postgresql":
-        return "ENUM(" + ", ".join("'" + str(value).replace("'", "''") + "'" for value in type_.enums) + ")"
     try:
-        return str(type_.compile(dialect=dialect))
-    except Exception:  # noqa: BLE001 - a type of another dialect, or one that needs arguments here
-        return None
+        rendered: str | None = str(type_.compile(dialect=dialect))
+    except Exception:  # noqa: BLE001 - a type of another dialect, or one that needs arguments (a name) here
+        rendered = None
+    if isinstance(type_, sqltypes.Enum) and type_.native_enum and dialect.name == "postgresql":
+        values = ", ".join("'" + str(value).replace("'", "''") + "'" for value in type_.enums)
+        return f"{rendered} ENUM({values})" if rendered else f"ENUM({values})"
+    return rendered
 
 
 class _RecordingBind(MockConnection):
