@@ -571,7 +571,7 @@ def _one_postgres_enum(before: ColumnType, after: ColumnType) -> bool:
 
 
 # Binary-coercible changes between types of different families (PostgreSQL's pg_cast, method 'b').
-_POSTGRES_RELABELLED = {("cidr", "inet"), ("xml", "text")}
+_POSTGRES_RELABELLED = {("cidr", "inet")}
 
 
 def _postgres_keeps_rows(before: ColumnType, after: ColumnType) -> bool:
