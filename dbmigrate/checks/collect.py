@@ -25,9 +25,9 @@ Covered:
     the statements the call emits (:attr:`Statement.existing_type`), with the type it sets
     (:attr:`Statement.new_type`); a PostgreSQL enum is written with its name and its values, which
     the statement does not show. Raw SQL that names a table (``op.execute``, the bind) makes the
-    pass forget what it knew of that table's columns; a step that cannot run to its end offline,
-    of the tables its revision file names. A downgrade pass starts from the types the upgrades of
-    the same revisions left.
+    pass forget what it knew of that table's columns, unless it only writes rows; a step that
+    cannot run to its end offline, of the tables its revision file names. A downgrade pass starts
+    from the types the upgrades of the same revisions left.
 
 Not covered (the step is reported in :attr:`StepStatements.error` with the statements seen before):
   * a revision that needs what a query returns beyond "no rows" (``.scalar_one()``);
@@ -177,14 +177,24 @@ class _ColumnTypes:
             self._tables.get(table, {}).pop(column, None)
 
     def forget_mentioned(self, sql: str) -> None:
-        """Raw SQL may change any column of a table it names: forget those tables."""
-        if self:
-            words = {word.lower() for word in _WORDS.findall(sql)}
-            for table in [t for t in self._tables if t.rsplit(".", 1)[-1].lower() in words]:
-                del self._tables[table]
+        """Raw SQL may change any column of a table it names: forget those tables.
+
+        Statements that only write rows (INSERT, UPDATE, DELETE: a backfill) change no column's type.
+        """
+        if self and not all(_ROW_CHANGE.match(part) for part in sql.split(";") if part.strip()):
+            self.forget_named(sql)
+
+    def forget_named(self, text: str) -> None:
+        """Forget every table ``text`` names (as a word)."""
+        words = {word.lower() for word in _WORDS.findall(text)}
+        for table in [t for t in self._tables if t.rsplit(".", 1)[-1].lower() in words]:
+            del self._tables[table]
 
 
 _WORDS = re.compile(r"[\w$]+")
+# A statement that writes rows, after any leading comments. A chunk is split at every ';' (one in a
+# string literal too): a part that does not start this way makes the chunk forget, as DDL would.
+_ROW_CHANGE = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(?:INSERT|UPDATE|DELETE)\b", re.IGNORECASE | re.DOTALL)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -310,7 +320,7 @@ def _collect_alone(
     step = collect(config, script, revision, direction, dialect, column_types)
     if step.error is not None:
         # What it runs after the point where it stopped is unknown: any table its file names may change.
-        column_types.forget_mentioned(step.path.read_text(encoding="utf-8", errors="replace"))
+        column_types.forget_named(step.path.read_text(encoding="utf-8", errors="replace"))
     return step
 
 

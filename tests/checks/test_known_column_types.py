@@ -127,3 +127,35 @@ def test_the_steps_after_an_unanalysed_one_are_still_analysed_in_order(project: 
         ("0009_short_titles", "upgrade", "DL006"),
         ("0010_drop_notes", "upgrade", "DL001"),
     ]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_raw_sql_that_only_writes_rows_keeps_the_known_types(project: Path, dialect: str) -> None:
+    revisions = write_chain(
+        project,
+        {
+            "0007_tags_and_notes": """
+                def upgrade() -> None:
+                    op.create_table("tags", sa.Column("id", sa.Integer), sa.Column("label", sa.String(80)))
+                    op.create_table("notes", sa.Column("id", sa.Integer), sa.Column("title", sa.String(80)))
+                """,
+            "0008_backfill": """
+                def upgrade() -> None:
+                    op.execute("UPDATE tags SET label = lower(label) WHERE label IS NOT NULL")
+                    op.get_bind().execute(sa.text("INSERT INTO tags (id, label) VALUES (1, 'x')"))
+                    op.execute("-- keep the newest\\nDELETE FROM tags WHERE id < 10")
+                    # A row write and a type change in one chunk: the type is no longer known.
+                    op.execute("UPDATE notes SET title = 'x' WHERE id = 1; ALTER TABLE notes ALTER title TYPE text")
+                """,
+            "0009_shorter": """
+                def upgrade() -> None:
+                    op.alter_column("tags", "label", type_=sa.String(20))
+                    op.alter_column("notes", "title", type_=sa.String(20))
+                """,
+        },
+    )
+
+    report = check_project(project, revisions, dialect)
+
+    lossy = [(f.table, f.column) for f in report.findings if f.rule == "DL006" and f.revision == "0009_shorter"]
+    assert lossy == [("tags", "label")]
