@@ -193,11 +193,12 @@ class ColumnType:
 
     ``size`` is, by family: text, the characters it holds; binary, bytes; bit, bits; integer, bytes of
     storage; decimal, the precision; float, the mantissa bits; time and timestamp, the fractional
-    second digits. None means unbounded. A float is named by its bits (``FLOAT(53)`` is ``DOUBLE``),
-    so that two spellings of one type compare equal; a PostgreSQL enum and a type of the database's
-    own (``other``) by its name as PostgreSQL folds it (``status``, ``app.Status`` when quoted), so
-    that a declaration and the raw SQL naming the type compare. ``scale`` is a decimal's (None: unbounded numeric);
+    second digits. None means unbounded. ``scale`` is a decimal's (None: unbounded numeric);
     ``bytes_per_char`` a MySQL text's, from its character set (utf8mb4, 4, unless it names another).
+    A float is named by its bits (``FLOAT(53)`` is ``DOUBLE``), so that two spellings of one type
+    compare equal; a PostgreSQL enum, and a type of the database's own (``other``), by its name as
+    PostgreSQL resolves it (``status``; ``app.Status`` when quoted), so that a declaration and the
+    raw SQL naming the same type compare equal.
     """
 
     family: str  # text binary bit integer decimal float boolean date time timestamp interval json uuid enum other
@@ -525,7 +526,7 @@ def _from_timestamp(before: ColumnType, after: ColumnType, dialect: str) -> str 
 
 
 def _from_enum(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
-    if after.family == "other" or (after.family == "enum" and not after.values):
+    if (dialect == "postgres" and after.family == "other") or (after.family == "enum" and not after.values):
         return None  # a type named without its values (another enum, a domain): not guessed
     if after.family == "enum":
         removed = [value for value in before.values if value not in after.values]

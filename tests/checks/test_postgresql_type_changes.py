@@ -191,3 +191,16 @@ def test_raw_sql_naming_the_enum_a_column_has_changes_nothing(check_revision: Ch
         "postgresql",
     )
     assert rules(report) == ["BL005"]
+
+
+def test_raw_sql_to_another_enum_named_without_values_is_not_guessed(check_revision: CheckRevision) -> None:
+    """What status_v2 holds is not in the revision: no DL006, though the conversion rewrites the table."""
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.alter_column("orders", "state", existing_type=sa.Enum("a", "b", name="status"), nullable=False)
+            op.execute("ALTER TABLE orders ALTER COLUMN state TYPE status_v2 USING state::text::status_v2")
+        """,
+        "postgresql",
+    )
+    assert rules(report) == ["BL005", "BL002"]
