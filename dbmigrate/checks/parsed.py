@@ -248,8 +248,9 @@ _BYTES_PER_CHAR = {"latin1": 1, "ascii": 1, "binary": 1, "ucs2": 2, "utf8": 3, "
 _POSTGRES_ENUM = re.compile(
     r'(?P<name>(?:"(?:[^"]|"")+"|[^\s"(]+)(?:\.(?:"(?:[^"]|"")+"|[^\s"(]+))?) ENUM\((?P<values>.*)\)', re.S
 )
-# sqlglot reads BIT VARYING(n) as BIT and does not read VARBIT(n).
+# sqlglot reads BIT VARYING(n) as BIT and does not read VARBIT(n); it drops INTERVAL(p)'s precision.
 _POSTGRES_BITS = re.compile(r"(?P<name>BIT\s+VARYING|VARBIT|BIT)\s*(?:\(\s*(?P<size>\d+)\s*\))?", re.I)
+_POSTGRES_INTERVAL = re.compile(r"INTERVAL\s*(?:\(\s*(?P<size>\d+)\s*\))?", re.I)
 
 
 def column_type(sql: str, dialect: str) -> ColumnType:
@@ -264,6 +265,9 @@ def column_type(sql: str, dialect: str) -> ColumnType:
             varying = bit_string["name"].upper() != "BIT"
             size = int(bit_string["size"]) if bit_string["size"] else (None if varying else 1)
             return ColumnType("bit", "VARBIT" if varying else "BIT", size)
+        interval = _POSTGRES_INTERVAL.fullmatch(sql.strip())
+        if interval:
+            return ColumnType("interval", "INTERVAL", int(interval["size"]) if interval["size"] else 6)
     try:
         # On PostgreSQL a name sqlglot does not know is a type of the database's own (an enum, a domain).
         dtype = exp.DataType.build(sql, dialect=dialect, udt=dialect == "postgres")
@@ -541,7 +545,9 @@ def _from_enum(before: ColumnType, after: ColumnType, dialect: str) -> str | Non
 
 def _between_kinds(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
     """json, uuid and interval keep their values only within their family (text is handled before)."""
-    return None if after.family == before.family else _does_not_convert(before, after)
+    if after.family == before.family:
+        return _time_precision(before, after) if before.family == "interval" else None
+    return _does_not_convert(before, after)
 
 
 _LOSSES: dict[str, Callable[[ColumnType, ColumnType, str], str | None]] = {

@@ -70,6 +70,7 @@ CHANGES = {
         "postgresql.TIMESTAMP(precision=3)", "postgresql.TIMESTAMP(precision=6)", ()
     ),
     "time precision made default": TypeChange("postgresql.TIME(precision=3)", "sa.Time()", ()),
+    "interval precision made default": TypeChange("postgresql.INTERVAL(precision=3)", "sa.Interval()", ()),
     "cidr to inet": TypeChange("postgresql.CIDR()", "postgresql.INET()", ()),
     "varbit widened": TypeChange("postgresql.BIT(5, varying=True)", "postgresql.BIT(10, varying=True)", ()),
     "bit widened": TypeChange("postgresql.BIT(5)", "postgresql.BIT(10)", ("BL002",)),
@@ -80,6 +81,7 @@ CHANGES = {
     "text to varchar(n)": TypeChange("sa.Text()", "sa.String(20)", ("DL006", "BL002")),
     "varchar narrowed": TypeChange("sa.String(40)", "sa.String(20)", ("DL006", "BL002")),
     "numeric scale raised": TypeChange("sa.Numeric(8, 2)", "sa.Numeric(12, 4)", ("BL002",)),
+    "interval precision lowered": TypeChange("sa.Interval()", "postgresql.INTERVAL(precision=3)", ("DL006", "BL002")),
     "numeric narrowed": TypeChange("sa.Numeric(12, 2)", "sa.Numeric(8, 2)", ("DL006", "BL002")),
     "double to real": TypeChange("sa.Float()", "sa.REAL()", ("DL006", "BL002")),
     "char to varchar": TypeChange("sa.CHAR(5)", "sa.String(10)", ("BL002",)),
