@@ -23,9 +23,11 @@ Covered:
     call's ``existing_type=`` (autogenerate always writes it), else the type an earlier
     ``create_table``/``add_column``/``alter_column`` of the same pass gave the column, is kept on
     the statements the call emits (:attr:`Statement.existing_type`), with the type it sets
-    (:attr:`Statement.new_type`); a PostgreSQL enum is written with its values, which its name
-    in the statement does not show. Raw SQL that names a table
-    (``op.execute``, the bind) makes the pass forget what it knew of that table's columns.
+    (:attr:`Statement.new_type`); a PostgreSQL enum is written with its name and its values, which
+    the statement does not show. Raw SQL that names a table (``op.execute``, the bind) makes the
+    pass forget what it knew of that table's columns, unless it only writes rows; a step that
+    cannot run to its end offline, of the tables its revision file names. A downgrade pass starts
+    from the types the upgrades of the same revisions left.
 
 Not covered (the step is reported in :attr:`StepStatements.error` with the statements seen before):
   * a revision that needs what a query returns beyond "no rows" (``.scalar_one()``);
@@ -111,11 +113,11 @@ class _Recorder(io.StringIO):
     are left out.
     """
 
-    def __init__(self, revision_path: Path) -> None:
+    def __init__(self, revision_path: Path, column_types: _ColumnTypes | None = None) -> None:
         super().__init__()
         self._revision_path = _real_path(revision_path)
         self.statements: list[Statement] = []
-        self.column_types = _ColumnTypes()
+        self.column_types = column_types if column_types is not None else _ColumnTypes()
         # Set while an alter_column call runs: what its statements carry (existing type, type change, new type).
         self.altering: tuple[str | None, bool, str | None] = (None, False, None)
 
@@ -154,6 +156,11 @@ class _ColumnTypes:
     def __bool__(self) -> bool:
         return bool(self._tables)
 
+    def copy(self) -> _ColumnTypes:
+        copied = _ColumnTypes()
+        copied._tables = {table: dict(columns) for table, columns in self._tables.items()}
+        return copied
+
     def get(self, table: str, column: str) -> TypeEngine[Any] | None:
         return self._tables.get(table, {}).get(column)
 
@@ -170,14 +177,24 @@ class _ColumnTypes:
             self._tables.get(table, {}).pop(column, None)
 
     def forget_mentioned(self, sql: str) -> None:
-        """Raw SQL may change any column of a table it names: forget those tables."""
-        if self:
-            words = {word.lower() for word in _WORDS.findall(sql)}
-            for table in [t for t in self._tables if t.rsplit(".", 1)[-1].lower() in words]:
-                del self._tables[table]
+        """Raw SQL may change any column of a table it names: forget those tables.
+
+        Statements that only write rows (INSERT, UPDATE, DELETE: a backfill) change no column's type.
+        """
+        if self and not all(_ROW_CHANGE.match(part) for part in sql.split(";") if part.strip()):
+            self.forget_named(sql)
+
+    def forget_named(self, text: str) -> None:
+        """Forget every table ``text`` names (as a word)."""
+        words = {word.lower() for word in _WORDS.findall(text)}
+        for table in [t for t in self._tables if t.rsplit(".", 1)[-1].lower() in words]:
+            del self._tables[table]
 
 
 _WORDS = re.compile(r"[\w$]+")
+# A statement that writes rows, after any leading comments. A chunk is split at every ';' (one in a
+# string literal too): a part that does not start this way makes the chunk forget, as DDL would.
+_ROW_CHANGE = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(?:INSERT|UPDATE|DELETE)\b", re.IGNORECASE | re.DOTALL)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -187,13 +204,19 @@ def _real_path(path: str | Path) -> str:
 
 
 def collect(
-    config: Config, script: ScriptDirectory, revision: str, direction: Direction, dialect: str
+    config: Config,
+    script: ScriptDirectory,
+    revision: str,
+    direction: Direction,
+    dialect: str,
+    column_types: _ColumnTypes | None = None,
 ) -> StepStatements:
     """The statements ``revision``'s upgrade or downgrade executes when rendered for ``dialect``.
 
     ``dialect`` is one of :data:`DIALECT_URLS`; any other raises :class:`ConfigurationError`.
     An exception raised by env.py or the revision while rendering does not propagate: it ends the
     step and is described in ``error``. :class:`EnvironmentRefused` does: env.py cannot be used at all.
+    ``column_types`` holds the column types known before the step (updated with what it declares).
     """
     url = DIALECT_URLS.get(dialect)
     if url is None:
@@ -202,7 +225,7 @@ def collect(
     if found is None:
         raise ConfigurationError(f"Revision {revision} is not in the migration scripts.")
     path = Path(found.path)
-    recorder = _Recorder(path)
+    recorder = _Recorder(path, column_types)
     step = RevisionStep(script.revision_map, found, direction == "upgrade")
     error = None
     try:
@@ -234,26 +257,106 @@ def collect_pass(
     """One direction of ``revisions`` (a plan, in upgrade order) in one offline pass, in the order it runs.
 
     Upgrades run oldest first, downgrades newest first. One env.py run for the whole pass; when a
-    step cannot run offline the pass stops there, and the rest is collected step by step (see
-    :func:`collect`).
+    step cannot run offline it is collected on its own (see :func:`collect`), and the pass resumes
+    after it. A downgrade pass first renders the upgrades (not reported): a downgrade changes the
+    columns from the types the upgrades declared.
     """
+    column_types = _ColumnTypes()
+    if direction == "downgrade":
+        column_types = _collect_pass(config, script, revisions, "upgrade", dialect, column_types)[1]
+    return _collect_pass(config, script, revisions, direction, dialect, column_types)[0]
+
+
+def collect_all(
+    config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str
+) -> Iterator[StepStatements]:
+    """For each revision in order, its upgrade then its downgrade; one offline pass per direction.
+
+    The downgrade pass starts from the column types the upgrade pass left.
+    """
+    upgrades, known = _collect_pass(config, script, revisions, "upgrade", dialect, _ColumnTypes())
+    downgraded = _collect_pass(config, script, revisions, "downgrade", dialect, known)[0]
+    downgrades = {step.revision: step for step in downgraded}
+    for upgrade in upgrades:
+        yield upgrade
+        yield downgrades[upgrade.revision]
+
+
+def _collect_pass(
+    config: Config,
+    script: ScriptDirectory,
+    revisions: Sequence[str],
+    direction: Direction,
+    dialect: str,
+    column_types: _ColumnTypes,
+) -> tuple[list[StepStatements], _ColumnTypes]:
+    """:func:`collect_pass` from the column types known before it; also returns the types it leaves."""
     ordered = list(revisions) if direction == "upgrade" else list(reversed(revisions))
     url = DIALECT_URLS.get(dialect)
-    if url is None or not ordered:
-        return [collect(config, script, revision, direction, dialect) for revision in ordered]
+    if url is None:
+        return [collect(config, script, revision, direction, dialect) for revision in ordered], column_types
+    collected: list[StepStatements] = []
+    while len(collected) < len(ordered):
+        done, started, column_types = _render_pass(
+            config, script, ordered[len(collected) :], direction, dialect, url, column_types
+        )
+        collected += done
+        # The step that stopped the pass is collected on its own, where its error is kept, and the
+        # pass resumes after it; when env.py stopped before any step, each step says why on its own.
+        for revision in ordered[len(collected) : len(collected) + 1] if started else ordered[len(collected) :]:
+            collected.append(_collect_alone(config, script, revision, direction, dialect, column_types))
+    return collected, column_types
+
+
+def _collect_alone(
+    config: Config,
+    script: ScriptDirectory,
+    revision: str,
+    direction: Direction,
+    dialect: str,
+    column_types: _ColumnTypes,
+) -> StepStatements:
+    """:func:`collect` with the types known before the step, updated with what it declares."""
+    step = collect(config, script, revision, direction, dialect, column_types)
+    if step.error is not None:
+        # What it runs after the point where it stopped is unknown: any table its file names may change.
+        column_types.forget_named(step.path.read_text(encoding="utf-8", errors="replace"))
+    return step
+
+
+def _render_pass(
+    config: Config,
+    script: ScriptDirectory,
+    ordered: Sequence[str],
+    direction: Direction,
+    dialect: str,
+    url: str,
+    column_types: _ColumnTypes,
+) -> tuple[list[StepStatements], bool, _ColumnTypes]:
+    """Render ``ordered`` (in run order) in one env.py run, until the end or the step that stops it.
+
+    Returns the steps that ran to their end, whether a step started (False: env.py stopped before
+    the first one), and the column types before the step that stopped the pass (after the last
+    step when none did).
+    """
     found = [script.get_revision(revision) for revision in ordered]
     steps = [RevisionStep(script.revision_map, r, direction == "upgrade") for r in found if r is not None]
-    recorder = _Recorder(Path(steps[0].revision.path))
+    recorder = _Recorder(Path(steps[0].revision.path), column_types)
     collected: list[StepStatements] = []
+    started = False
+    before_step = column_types
 
     def each_step(context: Any) -> Iterator[RevisionStep]:
+        nonlocal started, before_step
         for step in steps:
             path = Path(step.revision.path)
             recorder.follow(path)
+            before_step, started = recorder.column_types.copy(), True
             yield step
             collected.append(StepStatements(step.revision.revision, direction, path, tuple(recorder.statements)))
+        before_step = recorder.column_types
 
-    # A step that stops the pass is collected again on its own below, where its error is kept.
+    # A step that stops the pass is collected again on its own by the caller, where its error is kept.
     with contextlib.suppress(Exception), _batches_as_intent(dialect):
         render_offline(
             config,
@@ -264,18 +367,7 @@ def collect_pass(
             destination_rev=ordered[-1],
             on_configure=_render_for(url),
         )
-    rest = ordered[len(collected) :]
-    return collected + [collect(config, script, revision, direction, dialect) for revision in rest]
-
-
-def collect_all(
-    config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str
-) -> Iterator[StepStatements]:
-    """For each revision in order, its upgrade then its downgrade; one offline pass per direction."""
-    downgrades = {step.revision: step for step in collect_pass(config, script, revisions, "downgrade", dialect)}
-    for upgrade in collect_pass(config, script, revisions, "upgrade", dialect):
-        yield upgrade
-        yield downgrades[upgrade.revision]
+    return collected, started, before_step
 
 
 def _starting_revision(revision: Script, direction: Direction) -> str | None:
@@ -426,17 +518,20 @@ def _qualified(table: str, schema: str | None) -> str:
 def _render_type(type_: TypeEngine[Any] | None, dialect: Dialect) -> str | None:
     """``type_`` as the dialect's DDL writes it, or None when it has none there.
 
-    A PostgreSQL enum is written as ``ENUM('a', 'b')``: its DDL names the type, and what a change
-    keeps or loses is in the values.
+    A PostgreSQL enum is written as ``name ENUM('a', 'b')``: its DDL only names the type, and the
+    name says whether two declarations are one type (a change between them changes nothing),
+    while the values say what a change to another type keeps.
     """
     if type_ is None:
         return None
-    if isinstance(type_, sqltypes.Enum) and type_.native_enum and dialect.name == "postgresql":
-        return "ENUM(" + ", ".join("'" + str(value).replace("'", "''") + "'" for value in type_.enums) + ")"
     try:
-        return str(type_.compile(dialect=dialect))
-    except Exception:  # noqa: BLE001 - a type of another dialect, or one that needs arguments here
-        return None
+        rendered: str | None = str(type_.compile(dialect=dialect))
+    except Exception:  # noqa: BLE001 - a type of another dialect, or one that needs arguments (a name) here
+        rendered = None
+    if isinstance(type_, sqltypes.Enum) and type_.native_enum and dialect.name == "postgresql":
+        values = ", ".join("'" + str(value).replace("'", "''") + "'" for value in type_.enums)
+        return f"{rendered} ENUM({values})" if rendered else f"ENUM({values})"
+    return rendered
 
 
 class _RecordingBind(MockConnection):

@@ -159,6 +159,14 @@ def _type_change(
             yield "BL002", {**names, "rewrite": _REWRITE[dialect]}
         return
     before, after = column_type(before_sql, dialect), column_type(after_sql, dialect)
+    if dialect == "postgres" and _one_postgres_enum(before, after):
+        # Two declarations of one enum type: the column keeps its type and its values (the values a
+        # declaration lists are what it claims, the type's are changed by ALTER TYPE).
+        if not after.values:
+            new.types[(table, column)] = before_sql
+        if using:
+            yield "BL002", {**names, "rewrite": _REWRITE[dialect]}
+        return
     if before == after and not using:
         return
     loss = lossy_change(before, after, dialect)
@@ -183,13 +191,17 @@ _REWRITE = {
 class ColumnType:
     """A column type reduced to what decides whether its values survive a change to another type.
 
-    ``size`` is, by family: text, the characters it holds; binary, bytes; integer, bytes of storage;
-    decimal, the precision; float, the mantissa bits; time and timestamp, the fractional second
-    digits. None means unbounded. ``scale`` is a decimal's (None: unbounded numeric);
+    ``size`` is, by family: text, the characters it holds; binary, bytes; bit, bits; integer, bytes of
+    storage; decimal, the precision; float, the mantissa bits; time and timestamp, the fractional
+    second digits. None means unbounded. ``scale`` is a decimal's (None: unbounded numeric);
     ``bytes_per_char`` a MySQL text's, from its character set (utf8mb4, 4, unless it names another).
+    A float is named by its bits (``FLOAT(53)`` is ``DOUBLE``), so that two spellings of one type
+    compare equal; a PostgreSQL enum, and a type of the database's own (``other``), by its name as
+    PostgreSQL resolves it (``status``; ``app.Status`` when quoted), so that a declaration and the
+    raw SQL naming the same type compare equal.
     """
 
-    family: str  # text binary integer decimal float boolean date time timestamp interval json uuid enum other
+    family: str  # text binary bit integer decimal float boolean date time timestamp interval json uuid enum other
     name: str
     size: int | None = None
     scale: int | None = 0
@@ -232,10 +244,33 @@ _CHARSET = re.compile(r"\b(?:CHARACTER\s+SET|CHARSET)\s*=?\s*[`'\"]?(\w+)", re.I
 _BYTES_PER_CHAR = {"latin1": 1, "ascii": 1, "binary": 1, "ucs2": 2, "utf8": 3, "utf8mb3": 3, "utf16": 4}
 
 
+# How collect writes a PostgreSQL enum: the name its DDL uses, then its values (see collect._render_type).
+_POSTGRES_ENUM = re.compile(
+    r'(?P<name>(?:"(?:[^"]|"")+"|[^\s"(]+)(?:\.(?:"(?:[^"]|"")+"|[^\s"(]+))?) ENUM\((?P<values>.*)\)', re.S
+)
+# sqlglot reads BIT VARYING(n) as BIT and does not read VARBIT(n); it drops INTERVAL(p)'s precision.
+_POSTGRES_BITS = re.compile(r"(?P<name>BIT\s+VARYING|VARBIT|BIT)\s*(?:\(\s*(?P<size>\d+)\s*\))?", re.I)
+_POSTGRES_INTERVAL = re.compile(r"INTERVAL\s*(?:\(\s*(?P<size>\d+)\s*\))?", re.I)
+
+
 def column_type(sql: str, dialect: str) -> ColumnType:
     """The :class:`ColumnType` of a type as ``dialect`` writes it (family ``other`` when unrecognised)."""
+    if dialect == "postgres":
+        named_enum = _POSTGRES_ENUM.fullmatch(sql.strip())
+        if named_enum:
+            values = column_type(f"ENUM({named_enum['values']})", dialect).values
+            return ColumnType("enum", _postgres_name(named_enum["name"]), values=values)
+        bit_string = _POSTGRES_BITS.fullmatch(sql.strip())
+        if bit_string:
+            varying = bit_string["name"].upper() != "BIT"
+            size = int(bit_string["size"]) if bit_string["size"] else (None if varying else 1)
+            return ColumnType("bit", "VARBIT" if varying else "BIT", size)
+        interval = _POSTGRES_INTERVAL.fullmatch(sql.strip())
+        if interval:
+            return ColumnType("interval", "INTERVAL", int(interval["size"]) if interval["size"] else 6)
     try:
-        dtype = exp.DataType.build(sql, dialect=dialect)
+        # On PostgreSQL a name sqlglot does not know is a type of the database's own (an enum, a domain).
+        dtype = exp.DataType.build(sql, dialect=dialect, udt=dialect == "postgres")
     except (sqlglot.errors.SqlglotError, ValueError):
         return ColumnType("other", " ".join(sql.upper().split()))
     name = dtype.this.name
@@ -266,7 +301,7 @@ def column_type(sql: str, dialect: str) -> ColumnType:
         bits = 24 if name == "FLOAT" else 53
         if len(numbers) == 1 and first is not None:
             bits = 24 if first <= 24 else 53
-        return ColumnType(family, name, bits)
+        return ColumnType(family, "FLOAT" if bits == 24 else "DOUBLE", bits)
     if family in ("time", "timestamp"):
         default = 0 if dialect == "mysql" else 6
         zone = name in ("TIMETZ", "TIMESTAMPTZ", "TIMESTAMPLTZ")
@@ -274,8 +309,16 @@ def column_type(sql: str, dialect: str) -> ColumnType:
     if family == "enum":
         return ColumnType(family, name, values=tuple(p.name for p in params))
     if family == "other":
+        if dialect == "postgres" and dtype.this == exp.DataType.Type.USERDEFINED:
+            return ColumnType(family, _postgres_name(dtype.sql(dialect=dialect)))
         return ColumnType(family, dtype.sql(dialect=dialect).upper())
     return ColumnType(family, name)
+
+
+def _postgres_name(name: str) -> str:
+    """A type's name as PostgreSQL resolves it: unquoted parts folded to lower case, quoted ones kept."""
+    parts = re.findall(r'"((?:[^"]|"")+)"|([^."]+)', name)
+    return ".".join(quoted.replace('""', '"') if quoted else plain.lower() for quoted, plain in parts)
 
 
 # Characters the longest value of a type takes as text (a sign, digits, separators).
@@ -487,6 +530,8 @@ def _from_timestamp(before: ColumnType, after: ColumnType, dialect: str) -> str 
 
 
 def _from_enum(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
+    if (dialect == "postgres" and after.family == "other") or (after.family == "enum" and not after.values):
+        return None  # a type named without its values (another enum, a domain): not guessed
     if after.family == "enum":
         removed = [value for value in before.values if value not in after.values]
         if removed:
@@ -500,7 +545,9 @@ def _from_enum(before: ColumnType, after: ColumnType, dialect: str) -> str | Non
 
 def _between_kinds(before: ColumnType, after: ColumnType, dialect: str) -> str | None:
     """json, uuid and interval keep their values only within their family (text is handled before)."""
-    return None if after.family == before.family else _does_not_convert(before, after)
+    if after.family == before.family:
+        return _time_precision(before, after) if before.family == "interval" else None
+    return _does_not_convert(before, after)
 
 
 _LOSSES: dict[str, Callable[[ColumnType, ColumnType, str], str | None]] = {
@@ -520,8 +567,35 @@ _LOSSES: dict[str, Callable[[ColumnType, ColumnType, str], str | None]] = {
 }
 
 
+def _one_postgres_enum(before: ColumnType, after: ColumnType) -> bool:
+    """Both name the same PostgreSQL enum type (declared with or without values, or named by raw SQL)."""
+    named = {"enum", "other"}
+    return (
+        "enum" in (before.family, after.family)
+        and {before.family, after.family} <= named
+        and before.name == after.name != "ENUM"
+    )
+
+
+# Binary-coercible changes between types of different families (PostgreSQL's pg_cast, method 'b').
+_POSTGRES_RELABELLED = {("cidr", "inet")}
+
+
 def _postgres_keeps_rows(before: ColumnType, after: ColumnType) -> bool:
-    """PostgreSQL changes the type without a rewrite: varchar widened or unlimited, precision raised."""
+    """PostgreSQL changes the type without a rewrite.
+
+    Its ALTER COLUMN TYPE skips the rewrite when the conversion is binary-coercible (a relabel) or a
+    length/precision coercion its support function proves is a no-op for every existing value: a
+    varchar or varbit widened or made unlimited, varchar to text, numeric precision raised at the
+    same scale, time/timestamp/interval precision raised. Between timestamp and timestamptz the
+    rewrite is skipped only when the session's time zone is UTC, which an offline check cannot
+    know: that change is not listed.
+    """
+    if (before.name.lower(), after.name.lower()) in _POSTGRES_RELABELLED:
+        return True
+    if before.family == after.family == "bit":
+        widened = after.size is None or (before.size is not None and after.size >= before.size)
+        return before.name == after.name == "VARBIT" and widened
     if before.family == after.family == "text":
         unlimited_or_wider = after.size is None or (before.size is not None and after.size >= before.size)
         return {before.name, after.name} <= {"VARCHAR", "NVARCHAR", "TEXT"} and unlimited_or_wider

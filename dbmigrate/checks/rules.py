@@ -9,16 +9,21 @@ existing data and no running code, so they produce no finding.
 
 Type changes need the column's existing type: the ``existing_type=`` an ``alter_column`` call was
 given (autogenerate always writes it), else the type an earlier ``create_table``/``add_column``/
-``alter_column`` of the same offline pass gave the column (both found by ``collect.py``), else the
-type an earlier statement of the step set. Raw SQL changing a column whose type is unknown is not
-guessed at: no DL006. DL006 (lossy type change) applies on every dialect: narrower text, fewer
-digits or decimal places, a smaller integer range, fewer float bits, a timestamp losing its time of
-day, zone or fractional digits, any type to boolean, text to a type its values must parse as.
+``alter_column`` of the same offline pass gave the column (for a downgrade, the upgrades' pass
+included; both found by ``collect.py``), else the type an earlier statement of the step set. Raw
+SQL changing a column whose type is unknown is not guessed at: no DL006. DL006 (lossy type
+change) applies on every dialect: narrower text, fewer digits or decimal places, a smaller integer
+range, fewer float bits, a timestamp losing its time of day, zone or fractional digits, any type
+to boolean, text to a type its values must parse as.
 
 Dialect decisions (InnoDB online DDL is not PostgreSQL's locking):
-  * PostgreSQL: every blocking rule applies. BL002 is not reported for a change known to need no
-    rewrite (varchar widened or made unlimited, numeric precision raised at the same scale,
-    timestamp/time/interval precision raised) and is reported for any type change of unknown origin.
+  * PostgreSQL: every blocking rule applies. Types are compared as PostgreSQL reads them, not as
+    SQLAlchemy spells them (``FLOAT(53)`` is ``FLOAT``, ``FLOAT(24)`` is ``REAL``), and one enum
+    type declared twice (same name, whatever values each declaration lists) is no change. BL002 is
+    not reported for a change known to need no rewrite (varchar widened, made unlimited or made
+    text; numeric precision raised at the same scale; time/timestamp/interval precision raised;
+    bit varying widened; cidr to inet) and is reported for any type change of unknown origin
+    (timestamp to timestamptz included: it skips the rewrite only in a UTC session).
   * MySQL/MariaDB: ``CREATE INDEX`` and ``ADD UNIQUE`` run with ALGORITHM=INPLACE, LOCK=NONE (writes
     continue), so BL001 and BL006 do not apply; adding a foreign key (with foreign_key_checks on)
     or a CHECK constraint copies the table and blocks writes, so BL004 applies. ``MODIFY``/``CHANGE``
