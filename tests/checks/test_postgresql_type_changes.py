@@ -138,6 +138,24 @@ def test_a_type_change_of_a_column_an_earlier_revision_created(project: Path, ch
     assert [f.rule for f in report.findings if f.revision == "0008_change_type"] == list(change.expected)
 
 
+@CASES
+def test_a_downgrade_type_change_of_a_column_its_upgrade_declared(project: Path, change: TypeChange) -> None:
+    """A hand-written downgrade without existing_type: the type its upgrade declared is the one compared."""
+    revisions = write_chain(
+        project,
+        {
+            "0007_declare_state": IMPORTS + "def upgrade() -> None:\n"
+            f'    op.alter_column("orders", "state", type_={change.existing})\n\n\n'
+            "def downgrade() -> None:\n"
+            f'    op.alter_column("orders", "state", {change.arguments()})\n',
+        },
+    )
+
+    report = check_project(project, revisions, "postgresql")
+
+    assert rules(report, "downgrade") == list(change.expected)
+
+
 @pytest.fixture(scope="module")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = create_database("postgresql", tmp_path_factory.mktemp("types"))
