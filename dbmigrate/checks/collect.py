@@ -47,8 +47,8 @@ the statements seen before):
   * ``batch_alter_table`` statements point at the ``with`` line: Alembic runs them when the block ends.
 
 A step can also stop on the revision's own error (:attr:`StepError.in_revision`): an undefined name,
-a failed import, or a Python error its own code raises before the offline bind answered anything,
-which a live database would meet too.
+or a Python error its own code raises (TypeError, AttributeError...) before the offline bind
+answered anything, which a live database would meet too.
 """
 
 from __future__ import annotations
@@ -112,9 +112,9 @@ class StepError:
 
     ``line`` is the revision file's line that was running (None when the revision was not on the
     stack: env.py or Alembic stopped). ``reason`` quotes that line and says what it needed or did.
-    ``in_revision`` is True when the revision itself is wrong (an undefined name, a failed import,
-    or a Python error raised by its own code before any query was answered offline): it would fail
-    the same way on a live database.
+    ``in_revision`` is True when the revision itself is wrong (an undefined name, or a Python error
+    raised by its own code before any query was answered offline): it would fail the same way on a
+    live database.
     """
 
     line: int | None
@@ -267,17 +267,10 @@ def collect(
 
 
 # Python errors that a revision's own code raises when it is wrong. Raised in the revision before the
-# offline bind answered anything, they would be raised on a live database too.
-_REVISION_BUGS = (
-    NameError,
-    ImportError,
-    SyntaxError,
-    TypeError,
-    AttributeError,
-    KeyError,
-    IndexError,
-    ZeroDivisionError,
-)
+# offline bind answered anything, they would be raised on a live database too. Not KeyError or
+# ImportError: a missing environment variable or package of the environment check runs in is no
+# error of the revision's.
+_REVISION_BUGS = (NameError, SyntaxError, TypeError, AttributeError, IndexError, ZeroDivisionError)
 
 # What the offline machinery is called in SQLAlchemy's messages, and what it is to the revision.
 _OFFLINE_NAMES = re.compile(
@@ -335,8 +328,8 @@ def _stopped(exc: Exception, path: Path, recorder: _Recorder) -> StepError:
             f"{at} hands the migration's connection to code that needs a live database connection, and offline "
             f"that connection only records statements ({said}); what the step does after it was not checked",
         )
-    # A name or a module is missing whatever a query answered; a local variable may be unbound because
-    # a loop over offline rows never ran.
+    # A name is undefined whatever a query answered; a local variable may be unbound because a loop
+    # over offline rows never ran.
     names_or_imports = isinstance(exc, NameError | ImportError | SyntaxError) and not isinstance(exc, UnboundLocalError)
     if names_or_imports or (raised_by_revision and isinstance(exc, _REVISION_BUGS) and recorder.first_answer is None):
         return StepError(line, f"{at} raises {said}", in_revision=True)

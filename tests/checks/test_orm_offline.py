@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLE_HEAD, run_dbmigrate
+from tests.conftest import EXAMPLE_HEAD, add_revision, current_revisions, log_events, run_dbmigrate
 
 CORPUS = Path(__file__).parent / "orm_offline"
 DIALECTS = ["postgresql", "mysql", "sqlite"]  # mysql is how check renders for MariaDB
@@ -145,3 +145,24 @@ def test_an_error_in_the_revision_alone_makes_check_exit_4(project: Path) -> Non
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "DM002" in proc.stdout and "NameError" in proc.stdout
     assert "not fully analysed" not in proc.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_upgrade_gate_warns_of_an_error_in_the_revision_and_the_database_decides(
+    project: Path, database_url: str
+) -> None:
+    add_revision(
+        project,
+        "0007_broken",
+        EXAMPLE_HEAD,
+        'width = "200"\nop.add_column("customers", sa.Column("x", sa.String(width + 50)))',
+    )
+
+    proc = run_dbmigrate("upgrade", cwd=project, database_url=database_url)
+
+    warnings = [
+        e for e in log_events(proc.stderr) if e.get("event") == "check finding" and e["revision"] == "0007_broken"
+    ]
+    assert [w["rule"] for w in warnings] == ["DM002"]
+    assert proc.returncode == 1  # the step itself failed, on the database
+    assert current_revisions(database_url) == {EXAMPLE_HEAD}
