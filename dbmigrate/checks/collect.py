@@ -20,8 +20,9 @@ Covered:
     ``session.execute(select(...))``, ``session.get``, ``scalars()``) answer as an empty database
     would, and its bulk ``update()``/``delete()`` and flushed objects are recorded; a flushed
     object gets the primary key it was given, else the one an empty table would number it with
-    (1, 2, ...). Models may be declarative, typed (``DeclarativeBase``) or automapped from tables
-    the revision declares;
+    (1, 2, ...), and the ORM's own UPDATE or DELETE by primary key (of an object it holds, or a
+    bulk UPDATE by primary key) matches one row per key, as the ORM checks. Models may be
+    declarative, typed (``DeclarativeBase``) or automapped from tables the revision declares;
   * ``batch_alter_table`` on SQLite, ``recreate="auto"`` (the default) or ``"always"``: offline there
     is no table to reflect, so the batch is rendered as the plain ``ALTER TABLE`` statements it
     stands for (its intent), as ``recreate="never"`` would (with ``copy_from`` too: the table copy
@@ -76,9 +77,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.mock import MockConnection
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.orm import exc as orm_exc
-from sqlalchemy.sql import sqltypes
+from sqlalchemy.sql import operators, sqltypes
 from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.sql.ddl import ExecutableDDLElement
+from sqlalchemy.sql.dml import Delete, Update
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
+from sqlalchemy.sql.schema import Column
 from sqlalchemy.sql.type_api import TypeEngine
 
 from alembic import context as alembic_context
@@ -578,6 +582,11 @@ class _SessionConnection(_RecordingBind):
     no transaction methods: Alembic tells an offline bind by their absence.
     """
 
+    def execute(self, obj: Any, parameters: Any = None, execution_options: Any = None) -> Any:
+        result = super().execute(obj, parameters, execution_options)
+        result.rowcount = _rows_matched(result.context.compiled.statement, result.context.parameters)
+        return result
+
     def in_transaction(self) -> bool:
         return False
 
@@ -633,7 +642,6 @@ class _EmptyResult(IteratorResult[Any]):
     An INSERT reports the primary keys it was given, or those an empty table would generate.
     """
 
-    rowcount = 0
     returned_defaults = None
     returned_defaults_rows = None
 
@@ -645,6 +653,7 @@ class _EmptyResult(IteratorResult[Any]):
         super().__init__(SimpleResultMetaData(keys, extra=[column.objects for column in columns] or None), iter([]))
         self._executed = self.context = _Executed(compiled, parameters)
         self._next_keys = next_keys
+        self.rowcount = 0
 
     @functools.cached_property
     def inserted_primary_key_rows(self) -> list[tuple[Any, ...]]:
@@ -665,6 +674,36 @@ class _EmptyResult(IteratorResult[Any]):
         return []
 
 
+def _rows_matched(statement: Any, parameters: list[dict[str, Any]]) -> int:
+    """How many rows a statement the Session sends changes offline: none, except the ORM's own by key.
+
+    The ORM writes an object it holds, and runs a bulk UPDATE by primary key (``session.execute(
+    update(Model), [...])``), as ``UPDATE ... WHERE pk = :table_pk`` or ``DELETE ... WHERE pk = :pk``
+    per key set, and checks that each matched one row: offline, each does. Any other statement
+    changes nothing, so loops that run until no row changes end.
+    """
+    if not parameters or not isinstance(statement, Update | Delete):
+        return 0
+    compared = set()
+    pending = list(statement._where_criteria)
+    while pending:
+        criterion = pending.pop()
+        if isinstance(criterion, BooleanClauseList) and criterion.operator is operators.and_:
+            pending.extend(criterion.clauses)
+        elif (
+            isinstance(criterion, BinaryExpression)
+            and criterion.operator is operators.eq
+            and isinstance(criterion.left, Column)
+            and isinstance(criterion.right, BindParameter)
+            and criterion.right.key == (criterion.left.key if isinstance(statement, Delete) else criterion.left._label)
+        ):
+            compared.add(criterion.left.name)
+        else:
+            return 0
+    primary_key = {column.name for column in statement.table.primary_key}
+    return len(parameters) if primary_key and primary_key <= compared else 0
+
+
 def _inserted_key(
     compiled: Compiled, values: Mapping[str, Any], next_keys: dict[str, Iterator[int]]
 ) -> tuple[Any, ...]:
@@ -681,7 +720,7 @@ class _Executed:
 
     def __init__(self, compiled: Compiled, parameters: list[dict[str, Any]]) -> None:
         self.compiled = compiled
-        self._parameters = parameters
+        self.parameters = parameters
         self.executemany = len(parameters) > 1
         self.isinsert = bool(getattr(compiled, "isinsert", False))
         self.isupdate = bool(getattr(compiled, "isupdate", False))
@@ -690,7 +729,7 @@ class _Executed:
     @functools.cached_property
     def compiled_parameters(self) -> list[Mapping[str, Any]]:
         """The values of each execution; only the ORM reads them (raw SQL may lack some, which is fine unread)."""
-        return [self.compiled.construct_params(values) or {} for values in self._parameters or [{}]]
+        return [self.compiled.construct_params(values) or {} for values in self.parameters or [{}]]
 
 
 def _compile(construct: Any, dialect: Dialect, parameters: Sequence[dict[str, Any]] = ()) -> Compiled:

@@ -28,6 +28,7 @@ ORM_CASES = [
     "typed_models_execute_select",
     "add_flush_commit",
     "automap_declared_tables",
+    "bulk_update_by_primary_key",
 ]
 # What the revision needed at its `# stops here` line, in the words the reason must use.
 OFFLINE_LIMITS = {
