@@ -334,8 +334,9 @@ def _stopped(exc: Exception, path: Path, recorder: _Recorder) -> StepError:
         )
     # A name is undefined whatever a query answered; a local variable may be unbound because a loop
     # over offline rows never ran.
-    names_or_imports = isinstance(exc, NameError | ImportError | SyntaxError) and not isinstance(exc, UnboundLocalError)
-    if names_or_imports or (raised_by_revision and isinstance(exc, _REVISION_BUGS) and recorder.first_answer is None):
+    undefined_name = isinstance(exc, NameError | SyntaxError) and not isinstance(exc, UnboundLocalError)
+    own_code = raised_by_revision and isinstance(exc, _REVISION_BUGS) and recorder.first_answer is None
+    if mine and (undefined_name or own_code):
         return StepError(line, f"{at} raises {said}", in_revision=True)
     if recorder.first_answer is not None:
         return StepError(
