@@ -28,7 +28,7 @@ def check(config: Config, script: ScriptDirectory, revisions: Sequence[str], dia
     the config file is inside it (a repository's root, in CI), else to the config file's directory.
     Raises :class:`dbmigrate.errors.ConfigurationError` for an unknown dialect or revision; a step
     that cannot be rendered offline is listed in ``not_analysed``, with the revision's file and line,
-    unless the revision's own code is wrong there: that is a DM002 finding (an error) at that line.
+    unless the revision's own code is wrong there: that is a DM003 finding (an error) at that line.
     """
     return _report(config, collect_all(config, script, revisions, dialect), len(revisions), dialect)
 
@@ -54,7 +54,7 @@ def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect
         file = _relative(step.path, root)
         if step.error.in_revision:
             # Not a limit of the offline check: the revision is wrong, and says so where it is.
-            raises = RULES["DM002"]
+            raises = RULES["DM003"]
             findings.append(
                 Finding(
                     step.revision,

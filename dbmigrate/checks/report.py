@@ -66,7 +66,7 @@ class NotAnalysed:
     revision: str
     direction: Direction
     reason: str
-    file: str
+    file: str = ""
     line: int | None = None
 
 

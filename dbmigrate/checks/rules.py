@@ -262,7 +262,7 @@ _RULE_LIST = [
         'Write # dbmigrate: allow-data-loss reason="why losing this data is intended".',
     ),
     Rule(
-        "DM002",
+        "DM003",
         "revision-raises",
         "revision",
         "error",

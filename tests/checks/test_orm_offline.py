@@ -110,7 +110,7 @@ def test_what_an_offline_check_cannot_follow_is_named_at_its_revision_line_in_us
     assert not INTERNAL_NAME.search(gap["reason"]), gap["reason"]
     # What ran before that line was checked, and nothing is blamed on the revision.
     assert ("DL002", line_of(case, "the drop")) in upgrade_rules(report)
-    assert "DM002" not in {f["rule"] for f in report["findings"]}
+    assert "DM003" not in {f["rule"] for f in report["findings"]}
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -121,7 +121,7 @@ def test_an_error_in_the_revisions_own_code_is_a_finding_at_its_line_not_a_gap_i
     code, report = check_case(project, case, dialect)
 
     assert report["not_analysed"] == []
-    [error] = [f for f in report["findings"] if f["rule"] == "DM002"]
+    [error] = [f for f in report["findings"] if f["rule"] == "DM003"]
     assert (error["revision"], error["direction"], error["severity"]) == (f"0007_{case}", "upgrade", "error")
     assert (error["file"], error["line"]) == (f"alembic/versions/0007_{case}.py", line_of(case, "stops here"))
     assert REVISION_ERRORS[case] in error["message"]
@@ -147,7 +147,7 @@ def test_an_error_in_the_revision_alone_makes_check_exit_4(project: Path) -> Non
     )
 
     assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert "DM002" in proc.stdout and "NameError" in proc.stdout
+    assert "DM003" in proc.stdout and "NameError" in proc.stdout
     assert "not fully analysed" not in proc.stdout
 
 
@@ -167,6 +167,6 @@ def test_the_upgrade_gate_warns_of_an_error_in_the_revision_and_the_database_dec
     warnings = [
         e for e in log_events(proc.stderr) if e.get("event") == "check finding" and e["revision"] == "0007_broken"
     ]
-    assert [w["rule"] for w in warnings] == ["DM002"]
+    assert [w["rule"] for w in warnings] == ["DM003"]
     assert proc.returncode == 1  # the step itself failed, on the database
     assert current_revisions(database_url) == {EXAMPLE_HEAD}
