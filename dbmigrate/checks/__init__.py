@@ -27,7 +27,8 @@ def check(config: Config, script: ScriptDirectory, revisions: Sequence[str], dia
     before downgrade, then statement order. File paths are relative to the working directory when
     the config file is inside it (a repository's root, in CI), else to the config file's directory.
     Raises :class:`dbmigrate.errors.ConfigurationError` for an unknown dialect or revision; a step
-    that cannot be rendered offline is listed in ``not_analysed``.
+    that cannot be rendered offline is listed in ``not_analysed``, with the revision's file and line,
+    unless the revision's own code is wrong there: that is a DM003 finding (an error) at that line.
     """
     return _report(config, collect_all(config, script, revisions, dialect), len(revisions), dialect)
 
@@ -48,8 +49,30 @@ def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect
     not_analysed: list[NotAnalysed] = []
     for step in steps:
         findings.extend(_findings(step, dialect, root))
-        if step.error is not None:
-            not_analysed.append(NotAnalysed(step.revision, step.direction, step.error))
+        if step.error is None:
+            continue
+        file = _relative(step.path, root)
+        if step.error.in_revision:
+            # Not a limit of the offline check: the revision is wrong, and says so where it is.
+            raises = RULES["DM003"]
+            findings.append(
+                Finding(
+                    step.revision,
+                    step.direction,
+                    raises.id,
+                    raises.category,
+                    raises.severity,
+                    raises.message.format_map({"direction": step.direction, "error": step.error.reason}),
+                    raises.suggestion,
+                    file,
+                    step.error.line or 1,
+                )
+            )
+        else:
+            where = f"{file}:{step.error.line}" if step.error.line is not None else file
+            not_analysed.append(
+                NotAnalysed(step.revision, step.direction, f"{where}: {step.error.reason}", file, step.error.line)
+            )
     return Report(count, tuple(findings), tuple(not_analysed))
 
 

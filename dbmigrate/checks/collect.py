@@ -13,8 +13,16 @@ Covered:
     on the bind (``table.create(bind)``, ``metadata.create_all(bind)``): offline, the bind records
     what it is given instead of sending it, and answers every query with an empty result, as an
     empty database would (no rows, a ``rowcount`` of 0), so loops over rows and batch loops end;
-  * an ORM ``Session(bind=op.get_bind())``: it connects to the offline bind inside the migration's
-    transaction, so its bulk ``update()``/``delete()`` and flushed objects are recorded too;
+    the result has the statement's columns, so it reads like a real one (``.all()`` is ``[]``,
+    ``.scalar()``, ``.first()`` and ``.one_or_none()`` are None);
+  * an ORM ``Session(bind=op.get_bind())`` (or a ``sessionmaker`` on it): it connects to the
+    offline bind inside the migration's transaction, so its queries (``session.query(Model)``,
+    ``session.execute(select(...))``, ``session.get``, ``scalars()``) answer as an empty database
+    would, and its bulk ``update()``/``delete()`` and flushed objects are recorded; a flushed
+    object gets the primary key it was given, else the one an empty table would number it with
+    (1, 2, ...), and the ORM's own UPDATE or DELETE by primary key (of an object it holds, or a
+    bulk UPDATE by primary key) matches one row per key, as the ORM checks. Models may be
+    declarative, typed (``DeclarativeBase``) or automapped from tables the revision declares;
   * ``batch_alter_table`` on SQLite, ``recreate="auto"`` (the default) or ``"always"``: offline there
     is no table to reflect, so the batch is rendered as the plain ``ALTER TABLE`` statements it
     stands for (its intent), as ``recreate="never"`` would (with ``copy_from`` too: the table copy
@@ -29,13 +37,21 @@ Covered:
     cannot run to its end offline, of the tables its revision file names. A downgrade pass starts
     from the types the upgrades of the same revisions left.
 
-Not covered (the step is reported in :attr:`StepStatements.error` with the statements seen before):
-  * a revision that needs what a query returns beyond "no rows" (``.scalar_one()``);
-  * ``sqlalchemy.inspect(op.get_bind())``: there is no database to inspect;
+Not covered (the step is reported in :attr:`StepStatements.error`, at the revision's line, with
+the statements seen before):
+  * a revision that needs what a query returns beyond "no rows" (``.scalar_one()``), or that reads
+    back, after a commit, an object its Session wrote (nothing is stored offline);
+  * the database's schema: ``sqlalchemy.inspect(op.get_bind())`` (``has_table``, ``get_columns``...),
+    tables reflected with ``autoload_with=`` and automap's ``prepare(autoload_with=)``. An empty
+    answer would be wrong here: revisions ask the schema to decide which DDL to run (``if
+    has_table(...): drop_table(...)``), and "no such table" would hide that DDL from the check;
   * ``batch_alter_table(recreate="always")`` without ``copy_from`` on PostgreSQL and MySQL;
-  * raw DBAPI cursors (``bind.connection.cursor()``), which the offline bind does not offer (the
-    step stops there, reported in ``error``);
+  * raw DBAPI cursors (``bind.connection.cursor()``), which the offline bind does not offer;
   * ``batch_alter_table`` statements point at the ``with`` line: Alembic runs them when the block ends.
+
+A step can also stop on the revision's own error (:attr:`StepError.in_revision`): an undefined name,
+or a Python error its own code raises (TypeError, AttributeError...) before the offline bind
+answered anything, which a live database would meet too.
 """
 
 from __future__ import annotations
@@ -44,10 +60,12 @@ import contextlib
 import dataclasses
 import functools
 import io
+import itertools
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,9 +78,13 @@ from sqlalchemy import text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.mock import MockConnection
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
-from sqlalchemy.sql import sqltypes
+from sqlalchemy.orm import exc as orm_exc
+from sqlalchemy.sql import operators, sqltypes
 from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.sql.ddl import ExecutableDDLElement
+from sqlalchemy.sql.dml import Delete, Update
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
+from sqlalchemy.sql.schema import Column
 from sqlalchemy.sql.type_api import TypeEngine
 
 from alembic import context as alembic_context
@@ -91,6 +113,22 @@ class Statement:
 
 
 @dataclasses.dataclass(frozen=True)
+class StepError:
+    """Why a step stopped before its end offline, told from the revision's side.
+
+    ``line`` is the revision file's line that was running (None when the revision was not on the
+    stack: env.py or Alembic stopped). ``reason`` quotes that line and says what it needed or did.
+    ``in_revision`` is True when the revision itself is wrong (an undefined name, or a Python error
+    raised by its own code before any query was answered offline): it would fail the same way on a
+    live database.
+    """
+
+    line: int | None
+    reason: str
+    in_revision: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class StepStatements:
     """Everything one direction of one revision executes, in order.
 
@@ -102,7 +140,7 @@ class StepStatements:
     direction: Direction
     path: Path
     statements: tuple[Statement, ...]
-    error: str | None = None
+    error: StepError | None = None
 
 
 class _Recorder(io.StringIO):
@@ -118,12 +156,16 @@ class _Recorder(io.StringIO):
         self._revision_path = _real_path(revision_path)
         self.statements: list[Statement] = []
         self.column_types = column_types if column_types is not None else _ColumnTypes()
+        # The revision line of the first statement that went through the bind: from there on the revision
+        # may be acting on what an empty database answered offline (no rows, no row changed).
+        self.first_answer: int | None = None
         # Set while an alter_column call runs: what its statements carry (existing type, type change, new type).
         self.altering: tuple[str | None, bool, str | None] = (None, False, None)
 
     def follow(self, revision_path: Path) -> list[Statement]:
         """From now on record for another revision file; returns what was recorded for the previous one."""
         recorded, self.statements = self.statements, []
+        self.first_answer = None
         self._revision_path = _real_path(revision_path)
         return recorded
 
@@ -137,6 +179,11 @@ class _Recorder(io.StringIO):
         line = self._revision_line()
         if sql and line is not None:
             self.statements.append(Statement(sql, line, *self.altering))
+
+    def answered(self) -> None:
+        """The bind has just answered the revision (with an empty result)."""
+        if self.first_answer is None:
+            self.first_answer = self._revision_line()
 
     def _revision_line(self) -> int | None:
         frame = sys._getframe(1)
@@ -241,14 +288,91 @@ def collect(
             )
     except EnvironmentRefused:
         raise  # not this revision's doing: no revision can be checked through this env.py
-    except sa_exc.NoInspectionAvailable:
-        error = (
-            "it inspects the live database (sqlalchemy.inspect(op.get_bind())), which an offline check cannot "
-            "answer; only the statements it ran before that were checked"
-        )
     except Exception as exc:  # noqa: BLE001 - env.py and revisions can raise anything offline
-        error = f"{type(exc).__name__}: {redact(str(exc)).strip()}"
+        error = _stopped(exc, path, recorder)
     return StepStatements(revision, direction, path, tuple(recorder.statements), error)
+
+
+# Python errors that a revision's own code raises when it is wrong. Raised in the revision before the
+# offline bind answered anything, they would be raised on a live database too. Not KeyError or
+# ImportError: a missing environment variable or package of the environment check runs in is no
+# error of the revision's.
+_REVISION_BUGS = (NameError, SyntaxError, TypeError, AttributeError, IndexError, ZeroDivisionError)
+
+# What the offline machinery is called in SQLAlchemy's messages, and what it is to the revision.
+_OFFLINE_NAMES = re.compile(
+    r"<class '(?:[\w.]+\.)?(?P<a>_RecordingBind|_SessionConnection|_EmptyResult|_Executed|_MigrationTransaction)'>"
+    r"|'(?P<b>_RecordingBind|_SessionConnection|_EmptyResult|_Executed|_MigrationTransaction)' object"
+    r"|\b(?P<c>_RecordingBind|_SessionConnection|_EmptyResult|_Executed|_MigrationTransaction)\b"
+)
+_OFFLINE_WORDS = {
+    "_RecordingBind": "the offline connection",
+    "_SessionConnection": "the offline connection",
+    "_MigrationTransaction": "the offline connection's transaction",
+    "_EmptyResult": "the offline (empty) query result",
+    "_Executed": "the offline (empty) query result",
+}
+
+
+def _stopped(exc: Exception, path: Path, recorder: _Recorder) -> StepError:
+    """What ``exc``, raised while the step rendered, means for the revision at ``path``."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [frame for frame in frames if _real_path(frame.filename) == _real_path(path)]
+    line = mine[-1].lineno if mine else None
+    at = f"`{mine[-1].line.strip()}`" if mine and mine[-1].line else "the step"
+    raised_by_revision = bool(mine) and frames[-1] is mine[-1]
+    said = f"{type(exc).__name__}: {_in_user_words(redact(str(exc)).strip())}"
+    if isinstance(exc, sa_exc.NoInspectionAvailable):
+        return StepError(
+            line,
+            f"{at} reads the database's schema (the SQLAlchemy inspector, or a table or automap reflected "
+            "with autoload_with=), which an offline check does not have; what the step does after it was not "
+            "checked",
+        )
+    if isinstance(exc, sa_exc.NoResultFound):
+        return StepError(
+            line,
+            f"{at} needs a row from a query, and offline every query answers as an empty database would, with "
+            "no rows; what the step does after it was not checked",
+        )
+    if isinstance(exc, AttributeError) and isinstance(exc.obj, (_RecordingBind, _EmptyResult, _Executed)):
+        return StepError(
+            line,
+            f"{at} uses `{exc.name}` of the migration's connection or of a query result, which an offline check "
+            "cannot offer (offline, statements are recorded, not sent to a database); what the step does after "
+            "it was not checked",
+        )
+    if isinstance(exc, orm_exc.ObjectDeletedError):
+        return StepError(
+            line,
+            f"{at} reads back an object the Session wrote (after a commit it loads it again), and offline nothing "
+            "is stored: every query answers as an empty database would; what the step does after it was not "
+            "checked",
+        )
+    if _OFFLINE_NAMES.search(str(exc)):
+        return StepError(
+            line,
+            f"{at} hands the migration's connection to code that needs a live database connection, and offline "
+            f"that connection only records statements ({said}); what the step does after it was not checked",
+        )
+    # A name is undefined whatever a query answered; a local variable may be unbound because a loop
+    # over offline rows never ran.
+    undefined_name = isinstance(exc, NameError | SyntaxError) and not isinstance(exc, UnboundLocalError)
+    own_code = raised_by_revision and isinstance(exc, _REVISION_BUGS) and recorder.first_answer is None
+    if mine and (undefined_name or own_code):
+        return StepError(line, f"{at} raises {said}", in_revision=True)
+    if recorder.first_answer is not None:
+        return StepError(
+            line,
+            f"{at} raised {said}, after the statement at line {recorder.first_answer} was answered offline "
+            "as an empty database would (no rows, no row changed); what the step does after it was not checked",
+        )
+    return StepError(line, f"{at} could not run offline: {said}; what the step does after it was not checked")
+
+
+def _in_user_words(message: str) -> str:
+    """``message`` with the offline machinery's class names replaced by what they stand for."""
+    return _OFFLINE_NAMES.sub(lambda m: _OFFLINE_WORDS[m.group("a") or m.group("b") or m.group("c")], message)
 
 
 def collect_pass(
@@ -554,6 +678,11 @@ class _SessionConnection(_RecordingBind):
     no transaction methods: Alembic tells an offline bind by their absence.
     """
 
+    def execute(self, obj: Any, parameters: Any = None, execution_options: Any = None) -> Any:
+        result = super().execute(obj, parameters, execution_options)
+        result.rowcount = _rows_matched(result.context.compiled.statement, result.context.parameters)
+        return result
+
     def in_transaction(self) -> bool:
         return False
 
@@ -580,24 +709,59 @@ class _MigrationTransaction:
 
 
 def _recording_execute(dialect: Dialect, recorder: _Recorder) -> Any:
+    # An empty table numbers its first rows 1, 2, 3...: what a flushed ORM object gets as its key.
+    next_keys: dict[str, Iterator[int]] = {}
+
     def execute(construct: Any, parameters: Any = None) -> _EmptyResult:
-        compiled = _compile(construct, dialect)
+        # Named values, one set or several (executemany); positional ones (driver SQL) name no column.
+        if isinstance(parameters, Mapping):
+            given = [dict(parameters)]
+        elif isinstance(parameters, list | tuple) and all(isinstance(p, Mapping) for p in parameters):
+            given = [dict(p) for p in parameters]
+        else:
+            given = []
+        compiled = _compile(construct, dialect, given)
         sql = str(compiled)
         recorder.column_types.forget_mentioned(sql)
         recorder.record(sql)
-        return _EmptyResult(compiled)
+        recorder.answered()
+        return _EmptyResult(compiled, given, next_keys)
 
     return execute
 
 
 class _EmptyResult(IteratorResult[Any]):
-    """What an empty database answers: no rows, no row changed (batch loops end), for Core and ORM callers."""
+    """What an empty database answers: no rows, no row changed (batch loops end), for Core and ORM callers.
 
-    rowcount = 0
+    The result has the statement's columns, so it can be read by column, ORM entity or name
+    (``.all()``, ``.scalar()``, ``.first()``, ``scalars()``, a Session's queries) and gives nothing.
+    An INSERT reports the primary keys it was given, or those an empty table would generate.
+    """
 
-    def __init__(self, compiled: Compiled) -> None:
-        super().__init__(SimpleResultMetaData([]), iter([]))
-        self.context = _Executed(compiled)
+    returned_defaults = None
+    returned_defaults_rows = None
+
+    def __init__(
+        self, compiled: Compiled, parameters: list[dict[str, Any]], next_keys: dict[str, Iterator[int]]
+    ) -> None:
+        columns = getattr(compiled, "_result_columns", None) or []
+        keys = [column.keyname for column in columns]
+        super().__init__(SimpleResultMetaData(keys, extra=[column.objects for column in columns] or None), iter([]))
+        self._executed = self.context = _Executed(compiled, parameters)
+        self._next_keys = next_keys
+        self.rowcount = 0
+
+    @functools.cached_property
+    def inserted_primary_key_rows(self) -> list[tuple[Any, ...]]:
+        """One primary key per row inserted (none for other statements); numbered once, when first read."""
+        executed = self._executed
+        if not executed.isinsert:
+            return []
+        return [_inserted_key(executed.compiled, values, self._next_keys) for values in executed.compiled_parameters]
+
+    @property
+    def inserted_primary_key(self) -> tuple[Any, ...] | None:
+        return self.inserted_primary_key_rows[0] if len(self.inserted_primary_key_rows) == 1 else None
 
     def prefetch_cols(self) -> list[Any]:
         return []
@@ -606,25 +770,78 @@ class _EmptyResult(IteratorResult[Any]):
         return []
 
 
-@dataclasses.dataclass(frozen=True)
+def _rows_matched(statement: Any, parameters: list[dict[str, Any]]) -> int:
+    """How many rows a statement the Session sends changes offline: none, except the ORM's own by key.
+
+    The ORM writes an object it holds, and runs a bulk UPDATE by primary key (``session.execute(
+    update(Model), [...])``), as ``UPDATE ... WHERE pk = :table_pk`` or ``DELETE ... WHERE pk = :pk``
+    per key set, and checks that each matched one row: offline, each does. Any other statement
+    changes nothing, so loops that run until no row changes end.
+    """
+    if not parameters or not isinstance(statement, Update | Delete):
+        return 0
+    compared = set()
+    pending = list(statement._where_criteria)
+    while pending:
+        criterion = pending.pop()
+        if isinstance(criterion, BooleanClauseList) and criterion.operator is operators.and_:
+            pending.extend(criterion.clauses)
+        elif (
+            isinstance(criterion, BinaryExpression)
+            and criterion.operator is operators.eq
+            and isinstance(criterion.left, Column)
+            and isinstance(criterion.right, BindParameter)
+            and criterion.right.key == (criterion.left.key if isinstance(statement, Delete) else criterion.left._label)
+        ):
+            compared.add(criterion.left.name)
+        else:
+            return 0
+    primary_key = {column.name for column in statement.table.primary_key}
+    return len(parameters) if primary_key and primary_key <= compared else 0
+
+
+def _inserted_key(
+    compiled: Compiled, values: Mapping[str, Any], next_keys: dict[str, Iterator[int]]
+) -> tuple[Any, ...]:
+    """The primary key of a row ``compiled`` inserts: the values given, else the next number of its table."""
+    table = compiled.statement.table  # type: ignore[union-attr]
+    counter = next_keys.setdefault(table.fullname, itertools.count(1))
+    return tuple(values[c.key] if values.get(c.key) is not None else next(counter) for c in table.primary_key)
+
+
 class _Executed:
-    """The parts of an execution context that the ORM reads after a bulk UPDATE or DELETE."""
+    """The parts of an execution context that Core and ORM callers read after a statement ran."""
 
-    compiled: Compiled
+    _is_server_side = False
 
-    @property
-    def compiled_parameters(self) -> list[Any]:
-        return [self.compiled.construct_params()]
+    def __init__(self, compiled: Compiled, parameters: list[dict[str, Any]]) -> None:
+        self.compiled = compiled
+        self.parameters = parameters
+        self.executemany = len(parameters) > 1
+        self.isinsert = bool(getattr(compiled, "isinsert", False))
+        self.isupdate = bool(getattr(compiled, "isupdate", False))
+        self.isdelete = bool(getattr(compiled, "isdelete", False))
+
+    @functools.cached_property
+    def compiled_parameters(self) -> list[Mapping[str, Any]]:
+        """The values of each execution; only the ORM reads them (raw SQL may lack some, which is fine unread)."""
+        return [self.compiled.construct_params(values) or {} for values in self.parameters or [{}]]
 
 
-def _compile(construct: Any, dialect: Dialect) -> Compiled:
-    """A construct given to the bind, compiled; values inlined where SQLAlchemy can render them."""
+def _compile(construct: Any, dialect: Dialect, parameters: Sequence[dict[str, Any]] = ()) -> Compiled:
+    """A construct given to the bind, compiled; values inlined where SQLAlchemy can render them.
+
+    With ``parameters`` (passed to ``execute()`` apart from the statement) it is compiled for them,
+    as the engine would: placeholders, and an INSERT or UPDATE names the columns given.
+    """
     if isinstance(construct, str):
         construct = text(construct)
     if isinstance(construct, ExecutableDDLElement):
         return construct.compile(dialect=dialect)
+    if parameters:
+        return construct.compile(dialect=dialect, column_keys=list(parameters[0]))  # type: ignore[no-any-return]
     try:
         return construct.compile(dialect=dialect, compile_kwargs={"literal_binds": True})  # type: ignore[no-any-return]
     except sa_exc.CompileError:
-        # Parameters passed separately to execute(): placeholders still parse.
+        # Bound values that have no literal form: placeholders still parse.
         return construct.compile(dialect=dialect)  # type: ignore[no-any-return]

@@ -57,11 +57,17 @@ class Finding:
 
 @dataclasses.dataclass(frozen=True)
 class NotAnalysed:
-    """A step that could not be rendered to its end offline: findings after ``reason`` are unknown."""
+    """A step that could not be rendered to its end offline: findings after ``reason`` are unknown.
+
+    ``reason`` starts with ``file:line`` (the revision's line that stopped, quoted after it) when
+    the revision was running; ``file`` and ``line`` say the same for tools (``line`` None otherwise).
+    """
 
     revision: str
     direction: Direction
     reason: str
+    file: str = ""
+    line: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,7 +48,7 @@ from typing import Literal
 
 from dbmigrate.checks.collect import Statement
 
-Category = Literal["data-loss", "blocking", "breaking", "directive"]
+Category = Literal["data-loss", "blocking", "breaking", "directive", "revision"]
 Severity = Literal["error", "warning"]
 
 SQLGLOT_DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
@@ -265,6 +265,16 @@ _RULE_LIST = [
         'The directive `{directive}` is not valid: it must read # dbmigrate: allow-data-loss reason="..." with a '
         "non-empty reason. It allows nothing.",
         'Write # dbmigrate: allow-data-loss reason="why losing this data is intended".',
+    ),
+    Rule(
+        "DM003",
+        "revision-raises",
+        "revision",
+        "error",
+        "The revision's own code raises an error.",
+        "The {direction} stops with an error of its own: {error}. It would fail the same way on a live database; "
+        "what it does after that line was not checked.",
+        "Fix the revision (run it against a scratch database, for example with dbmigrate verify), then check it again.",
     ),
 ]
 RULES = {rule.id: rule for rule in _RULE_LIST}

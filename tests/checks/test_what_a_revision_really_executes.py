@@ -100,19 +100,20 @@ def test_sql_sent_to_the_driver_through_the_bind_is_seen(
     assert report.not_analysed == ()
 
 
-def test_a_step_that_needs_real_rows_is_reported_as_not_analysed(check_revision: CheckRevision) -> None:
+def test_a_step_that_needs_real_rows_is_reported_as_not_analysed(check_revision: CheckRevision, project: Path) -> None:
     report = check_revision(
         """
         def upgrade() -> None:
             op.drop_column("customers", "email")
-            count = op.get_bind().execute(text("SELECT count(*) FROM orders")).scalar_one()
+            count = op.get_bind().execute(text("SELECT count(*) FROM orders")).scalar_one()  # needs a row
             op.drop_table("orders")
         """,
         "postgresql",
     )
     assert rules(report) == ["DL002", "BR001"]
     assert [(step.revision, step.direction) for step in report.not_analysed] == [("0007_under_test", "upgrade")]
-    assert "NoResultFound" in report.not_analysed[0].reason
+    assert report.not_analysed[0].reason.startswith(f"{REVISION_FILE}:{line_of(project, '# needs a row')}: ")
+    assert "needs a row from a query" in report.not_analysed[0].reason
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -221,20 +222,21 @@ def test_a_sqlite_batch_that_always_recreates_is_checked_for_what_it_does(
 
 
 def test_a_step_that_inspects_the_live_database_is_named_as_such_in_not_analysed(
-    check_revision: CheckRevision,
+    check_revision: CheckRevision, project: Path
 ) -> None:
     report = check_revision(
         """
         def upgrade() -> None:
             op.execute("DELETE FROM orders WHERE id < 0")
-            if "orders" in sa.inspect(op.get_bind()).get_table_names():
+            if "orders" in sa.inspect(op.get_bind()).get_table_names():  # inspects
                 op.drop_table("orders")
         """,
         "postgresql",
     )
 
     assert [(step.revision, step.direction) for step in report.not_analysed] == [("0007_under_test", "upgrade")]
-    assert "inspects the live database" in report.not_analysed[0].reason
+    assert report.not_analysed[0].reason.startswith(f"{REVISION_FILE}:{line_of(project, '# inspects')}: ")
+    assert "reads the database's schema" in report.not_analysed[0].reason
 
 
 ORM_MODEL = """
