@@ -29,7 +29,7 @@ lint: $(STAMP)
 
 ## docs: build the documentation site in strict mode (a broken link or reference fails)
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site  # not --quiet: it hides the warnings that strict counts
 
 ## services: install or start what the tests need (PostgreSQL, MariaDB, a Pushgateway binary)
 services:

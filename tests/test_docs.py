@@ -192,6 +192,13 @@ def test_the_settings_reference_has_every_setting() -> None:
     assert "`DBMIGRATE_CONFIG`" in table and "`DATABASE_URL`" in table
 
 
+def test_the_check_rules_reference_has_every_rule() -> None:
+    from dbmigrate.checks.rules import RULES
+
+    page = _reference().expand((DOCS / "reference" / "check-rules.md").read_text())
+    assert [rule for rule in RULES if f"### {rule} " not in page] == []
+
+
 def test_every_marker_on_every_page_expands_and_the_exit_codes_page_has_every_code() -> None:
     reference = _reference()
     for page in DOCS.rglob("*.md"):

@@ -7,7 +7,9 @@ Markdown generated from the code:
   ``dbmigrate.cli.main``;
 - ``<!-- generated: settings -->``: every field of ``dbmigrate.settings.Settings`` with its flag,
   environment variable, default and the flag's help text;
-- ``<!-- generated: exit-codes -->``: ``dbmigrate.errors.EXIT_CODES``, as ``dbmigrate --help`` shows it.
+- ``<!-- generated: exit-codes -->``: ``dbmigrate.errors.EXIT_CODES``, as ``dbmigrate --help`` shows it;
+- ``<!-- generated: check-rules -->``: the rules of ``dbmigrate check`` (``dbmigrate.checks.rules.RULES``);
+- ``<!-- include: PATH -->``: a Markdown file of the repository (the chart's README), without its title.
 
 ``tests/test_docs.py`` imports this module too, to check that nothing is left out.
 """
@@ -222,11 +224,44 @@ def exit_codes_markdown() -> str:
     return "\n".join(lines)
 
 
-GENERATORS = {"cli": cli_markdown, "settings": settings_markdown, "exit-codes": exit_codes_markdown}
+def rules_markdown() -> str:
+    """Every rule of ``dbmigrate check``: what it finds and what to do instead, as its findings say."""
+    from dbmigrate.checks.rules import RULES
+
+    out = []
+    for rule in RULES.values():
+        out += [
+            f"### {rule.id} {rule.name}",
+            "",
+            f"**{rule.category}**, {rule.severity}. {rule.summary}",
+            "",
+            f"- *Finding:* {_escape(rule.message)}",
+            f"- *Instead:* {_escape(rule.suggestion)}",
+            "",
+        ]
+    return "\n".join(out)
+
+
+GENERATORS = {
+    "cli": cli_markdown,
+    "settings": settings_markdown,
+    "exit-codes": exit_codes_markdown,
+    "check-rules": rules_markdown,
+}
+
+
+INCLUDE = re.compile(r"^<!-- include: ([\w./-]+) -->$", re.MULTILINE)
+
+
+def include(path: str) -> str:
+    """A Markdown file of the repository, without its title; links out of its folder become paths."""
+    text = (ROOT / path).read_text().split("\n", 1)[1]
+    return re.sub(r"\[([^]]+)\]\((\.\./[^)#]+)\)", lambda m: f"`{m.group(1)}`", text)
 
 
 def expand(markdown: str) -> str:
     """Replace every marker line by what its generator makes; an unknown marker is an error."""
+    markdown = INCLUDE.sub(lambda match: include(match.group(1)), markdown)
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
