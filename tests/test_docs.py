@@ -192,6 +192,14 @@ def test_the_settings_reference_has_every_setting() -> None:
     assert "`DBMIGRATE_CONFIG`" in table and "`DATABASE_URL`" in table
 
 
+def test_the_python_api_reference_has_every_exported_name() -> None:
+    import dbmigrate
+
+    page = (DOCS / "reference" / "python-api.md").read_text()
+    documented = set(re.findall(r"^::: dbmigrate\.(\w+)$", page, flags=re.M))
+    assert [name for name in dbmigrate.__all__ if name not in documented and name != "__version__"] == []
+
+
 def test_the_check_rules_reference_has_every_rule() -> None:
     from dbmigrate.checks.rules import RULES
 
