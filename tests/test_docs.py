@@ -103,6 +103,7 @@ def test_only_commands_that_need_the_outside_world_are_skipped() -> None:
                 assert command.strip().startswith(SKIPPABLE), f"{page.name}: {command!r} is not run by the tests"
 
 
+@pytest.mark.slow
 def test_the_demo_runs_as_written(project: Path) -> None:
     result = run_tutorial(tutorial_script(DOCS / "getting-started" / "demo.md"), cwd=project)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -112,6 +113,7 @@ def test_the_demo_runs_as_written(project: Path) -> None:
     assert '"at_head": true' in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_adding_dbmigrate_to_an_app_runs_as_written(backend: str, tmp_path: Path) -> None:
     script = tutorial_script(DOCS / "getting-started" / "existing-app.md")
