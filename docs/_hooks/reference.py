@@ -54,7 +54,7 @@ def walk(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[t
     """Every command under ``command`` (itself included), with its words after ``dbmigrate``."""
     yield path, command
     if isinstance(command, click.Group):
-        for name in sorted(command.commands):
+        for name in command.commands:  # in the order the CLI defines them: upgrade first
             yield from walk(command.commands[name], (*path, name))
 
 
@@ -126,7 +126,13 @@ def cli_markdown() -> str:
     """The command reference: the shared options once, then each command with its own."""
     main = _main()
     shared = shared_option_names()
-    out = [
+    out = ["| command | what it does |", "|---|---|"]
+    for path, command in walk(main):
+        if path and not isinstance(command, click.Group):
+            name = " ".join(("dbmigrate", *path))
+            out.append(f"| [`{name}`](#{_anchor(path)}) | {_escape(command.get_short_help_str(limit=200))} |")
+    out += [
+        "",
         "## Shared options",
         "",
         "Every command takes these options, after the command or before it (as Alembic users type "
@@ -146,7 +152,7 @@ def cli_markdown() -> str:
         out += [f"## `{name}`", "", f"```text\n{_usage(path, command)}\n```", ""]
         out += [(command.help or "").strip(), ""]
         if isinstance(command, click.Group):
-            subs = ", ".join(f"[`{name} {sub}`](#{_anchor((*path, sub))})" for sub in sorted(command.commands))
+            subs = ", ".join(f"[`{name} {sub}`](#{_anchor((*path, sub))})" for sub in command.commands)
             out += [f"Commands: {subs}.", ""]
             continue
         arguments = [p for p in command.params if isinstance(p, click.Argument)]
