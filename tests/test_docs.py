@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -150,6 +151,33 @@ def test_adding_dbmigrate_to_an_app_runs_as_written(backend: str, tmp_path: Path
         assert answer.stdout.strip() == "200 {'ready': True}", answer.stdout + answer.stderr
     finally:
         drop_database(url)
+
+
+def test_the_tutorials_helm_chart_renders_and_validates(tmp_path: Path) -> None:
+    """The chart files the tutorial has the reader write, beside a copy of charts/dbmigrate, rendered by Helm."""
+    import helm_python as helm
+
+    from tests.chart.local_cluster import CHART, containers, pod_spec, render, validate
+
+    shop = tmp_path / "shop"
+    written = [b for b in blocks(DOCS / "getting-started" / "existing-app.md") if (b.title or "").startswith("chart/")]
+    assert {b.title for b in written} == {"chart/Chart.yaml", "chart/values.yaml", "chart/templates/deployment.yaml"}
+    for block in written:
+        assert block.title
+        (shop / block.title).parent.mkdir(parents=True, exist_ok=True)
+        (shop / block.title).write_text(block.body)
+    shutil.copytree(CHART, shop / "charts" / "dbmigrate")  # where the tutorial's Chart.yaml expects it
+    helm.dependency_update(shop / "chart", skip_refresh=True)
+    rendered = render(shop / "chart")
+    by_kind = {m.kind: m for m in rendered.manifests if m.kind in ("Deployment", "Job")}
+    for manifest in rendered.manifests:
+        validate(manifest)
+    job = pod_spec(by_kind["Job"])
+    assert containers(job)[0]["image"] == "registry.example.com/shop:1.4.2"
+    assert containers(job)[0]["args"] == ["upgrade"]
+    deployment = pod_spec(by_kind["Deployment"])
+    (wait,) = deployment["initContainers"]
+    assert wait["image"] == "registry.example.com/shop:1.4.2" and "wait" in wait["args"]
 
 
 def _reference() -> ModuleType:
