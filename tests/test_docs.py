@@ -226,8 +226,15 @@ def test_the_python_api_reference_has_every_exported_name() -> None:
     import dbmigrate
 
     page = (DOCS / "reference" / "python-api.md").read_text()
-    documented = set(re.findall(r"^::: dbmigrate\.(\w+)$", page, flags=re.M))
-    assert [name for name in dbmigrate.__all__ if name not in documented and name != "__version__"] == []
+    documented = set(re.findall(r"^::: (\S+)$", page, flags=re.M))
+    # Each by the module that defines it: `::: dbmigrate.history` would document the module
+    # dbmigrate.history, not the function dbmigrate exports under that name.
+    wanted = {
+        name: f"{getattr(dbmigrate, name).__module__}.{getattr(dbmigrate, name).__qualname__}"
+        for name in dbmigrate.__all__
+        if name != "__version__"
+    }
+    assert {name: where for name, where in wanted.items() if where not in documented} == {}
 
 
 def test_the_check_rules_reference_has_every_rule() -> None:
