@@ -86,6 +86,8 @@ def test_every_job_verifies_the_same_way_against_its_own_kind_of_database() -> N
             scheme,
         )
         assert job["defaults"]["run"]["shell"] == "bash"
+    revisions = {name: next(s["run"] for s in job["steps"] if s.get("id") == "revisions") for name, job in jobs.items()}
+    assert len(set(revisions.values())) == 1, "both jobs find the pull request's revisions the same way"
     gitlab = yaml.safe_load(GITLAB.read_text())
     assert VERIFY in gitlab[".dbmigrate-verify"]["script"]
     assert set(gitlab_jobs()) == {"dbmigrate-verify-postgresql", "dbmigrate-verify-mariadb"}
