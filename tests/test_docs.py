@@ -115,6 +115,14 @@ def test_the_demo_runs_as_written(project: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_alembic_habits_run_as_written(project: Path) -> None:
+    result = run_tutorial(tutorial_script(DOCS / "getting-started" / "from-alembic.md"), cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 revision(s) reverted" in result.stdout and "would run" in result.stdout
+    assert result.stdout.rstrip().endswith("0006_name_contract (head)")  # plain alembic current
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_adding_dbmigrate_to_an_app_runs_as_written(backend: str, tmp_path: Path) -> None:
     script = tutorial_script(DOCS / "getting-started" / "existing-app.md")
