@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint services venv clean
+.PHONY: demo test lint docs services venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +27,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## docs: build the documentation site in strict mode (a broken link or reference fails)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site  # not --quiet: it hides the warnings that strict counts
+
 ## services: install or start what the tests need (PostgreSQL, MariaDB, a Pushgateway binary)
 services:
 	bash tests/start-services.sh
 
-## test: lint, then pytest against real PostgreSQL, MariaDB and SQLite (independent tests in parallel processes)
+## test: lint, the docs site, then pytest against real PostgreSQL, MariaDB and SQLite (independent tests in parallel processes)
 PYTEST_ARGS ?= -n 3
-test: lint services
+test: lint docs services
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) demo.db demo.db.dbmigrate-lock .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site demo.db demo.db.dbmigrate-lock .pytest_cache .mypy_cache .ruff_cache
