@@ -63,7 +63,7 @@ class Seeder:
         """A row in every table, in foreign-key order; what each row holds, as stored."""
         seeded: list[Seeded] = []
         with self.connect() as connection:
-            metadata = reflect(connection, self.excluded)
+            metadata = _reflect(connection, self.excluded)
             stored: dict[str, dict[str, Any]] = {}
             for table in metadata.sorted_tables:
                 if self.excluded(table.schema, table.name):
@@ -161,7 +161,7 @@ class Seeder:
     def unseed(self, seeded: Sequence[Seeded]) -> None:
         """Delete the seeded rows that are still there, the referring ones first; what cannot go is logged."""
         with self.connect() as connection:
-            metadata = reflect(connection, self.excluded)
+            metadata = _reflect(connection, self.excluded)
             if connection.in_transaction():
                 connection.commit()  # reflection's implicit transaction
             for row in reversed(seeded):
@@ -180,7 +180,7 @@ class Seeder:
         if not seeded:
             return []
         with self.connect() as connection:
-            metadata = reflect(connection, self.excluded)
+            metadata = _reflect(connection, self.excluded)
             kept: list[dict[str, Any] | None] = []
             for row in seeded:
                 try:
@@ -203,7 +203,7 @@ class Seeder:
         if not seeded:
             return lost, converted
         with self.connect() as connection:
-            metadata = reflect(connection, self.excluded)
+            metadata = _reflect(connection, self.excluded)
             for index, row in enumerate(seeded):
                 table = metadata.tables.get(row.fullname)
                 before = kept[index] if index < len(kept) else None
@@ -282,7 +282,7 @@ def sample_value(type_: sqltypes.TypeEngine[Any], seq: int) -> Any:
     return _UNKNOWN
 
 
-def reflect(connection: Connection, excluded: Callable[[str | None, str], bool]) -> MetaData:
+def _reflect(connection: Connection, excluded: Excluded) -> MetaData:
     """The tables verify sees, as SQLAlchemy tables; a foreign key to a table that is not there is left out.
 
     SQLite (and MySQL with foreign_key_checks off) accepts a foreign key to a missing table:
@@ -307,9 +307,7 @@ def reflect(connection: Connection, excluded: Callable[[str | None, str], bool])
     return metadata
 
 
-def _reflect_tables(
-    connection: Connection, excluded: Callable[[str | None, str], bool], *, resolve_fks: bool
-) -> MetaData:
+def _reflect_tables(connection: Connection, excluded: Excluded, *, resolve_fks: bool) -> MetaData:
     metadata = MetaData()
     inspector = inspect(connection)
     with warnings.catch_warnings():
