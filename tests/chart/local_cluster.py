@@ -132,6 +132,31 @@ def render(
     return Rendered(manifests, notes, raw)
 
 
+# What every release of the chart of its own must set (the chart has no default for either): the
+# application's image and the Secret holding the database URL.
+REQUIRED_VALUES: dict[str, Any] = {
+    "image": {"repository": "example-app", "tag": "0.1.0"},
+    "database": {"existingSecret": {"name": "{{ .Release.Name }}-database"}},
+}
+
+
+def merged(*value_sets: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge value dicts, later ones winning (as Helm merges -f files and --set)."""
+    result: dict[str, Any] = {}
+    for values in value_sets:
+        for key, value in values.items():
+            if isinstance(value, Mapping) and isinstance(result.get(key), dict):
+                result[key] = merged(result[key], value)
+            else:
+                result[key] = value
+    return result
+
+
+def render_chart(values: Mapping[str, Any] | None = None, **options: Any) -> Rendered:
+    """Render the dbmigrate chart as a release of its own: REQUIRED_VALUES, then ``values``."""
+    return render(CHART, merged(REQUIRED_VALUES, values or {}), **options)
+
+
 def build_umbrella(tmp_path: Path) -> Path:
     """A copy of the umbrella example beside a copy of the chart, with its dependency built by Helm."""
     root = tmp_path / "charts-workspace"
