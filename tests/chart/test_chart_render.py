@@ -17,6 +17,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from charts import generate_readme
 from tests.chart.local_cluster import (
     CHART,
     REQUIRED_VALUES,
@@ -472,6 +473,7 @@ def test_the_migration_job_is_a_pre_install_and_pre_upgrade_hook(renders: dict[s
     assert annotations == {"sidecar.istio.io/inject": "false", "linkerd.io/inject": "disabled"}
     assert rendered.one("Pod", "-test").annotations["sidecar.istio.io/inject"] == "false"
     assert "shop-dbmigrate-migrate" in rendered.notes and "helm test shop" in rendered.notes
+    assert "before the Job's deadline of 270 s" in rendered.notes
 
 
 def test_the_chart_created_secret_is_a_hook_that_runs_before_the_job(renders: dict[str, Rendered]) -> None:
@@ -783,3 +785,27 @@ def test_the_wait_template_takes_the_root_context_too(tmp_path: Path) -> None:
     (wait,) = worker.body["spec"]["initContainers"]
     assert wait["image"] == worker.body["spec"]["containers"][0]["image"] == "registry.example.com/worker:7.0.1"
     assert {e["name"]: e.get("value") for e in wait["env"]}["DBMIGRATE_APP_VERSION"] == "7.0.1"
+
+
+# --- the chart's README ----------------------------------------------------------------------------------
+
+
+def test_the_chart_readme_lists_every_value_as_values_yaml_documents_it() -> None:
+    readme = (CHART / "README.md").read_text()
+    values_yaml = (CHART / "values.yaml").read_text()
+    assert generate_readme.readme_with_table(readme, values_yaml) == readme, "run python charts/generate_readme.py"
+    with helm.Chart.load(CHART) as chart:
+        defaults = chart.values
+    table = {line.split(" | ")[0].strip("| `"): line for line in readme.splitlines() if line.startswith("| `")}
+    for key in ("image.tag", "settings.lockWaitTimeout", "networkPolicy.databasePeers", "global.imageRegistry"):
+        assert key in table, key
+    assert "`120`" in table["settings.lockWaitTimeout"] and defaults["settings"]["lockWaitTimeout"] == 120
+
+
+def test_the_readme_generator_refuses_an_undocumented_value() -> None:
+    values_yaml = (CHART / "values.yaml").read_text() + "\nsurprise: 1\n"
+    with pytest.raises(generate_readme.UndocumentedValue, match="surprise"):
+        generate_readme.documented_values(values_yaml)
+    edited = (CHART / "values.yaml").read_text().replace("  lockWaitTimeout: 120", "  lockWaitTimeout: 100")
+    readme = (CHART / "README.md").read_text()
+    assert generate_readme.readme_with_table(readme, edited) != readme  # drift is visible
