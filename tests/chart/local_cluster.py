@@ -440,6 +440,29 @@ class Node:
         raise AssertionError(f"the local node cannot provide {source}")
 
 
+class FieldImmutable(Exception):
+    """What the API server answers when an apply would change an immutable field."""
+
+
+@dataclass
+class AppliedObjects:
+    """What `kubectl apply` does with rendered manifests, as far as these tests need: it creates the
+    objects that do not exist, updates the others, and refuses to change a Job's pod template, which
+    is immutable."""
+
+    stored: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def apply(self, manifest: Manifest) -> bool:
+        """Apply one manifest; True when it created the object."""
+        key = (manifest.kind, manifest.name)
+        current = self.stored.get(key)
+        is_job = manifest.kind == "Job" and current is not None
+        if is_job and current["spec"]["template"] != manifest.body["spec"]["template"]:
+            raise FieldImmutable(f'Job.batch "{manifest.name}" is invalid: spec.template: field is immutable')
+        self.stored[key] = manifest.body
+        return current is None
+
+
 def pod_name_for(owner: str) -> str:
     """A pod name as a controller makes it: the owner's name and a random suffix."""
     return f"{owner}-{uuid.uuid4().hex[:5]}"

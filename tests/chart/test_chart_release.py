@@ -14,7 +14,9 @@ import pytest
 
 from tests.chart.local_cluster import (
     REPO,
+    AppliedObjects,
     ContainerConfigError,
+    FieldImmutable,
     Node,
     build_image,
     build_umbrella,
@@ -211,3 +213,41 @@ def test_a_missing_secret_stops_the_release_before_anything_runs(node: Node) -> 
     with pytest.raises(ContainerConfigError, match="shop-database"):
         node.run_hooks(release, "pre-install")
     assert node.started == []
+
+
+def test_rendered_manifests_applied_in_order_migrate_each_version_once(postgres_url: str, node: Node) -> None:
+    """`helm template ... | kubectl apply -f -` for 0.1.0, again for 0.1.0, then for 0.2.0: without hooks
+    each render's Job is named after its pod template, so a new version creates a new Job (instead of
+    failing on the immutable template of the previous one) and an unchanged render applies as a no-op."""
+    node.secrets["shop-database"] = {"DATABASE_URL": postgres_url}
+    cluster = AppliedObjects()
+
+    def apply(tag: str) -> list[str]:
+        rendered = render_chart({"migration": {"hook": {"enabled": False}}, "image": {"tag": tag}})
+        assert not [m for m in rendered.manifests if m.hook_events]  # kubectl would ignore hook annotations
+        assert not rendered.of_kind("Pod")  # no helm test pod that kubectl would run as an ordinary Pod
+        created = [m for m in rendered.manifests if cluster.apply(m)]
+        for job in created:
+            run = node.run_job(job)
+            assert run.returncode == 0, run.describe()
+        return [m.name for m in created]
+
+    (first,) = apply("0.1.0")
+    assert first.startswith("shop-dbmigrate-migrate-") and first != "shop-dbmigrate-migrate"
+    assert current_revisions(postgres_url) == {EXAMPLE_HEAD}
+    assert apply("0.1.0") == []  # the same render again: nothing to create, nothing runs
+    (second,) = apply("0.2.0")
+    assert second != first
+    assert current_revisions(postgres_url) == {NEW_REVISIONS[1]}
+    rows = history_rows(postgres_url)
+    assert [(row["revision"], row["app_version"]) for row in rows if row["revision"] in NEW_REVISIONS] == [
+        (NEW_REVISIONS[0], "0.2.0"),
+        (NEW_REVISIONS[1], "0.2.0"),
+    ]
+    assert {row["runner"].rsplit("-", 1)[0] for row in rows} == {first, second}
+
+    # The hook Job's fixed name is what makes rendered manifests fail from the second version on.
+    hooked = AppliedObjects()
+    hooked.apply(render_chart({"image": {"tag": "0.1.0"}}).one("Job"))
+    with pytest.raises(FieldImmutable, match="shop-dbmigrate-migrate"):
+        hooked.apply(render_chart({"image": {"tag": "0.2.0"}}).one("Job"))

@@ -787,6 +787,59 @@ def test_the_wait_template_takes_the_root_context_too(tmp_path: Path) -> None:
     assert {e["name"]: e.get("value") for e in wait["env"]}["DBMIGRATE_APP_VERSION"] == "7.0.1"
 
 
+# --- rendered manifests: no Helm hooks ---------------------------------------------------------------------
+
+NO_HOOKS: dict[str, Any] = {"migration": {"hook": {"enabled": False}}}
+
+
+def test_without_hooks_the_job_is_named_after_what_it_runs() -> None:
+    def job_name(values: dict[str, Any]) -> str:
+        return render_chart(merged(NO_HOOKS, values)).one("Job").name
+
+    base = job_name({})
+    assert re.fullmatch(r"shop-dbmigrate-migrate-[0-9a-f]{10}", base)
+    assert job_name({}) == base  # the same render, the same Job: applying it again is a no-op
+    changed = {
+        job_name({"image": {"tag": "0.2.0"}}),
+        job_name({"image": {"digest": "sha256:" + "ab" * 32}}),
+        job_name({"migration": {"args": ["upgrade", "--dry-run"]}}),
+        job_name({"command": ["/opt/venv/bin/dbmigrate"]}),
+        job_name({"settings": {"lockTimeout": 7}}),
+        job_name({"extraEnv": [{"name": "SHOP_MODE", "value": "migrate"}]}),
+        job_name({"migration": {"resources": {"limits": {"memory": "1Gi"}}}}),
+    }
+    assert base not in changed and len(changed) == 7
+    # With hooks the name is fixed: Helm deletes the previous Job before creating the next.
+    assert render_chart({"image": {"tag": "0.2.0"}}).one("Job").name == render_chart().one("Job").name
+
+
+def test_without_hooks_every_resource_is_plain_and_valid() -> None:
+    values = merged(
+        NO_HOOKS,
+        {
+            "database": {"source": "secret", "secret": {"url": SECRET_URL}},
+            "serviceAccount": {"create": True},
+            "networkPolicy": {"enabled": True, "databasePeers": [{"ipBlock": {"cidr": "10.0.0.5/32"}}]},
+            "argocd": {"enabled": True},
+            "migration": {"ttlSecondsAfterFinished": 3600},  # no hook for Helm 4 to wait for
+        },
+    )
+    rendered = render_chart(values)
+    assert sorted(m.kind for m in rendered.manifests) == ["Job", "NetworkPolicy", "Secret", "ServiceAccount"]
+    job = rendered.one("Job")
+    for manifest in rendered.manifests:
+        validate(manifest)
+        assert not any(key.startswith("helm.sh/hook") for key in manifest.annotations), manifest.name
+        assert "argocd.argoproj.io/hook" not in manifest.annotations, manifest.name
+        if manifest is not job:  # applied in an earlier Argo CD sync wave than the Job
+            assert int(manifest.annotations["argocd.argoproj.io/sync-wave"]) < 0
+    assert job.annotations == {"argocd.argoproj.io/sync-wave": "0"}
+    assert job.body["spec"]["ttlSecondsAfterFinished"] == 3600
+    assert f"logs job/{job.name}" in rendered.notes
+    with pytest.raises(helm.HelmRenderError, match=re.escape("rollback.enabled needs Helm hooks")):
+        render_chart(merged(NO_HOOKS, {"rollback": {"enabled": True}}))
+
+
 # --- the chart's README ----------------------------------------------------------------------------------
 
 

@@ -357,13 +357,17 @@ Helm 4's TTL limit. Takes a scope.
 {{- if $values.migration.enabled -}}
 {{- include "dbmigrate.validateDeadline" (list $values.settings "migration.activeDeadlineSeconds" $values.migration.activeDeadlineSeconds) -}}
 {{- end -}}
+{{- if and $values.rollback.enabled (not $values.migration.hook.enabled) -}}
+{{- fail "rollback.enabled needs Helm hooks: the rollback Job is a pre-rollback hook, and migration.hook.enabled=false renders without hooks" -}}
+{{- end -}}
 {{- if $values.rollback.enabled -}}
 {{- include "dbmigrate.validateDeadline" (list $values.settings "rollback.activeDeadlineSeconds" $values.rollback.activeDeadlineSeconds) -}}
 {{- end -}}
 {{- if hasPrefix "v4." .root.Capabilities.HelmVersion.Version -}}
 {{- range $job := list "migration" "rollback" -}}
 {{- $values := get $.values $job -}}
-{{- if and $values.enabled (ne (toString $values.ttlSecondsAfterFinished) "") -}}
+{{- $hooked := or (eq $job "rollback") $.values.migration.hook.enabled -}}
+{{- if and $values.enabled $hooked (ne (toString $values.ttlSecondsAfterFinished) "") -}}
 {{- fail (printf "%s.ttlSecondsAfterFinished cannot be used with Helm 4 (%s): Helm 4 waits for a hook Job that the TTL controller may already have deleted, and fails a successful release (helm/helm#31786); leave it empty and use %s.hook.deletePolicy (before-hook-creation,hook-succeeded) instead" $job $.root.Capabilities.HelmVersion.Version $job) -}}
 {{- end -}}
 {{- end -}}
@@ -610,20 +614,27 @@ empty means the namespace's default. Takes a scope.
 Metadata annotations of the resources the hook Jobs need before they start (the chart-created
 Secret, the ServiceAccount, the NetworkPolicy): hooks of the Jobs' events one weight below them,
 replaced by the next run and never deleted after it, by Helm or by Argo CD (pods of the application
-still read the Secret), whatever the Jobs' own delete policies say. Takes a scope.
+still read the Secret), whatever the Jobs' own delete policies say. Without hooks
+(migration.hook.enabled=false) they are plain resources, an Argo CD sync wave before the Job. Takes
+a scope.
 */}}
 {{- define "dbmigrate.prerequisiteAnnotations" -}}
 {{- $weight := include "dbmigrate.secretWeight" . -}}
+{{- $hooked := .values.migration.hook.enabled -}}
 {{- $events := .values.migration.hook.events -}}
 {{- if .values.rollback.enabled -}}
 {{- $events = append $events "pre-rollback" | uniq -}}
 {{- end -}}
+{{- if $hooked }}
 helm.sh/hook: {{ join "," $events | quote }}
 helm.sh/hook-weight: {{ $weight | quote }}
 helm.sh/hook-delete-policy: before-hook-creation
+{{- end }}
 {{- if .values.argocd.enabled }}
+{{- if $hooked }}
 argocd.argoproj.io/hook: PreSync
 argocd.argoproj.io/hook-delete-policy: BeforeHookCreation
+{{- end }}
 argocd.argoproj.io/sync-wave: {{ $weight | quote }}
 {{- end }}
 {{- end -}}
@@ -666,10 +677,11 @@ volumes:
 {{- end -}}
 
 {{/*
-A hook Job running one container (the migration Job, the rollback Job). Takes a scope with:
+A Job running one container (the migration Job, the rollback Job). Takes a scope with:
   job            the Job's values (hook.weight, hook.deletePolicy, backoffLimit, podFailurePolicy,
                  activeDeadlineSeconds, ttlSecondsAfterFinished, annotations, resources)
   suffix         the resource name suffix
+  hooked         whether it is a Helm hook (see "dbmigrate.jobName" for a Job that is not)
   events         the Helm hook events
   argocd         whether to add the Argo CD hook annotations (when argocd.enabled)
   containerName  and args: the container (see "dbmigrate.container")
@@ -680,22 +692,14 @@ A hook Job running one container (the migration Job, the rollback Job). Takes a 
 apiVersion: batch/v1
 kind: Job
 metadata:
-  name: {{ include "dbmigrate.resourceName" (list . .suffix) }}
+  name: {{ include "dbmigrate.jobName" . }}
   namespace: {{ .root.Release.Namespace | quote }}
   labels:
     {{- include "dbmigrate.labels" . | nindent 4 }}
+  {{- with include "dbmigrate.jobAnnotations" . }}
   annotations:
-    helm.sh/hook: {{ join "," .events | quote }}
-    helm.sh/hook-weight: {{ $job.hook.weight | toString | quote }}
-    helm.sh/hook-delete-policy: {{ $job.hook.deletePolicy | quote }}
-    {{- if and .argocd .values.argocd.enabled }}
-    argocd.argoproj.io/hook: PreSync
-    argocd.argoproj.io/hook-delete-policy: {{ .values.argocd.hookDeletePolicy | quote }}
-    argocd.argoproj.io/sync-wave: {{ $job.hook.weight | toString | quote }}
-    {{- end }}
-    {{- with $job.annotations }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+    {{- . | nindent 4 }}
+  {{- end }}
 spec:
   backoffLimit: {{ $job.backoffLimit }}
   {{- with $job.activeDeadlineSeconds }}
@@ -719,13 +723,77 @@ spec:
             status: "True"
   {{- end }}
   template:
-    metadata:
-      {{- include "dbmigrate.podMetadata" . | nindent 6 }}
-    spec:
-      restartPolicy: Never
-      {{- include "dbmigrate.podSpec" . | trim | nindent 6 }}
-      containers:
-        {{- include "dbmigrate.container" . | nindent 8 }}
+    {{- include "dbmigrate.jobPodTemplate" . | nindent 4 }}
+{{- end -}}
+
+{{/*
+The pod template of a Job. Takes the scope of "dbmigrate.hookJob".
+*/}}
+{{- define "dbmigrate.jobPodTemplate" -}}
+metadata:
+  {{- include "dbmigrate.podMetadata" . | nindent 2 }}
+spec:
+  restartPolicy: Never
+  {{- include "dbmigrate.podSpec" . | trim | nindent 2 }}
+  containers:
+    {{- include "dbmigrate.container" . | nindent 4 }}
+{{- end -}}
+
+{{/*
+A Job's name. A hook's is fixed, <fullname>-<suffix>: Helm deletes the previous Job before it creates
+the next. A Job that is not a hook (rendered manifests, applied by kubectl, kustomize or Argo CD)
+ends with the first 10 hex digits of the sha256 of its pod template, which is immutable: whatever
+changes what it runs (image, command, args, environment) makes a new Job, and an unchanged render
+applies as a no-op. Takes the scope of "dbmigrate.hookJob".
+*/}}
+{{- define "dbmigrate.jobName" -}}
+{{- if .hooked -}}
+{{- include "dbmigrate.resourceName" (list . .suffix) -}}
+{{- else -}}
+{{- $scope := merge (dict "resources" (.job.resources | default .values.resources)) . -}}
+{{- $hash := include "dbmigrate.jobPodTemplate" $scope | sha256sum | trunc 10 -}}
+{{- include "dbmigrate.resourceName" (list . (printf "%s-%s" .suffix $hash)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A Job's annotations: the Helm (and Argo CD) hook annotations when it is a hook, Argo CD's sync wave
+when it is not, and the Job's own annotations. Takes the scope of "dbmigrate.hookJob".
+*/}}
+{{- define "dbmigrate.jobAnnotations" -}}
+{{- $job := .job -}}
+{{- if .hooked }}
+helm.sh/hook: {{ join "," .events | quote }}
+helm.sh/hook-weight: {{ $job.hook.weight | toString | quote }}
+helm.sh/hook-delete-policy: {{ $job.hook.deletePolicy | quote }}
+{{- end }}
+{{- if and .argocd .values.argocd.enabled }}
+{{- if .hooked }}
+argocd.argoproj.io/hook: PreSync
+argocd.argoproj.io/hook-delete-policy: {{ .values.argocd.hookDeletePolicy | quote }}
+{{- end }}
+argocd.argoproj.io/sync-wave: {{ $job.hook.weight | toString | quote }}
+{{- end }}
+{{- with $job.annotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The migration Job's scope: fills a scope made with "dbmigrate.scope" (job.yaml and NOTES.txt).
+*/}}
+{{- define "dbmigrate.migrationScope" -}}
+{{- $migration := .values.migration -}}
+{{- $_ := set . "component" "migration" -}}
+{{- $_ := set . "metrics" true -}}
+{{- $_ := set . "archiveKey" true -}}
+{{- $_ := set . "job" $migration -}}
+{{- $_ := set . "suffix" "migrate" -}}
+{{- $_ := set . "hooked" $migration.hook.enabled -}}
+{{- $_ := set . "events" $migration.hook.events -}}
+{{- $_ := set . "argocd" true -}}
+{{- $_ := set . "containerName" "migrate" -}}
+{{- $_ := set . "args" $migration.args -}}
 {{- end -}}
 
 {{/*
