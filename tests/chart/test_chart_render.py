@@ -408,6 +408,21 @@ def test_a_url_is_refused_exactly_when_sqlalchemy_finds_a_password_in_it(url: st
         assert {"name": "SHOP_DB", "value": url} in container["env"]
 
 
+def test_the_template_checks_hold_without_the_schema(tmp_path: Path) -> None:
+    """--skip-schema-validation (or a copy of the chart without its schema) skips none of the checks."""
+    unchecked = tmp_path / "dbmigrate"
+    shutil.copytree(CHART, unchecked)
+    (unchecked / "values.schema.json").unlink()
+    for values, complaint in [
+        ({"image": {"tag": 1.1}}, "image.tag must be a string"),
+        ({"extraEnv": [{"name": "PGPASSWORD", "value": PASSWORD}]}, "extraEnv[0] (PGPASSWORD)"),
+        ({"tmpSizeLimit": "64 megs"}, "not a Kubernetes quantity"),
+        ({"database": {"existingSecret": {"name": ""}}}, "no database configured"),
+    ]:
+        with pytest.raises(helm.HelmRenderError, match=re.escape(complaint)):
+            render(unchecked, merged(REQUIRED_VALUES, values))
+
+
 def test_deadlines_without_a_limit_check_nothing_and_a_database_url_without_password_passes() -> None:
     rendered = render_chart(
         {
