@@ -132,6 +132,31 @@ def render(
     return Rendered(manifests, notes, raw)
 
 
+# What every release of the chart of its own must set (the chart has no default for either): the
+# application's image and the Secret holding the database URL.
+REQUIRED_VALUES: dict[str, Any] = {
+    "image": {"repository": "example-app", "tag": "0.1.0"},
+    "database": {"existingSecret": {"name": "{{ .Release.Name }}-database"}},
+}
+
+
+def merged(*value_sets: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge value dicts, later ones winning (as Helm merges -f files and --set)."""
+    result: dict[str, Any] = {}
+    for values in value_sets:
+        for key, value in values.items():
+            if isinstance(value, Mapping) and isinstance(result.get(key), dict):
+                result[key] = merged(result[key], value)
+            else:
+                result[key] = value
+    return result
+
+
+def render_chart(values: Mapping[str, Any] | None = None, **options: Any) -> Rendered:
+    """Render the dbmigrate chart as a release of its own: REQUIRED_VALUES, then ``values``."""
+    return render(CHART, merged(REQUIRED_VALUES, values or {}), **options)
+
+
 def build_umbrella(tmp_path: Path) -> Path:
     """A copy of the umbrella example beside a copy of the chart, with its dependency built by Helm."""
     root = tmp_path / "charts-workspace"
@@ -413,6 +438,29 @@ class Node:
             fields = {"metadata.name": pod_name, "metadata.namespace": self.namespace}
             return fields[source["fieldRef"]["fieldPath"]]
         raise AssertionError(f"the local node cannot provide {source}")
+
+
+class FieldImmutable(Exception):
+    """What the API server answers when an apply would change an immutable field."""
+
+
+@dataclass
+class AppliedObjects:
+    """What `kubectl apply` does with rendered manifests, as far as these tests need: it creates the
+    objects that do not exist, updates the others, and refuses to change a Job's pod template, which
+    is immutable."""
+
+    stored: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def apply(self, manifest: Manifest) -> bool:
+        """Apply one manifest; True when it created the object."""
+        key = (manifest.kind, manifest.name)
+        current = self.stored.get(key)
+        is_job = manifest.kind == "Job" and current is not None
+        if is_job and current["spec"]["template"] != manifest.body["spec"]["template"]:
+            raise FieldImmutable(f'Job.batch "{manifest.name}" is invalid: spec.template: field is immutable')
+        self.stored[key] = manifest.body
+        return current is None
 
 
 def pod_name_for(owner: str) -> str:

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from tests.chart.local_cluster import (
-    CHART,
     REPO,
+    AppliedObjects,
     ContainerConfigError,
+    FieldImmutable,
     Node,
     build_image,
     build_umbrella,
@@ -23,6 +24,7 @@ from tests.chart.local_cluster import (
     pod_name_for,
     pod_spec,
     render,
+    render_chart,
 )
 from tests.conftest import EXAMPLE_HEAD, add_revision, create_database, current_revisions, drop_database, history_rows
 
@@ -63,8 +65,9 @@ def node(tmp_path: Path) -> Iterator[Node]:
 
 
 def version(tag: str) -> dict[str, Any]:
-    """Umbrella values for an application release: the app's image and dbmigrate's, both at ``tag``."""
-    return {"image": {"tag": tag}, "dbmigrate": {"image": {"tag": tag}, "settings": {"appVersion": tag}}}
+    """Umbrella values for an application release at ``tag``: the application's tag, the one value set
+    (as `--set global.image.tag=<tag>`); dbmigrate's Job, test and wait container follow it."""
+    return {"global": {"image": {"tag": tag}}}
 
 
 def events(process_events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -170,7 +173,7 @@ def test_a_release_of_its_own_migrates_with_each_credential_source(source: str, 
         # The URL without a password; trust authentication ignores the password, but dbmigrate reads it.
         node.secrets["postgres"] = {"password": "not-checked-by-trust-auth"}
         values["database"]["passwordFile"] = {"url": postgres_url, "secretName": "postgres"}
-    release = render(CHART, values)
+    release = render_chart(values)
 
     jobs = node.run_hooks(release, "pre-install")
     assert [job.name for job, _ in jobs] == ["shop-dbmigrate-migrate"]
@@ -183,7 +186,7 @@ def test_a_release_of_its_own_migrates_with_each_credential_source(source: str, 
     assert "dbmigrate" in metrics_file.read_text()
 
     # helm upgrade with nothing new: the Job finds nothing to do.
-    ((_, again),) = node.run_hooks(render(CHART, values, upgrade=True), "pre-upgrade")
+    ((_, again),) = node.run_hooks(render_chart(values, upgrade=True), "pre-upgrade")
     assert again.returncode == 0, again.describe()
     assert len(history_rows(postgres_url)) == 6
 
@@ -197,7 +200,7 @@ def test_an_unreachable_database_fails_the_pod_with_exit_3_and_the_job_retries(n
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     node.secrets["shop-database"] = {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/nowhere"}
-    release = render(CHART, {"settings": {"waitTimeout": 1}})
+    release = render_chart({"settings": {"waitTimeout": 1}})
     ((job, run),) = node.run_hooks(release, "pre-install")
     assert run.returncode == 3, run.describe()
     assert pod_failure_action(job, "migrate", 3) == "Count"  # retried, up to backoffLimit
@@ -206,7 +209,45 @@ def test_an_unreachable_database_fails_the_pod_with_exit_3_and_the_job_retries(n
 
 
 def test_a_missing_secret_stops_the_release_before_anything_runs(node: Node) -> None:
-    release = render(CHART)
+    release = render_chart()
     with pytest.raises(ContainerConfigError, match="shop-database"):
         node.run_hooks(release, "pre-install")
     assert node.started == []
+
+
+def test_rendered_manifests_applied_in_order_migrate_each_version_once(postgres_url: str, node: Node) -> None:
+    """`helm template ... | kubectl apply -f -` for 0.1.0, again for 0.1.0, then for 0.2.0: without hooks
+    each render's Job is named after its pod template, so a new version creates a new Job (instead of
+    failing on the immutable template of the previous one) and an unchanged render applies as a no-op."""
+    node.secrets["shop-database"] = {"DATABASE_URL": postgres_url}
+    cluster = AppliedObjects()
+
+    def apply(tag: str) -> list[str]:
+        rendered = render_chart({"migration": {"hook": {"enabled": False}}, "image": {"tag": tag}})
+        assert not [m for m in rendered.manifests if m.hook_events]  # kubectl would ignore hook annotations
+        assert not rendered.of_kind("Pod")  # no helm test pod that kubectl would run as an ordinary Pod
+        created = [m for m in rendered.manifests if cluster.apply(m)]
+        for job in created:
+            run = node.run_job(job)
+            assert run.returncode == 0, run.describe()
+        return [m.name for m in created]
+
+    (first,) = apply("0.1.0")
+    assert first.startswith("shop-dbmigrate-migrate-") and first != "shop-dbmigrate-migrate"
+    assert current_revisions(postgres_url) == {EXAMPLE_HEAD}
+    assert apply("0.1.0") == []  # the same render again: nothing to create, nothing runs
+    (second,) = apply("0.2.0")
+    assert second != first
+    assert current_revisions(postgres_url) == {NEW_REVISIONS[1]}
+    rows = history_rows(postgres_url)
+    assert [(row["revision"], row["app_version"]) for row in rows if row["revision"] in NEW_REVISIONS] == [
+        (NEW_REVISIONS[0], "0.2.0"),
+        (NEW_REVISIONS[1], "0.2.0"),
+    ]
+    assert {row["runner"].rsplit("-", 1)[0] for row in rows} == {first, second}
+
+    # The hook Job's fixed name is what makes rendered manifests fail from the second version on.
+    hooked = AppliedObjects()
+    hooked.apply(render_chart({"image": {"tag": "0.1.0"}}).one("Job"))
+    with pytest.raises(FieldImmutable, match="shop-dbmigrate-migrate"):
+        hooked.apply(render_chart({"image": {"tag": "0.2.0"}}).one("Job"))

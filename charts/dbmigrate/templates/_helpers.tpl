@@ -8,15 +8,13 @@ take either the root context (`$`) or a dict:
   name     the chart name used in resource names; default "dbmigrate" (set it when the dependency has an alias)
   image    a full image reference (repository:tag) that replaces dbmigrate's image values
 
-"dbmigrate.scope" fills the dict it is given, {"in": <that argument>}, with root, values, name, own
-(whether the values are this chart's own .Values), appVersion (dbmigrate's chart appVersion) and image.
+"dbmigrate.scope" fills the dict it is given, {"in": <that argument>}, with root, values, name and image.
 */}}
 {{- define "dbmigrate.scope" -}}
 {{- $in := .in -}}
 {{- $root := $in -}}
 {{- $values := dict -}}
 {{- $name := "" -}}
-{{- $own := false -}}
 {{- $image := "" -}}
 {{- if hasKey $in "context" -}}
 {{- $root = $in.context -}}
@@ -30,21 +28,12 @@ take either the root context (`$`) or a dict:
 {{- else -}}
 {{- $values = $root.Values -}}
 {{- $name = $name | default $root.Chart.Name -}}
-{{- $own = true -}}
 {{- end -}}
 {{- end -}}
 {{- $name = $name | default "dbmigrate" -}}
-{{- $appVersion := "" -}}
-{{- if $own -}}
-{{- $appVersion = $root.Chart.AppVersion -}}
-{{- else if and $root.Subcharts (hasKey $root.Subcharts $name) -}}
-{{- $appVersion = (index $root.Subcharts $name).Chart.AppVersion -}}
-{{- end -}}
 {{- $_ := set . "root" $root -}}
 {{- $_ := set . "values" $values -}}
 {{- $_ := set . "name" $name -}}
-{{- $_ := set . "own" $own -}}
-{{- $_ := set . "appVersion" ($appVersion | default "" | toString) -}}
 {{- $_ := set . "image" $image -}}
 {{- end -}}
 
@@ -124,18 +113,39 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end -}}
 
 {{/*
-The image reference: repository[:tag][@digest]; the tag defaults to dbmigrate's appVersion.
-Takes a scope.
+Helm's global values of a scope (an empty dict when there are none).
+*/}}
+{{- define "dbmigrate.global" -}}
+{{- toJson (.root.Values.global | default dict) -}}
+{{- end -}}
+
+{{/*
+The image values in effect, as JSON: image, or global.image when image.repository is empty (an
+application chart that declares its image once, for its Deployment and for dbmigrate). Takes a scope.
+*/}}
+{{- define "dbmigrate.imageValues" -}}
+{{- $image := .values.image | default dict -}}
+{{- if not $image.repository -}}
+{{- $global := include "dbmigrate.global" . | fromJson -}}
+{{- $image = $global.image | default dict -}}
+{{- end -}}
+{{- toJson $image -}}
+{{- end -}}
+
+{{/*
+The image reference: [global.imageRegistry/]repository[:tag][@digest]; a scope with an image (the
+application pod's own image reference) uses that. Takes a scope.
 */}}
 {{- define "dbmigrate.image" -}}
 {{- if .image -}}
 {{- .image -}}
 {{- else -}}
-{{- $image := .values.image -}}
-{{- $tag := $image.tag | default .appVersion | toString -}}
+{{- $image := include "dbmigrate.imageValues" . | fromJson -}}
+{{- $global := include "dbmigrate.global" . | fromJson -}}
+{{- with $global.imageRegistry }}{{ trimSuffix "/" . }}/{{ end -}}
 {{- $image.repository -}}
-{{- if $tag }}:{{ $tag }}{{ end -}}
-{{- if $image.digest }}@{{ $image.digest }}{{ end -}}
+{{- with $image.tag }}:{{ . }}{{ end -}}
+{{- with $image.digest }}@{{ . }}{{ end -}}
 {{- end -}}
 {{- end -}}
 
@@ -156,14 +166,17 @@ The application version recorded in history: settings.appVersion, else the image
 {{- end -}}
 
 {{/*
-Fails the render when the database values cannot work (the schema says the same, but it can be
-skipped with --skip-schema-validation). Takes a scope.
+Fails the render when the database values cannot work, with a message that says what to set. Takes
+a scope.
 */}}
 {{- define "dbmigrate.validateDatabase" -}}
 {{- $db := .values.database -}}
 {{- if eq $db.source "existingSecret" -}}
-{{- if not (and $db.existingSecret.name $db.existingSecret.key) -}}
-{{- fail "database.source=existingSecret needs database.existingSecret.name and .key" -}}
+{{- if not $db.existingSecret.name -}}
+{{- fail "no database configured: set database.existingSecret.name to the Secret that holds the database URL (key database.existingSecret.key, DATABASE_URL), or choose database.source secret, urlFile or passwordFile" -}}
+{{- end -}}
+{{- if not $db.existingSecret.key -}}
+{{- fail "database.source=existingSecret needs database.existingSecret.key: the key of the URL in the Secret" -}}
 {{- end -}}
 {{- else if eq $db.source "secret" -}}
 {{- if not $db.secret.url -}}
@@ -177,11 +190,187 @@ skipped with --skip-schema-validation). Takes a scope.
 {{- if not (and $db.passwordFile.url $db.passwordFile.secretName $db.passwordFile.key $db.passwordFile.mountPath) -}}
 {{- fail "database.source=passwordFile needs database.passwordFile.url, .secretName, .key and .mountPath" -}}
 {{- end -}}
-{{- if regexMatch "^[^/]*://[^/@]*:[^/@]*@" $db.passwordFile.url -}}
-{{- fail "database.passwordFile.url must not contain a password: the password comes from the Secret" -}}
+{{- if include "dbmigrate.hasPassword" $db.passwordFile.url -}}
+{{- fail "database.passwordFile.url must not contain a password: the password comes from the Secret database.passwordFile.secretName" -}}
 {{- end -}}
 {{- else -}}
 {{- fail (printf "database.source must be existingSecret, secret, urlFile or passwordFile, not %q" (toString $db.source)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when a string holds a database URL with a password, as SQLAlchemy's URL parser reads it
+(sqlalchemy.engine.url._parse_url): after "<scheme>://", the user name runs to the first ":" or "/",
+and the password from that ":" to the next "@", so postgresql://app:pa/ss@db/shop has the password
+"pa/ss". A password query parameter (?password=...) counts too. In a longer text a URL ends at white
+space. Takes the string.
+*/}}
+{{- define "dbmigrate.hasPassword" -}}
+{{- $text := toString . -}}
+{{- if or (regexMatch `[\w+]+://[^:/\s]*:[^@\s]+@` $text) (regexMatch `[\w+]+://\S*[?&]password=[^&\s]` $text) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+Fails the render when a value holds a password where only a Secret may: extraEnv, annotations,
+command and arguments, the Pushgateway URL. The message names the value, never the password.
+Takes a scope.
+*/}}
+{{- define "dbmigrate.validateNoPasswords" -}}
+{{- $values := .values -}}
+{{- range $i, $var := $values.extraEnv | default list -}}
+{{- $where := printf "extraEnv[%d] (%s)" $i (toString $var.name) -}}
+{{- if hasKey $var "value" -}}
+{{- if has $var.name (list "DATABASE_URL" "DBMIGRATE_DATABASE_URL") -}}
+{{- fail (printf "%s: the database URL never is a plain value; use valueFrom.secretKeyRef, or database.source" $where) -}}
+{{- end -}}
+{{- if and (regexMatch `(?i)(passw(or)?d|(^|_)pwd$)` (toString $var.name)) (ne (toString $var.value) "") -}}
+{{- fail (printf "%s: a password never is a plain value; use valueFrom.secretKeyRef" $where) -}}
+{{- end -}}
+{{- if include "dbmigrate.hasPassword" $var.value -}}
+{{- fail (printf "%s: the value holds a URL with a password; take it from a Secret with valueFrom.secretKeyRef, or use database.source" $where) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $maps := dict "podAnnotations" $values.podAnnotations "migration.annotations" $values.migration.annotations "rollback.annotations" $values.rollback.annotations "database.secret.annotations" $values.database.secret.annotations "serviceAccount.annotations" $values.serviceAccount.annotations -}}
+{{- range $name, $map := $maps -}}
+{{- range $key, $value := $map | default dict -}}
+{{- if include "dbmigrate.hasPassword" $value -}}
+{{- fail (printf "%s[%s] holds a URL with a password: annotations are readable by anyone who can list the resource" $name $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $lists := dict "command" $values.command "migration.args" $values.migration.args "rollback.extraArgs" $values.rollback.extraArgs "test.args" $values.test.args "wait.args" $values.wait.args -}}
+{{- range $name, $list := $lists -}}
+{{- range $i, $arg := $list | default list -}}
+{{- if include "dbmigrate.hasPassword" $arg -}}
+{{- fail (printf "%s[%d] holds a URL with a password: arguments are visible to anyone who can read the pod; use database.source" $name $i) -}}
+{{- end -}}
+{{- if hasPrefix "--database-url" (toString $arg) -}}
+{{- fail (printf "%s[%d]: the database URL never is an argument; use database.source" $name $i) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if include "dbmigrate.hasPassword" $values.metrics.pushgateway.url -}}
+{{- fail "metrics.pushgateway.url holds a password: it is a plain environment value" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Fails the render unless a value is a Kubernetes quantity (64Mi, 1Gi, 500m, 0.5). Takes (list <name> <value>).
+*/}}
+{{- define "dbmigrate.validateQuantity" -}}
+{{- $name := index . 0 -}}
+{{- $value := index . 1 | toString -}}
+{{- if not (regexMatch `^[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$` $value) -}}
+{{- fail (printf "%s is %q, not a Kubernetes quantity (e.g. 64Mi, 1Gi, 500m)" $name $value) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The seconds a setting stands for: its value, or dbmigrate's default when it is empty. Takes
+(list <settings> <key>).
+*/}}
+{{- define "dbmigrate.settingSeconds" -}}
+{{- $defaults := dict "waitTimeout" 60 "lockWaitTimeout" 300 "statementTimeout" 3600 "lockConflictWait" 60 -}}
+{{- $value := get (index . 0) (index . 1) -}}
+{{- if or (kindIs "invalid" $value) (eq (toString $value) "") -}}
+{{- get $defaults (index . 1) -}}
+{{- else -}}
+{{- toString $value -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Fails the render when one of dbmigrate's waits does not fit inside a hook Job's
+activeDeadlineSeconds: Kubernetes would end the run (DeadlineExceeded), kill the pod and lose its
+logs, instead of dbmigrate exiting with its own code, history row and termination message. Takes
+(list <settings> <deadline value name> <deadline>).
+*/}}
+{{- define "dbmigrate.validateDeadline" -}}
+{{- $settings := index . 0 -}}
+{{- $deadlineName := index . 1 -}}
+{{- $deadline := index . 2 | toString -}}
+{{- if and (kindIs "string" (index . 2)) (ne $deadline "") -}}
+{{- fail (printf "%s must be whole seconds (e.g. 1700) or empty, not %q" $deadlineName $deadline) -}}
+{{- end -}}
+{{- if ne $deadline "" -}}
+{{- $deadlineSeconds := float64 $deadline -}}
+{{- range $key := list "waitTimeout" "lockWaitTimeout" "statementTimeout" "lockConflictWait" -}}
+{{- $seconds := include "dbmigrate.settingSeconds" (list $settings $key) -}}
+{{- $shown := $seconds -}}
+{{- if eq (toString (get $settings $key)) "" -}}
+{{- $shown = printf "empty: dbmigrate's default %s" $seconds -}}
+{{- end -}}
+{{- if and (eq $key "statementTimeout") (eq (float64 $seconds) 0.0) -}}
+{{- fail (printf "settings.statementTimeout (0: no limit) does not fit in %s (%s): a statement would run until Kubernetes kills the pod; set it below %s" $deadlineName $deadline $deadline) -}}
+{{- end -}}
+{{- if ge (float64 $seconds) $deadlineSeconds -}}
+{{- fail (printf "settings.%s (%s) does not fit in %s (%s): Kubernetes would kill the run before dbmigrate gives up and reports it; lower settings.%s or raise %s (and helm --timeout)" $key $shown $deadlineName $deadline $key $deadlineName) -}}
+{{- end -}}
+{{- end -}}
+{{- $wait := include "dbmigrate.settingSeconds" (list $settings "waitTimeout") -}}
+{{- $lockWait := include "dbmigrate.settingSeconds" (list $settings "lockWaitTimeout") -}}
+{{- if ge (addf $wait $lockWait) $deadlineSeconds -}}
+{{- fail (printf "settings.waitTimeout + settings.lockWaitTimeout (%s + %s) do not fit in %s (%s): both waits come before the first step; lower them or raise %s" $wait $lockWait $deadlineName $deadline $deadlineName) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Every check of the values that the schema cannot say clearly (or that --skip-schema-validation
+skips): the image, the database source, passwords, quantities, waits that fit the deadlines, and
+Helm 4's TTL limit. Takes a scope.
+*/}}
+{{- define "dbmigrate.validate" -}}
+{{- $values := .values -}}
+{{- if not .image -}}
+{{- $image := include "dbmigrate.imageValues" . | fromJson -}}
+{{- $from := ternary "image" "global.image" (not (empty .values.image.repository)) -}}
+{{- if not $image.repository -}}
+{{- fail "image.repository is not set: dbmigrate runs your application's image (dbmigrate installed, alembic.ini and your revisions in workingDir); set image.repository and image.tag (or global.image in an application chart)" -}}
+{{- end -}}
+{{- range $key := list "tag" "digest" -}}
+{{- $value := get $image $key -}}
+{{- if not (or (kindIs "invalid" $value) (kindIs "string" $value)) -}}
+{{- fail (printf "%s.%s must be a string, not the number %v: quote it (%s: \"1.10\"), YAML reads 1.10 as the number 1.1" $from $key $value $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (or $image.tag $image.digest) -}}
+{{- fail (printf "%s.tag is not set for %s: set the tag (or %s.digest) of your application's image; dbmigrate's own version is not a tag of it" $from $image.repository $from) -}}
+{{- end -}}
+{{- end -}}
+{{- include "dbmigrate.validateDatabase" . -}}
+{{- include "dbmigrate.validateNoPasswords" . -}}
+{{- with $values.tmpSizeLimit -}}
+{{- include "dbmigrate.validateQuantity" (list "tmpSizeLimit" .) -}}
+{{- end -}}
+{{- $resources := dict "resources" $values.resources "migration.resources" $values.migration.resources "rollback.resources" $values.rollback.resources "wait.resources" $values.wait.resources -}}
+{{- range $name, $spec := $resources -}}
+{{- range $kind := list "requests" "limits" -}}
+{{- range $resource, $quantity := get ($spec | default dict) $kind | default dict -}}
+{{- include "dbmigrate.validateQuantity" (list (printf "%s.%s.%s" $name $kind $resource) $quantity) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $values.migration.enabled -}}
+{{- include "dbmigrate.validateDeadline" (list $values.settings "migration.activeDeadlineSeconds" $values.migration.activeDeadlineSeconds) -}}
+{{- end -}}
+{{- if and $values.rollback.enabled (not $values.migration.hook.enabled) -}}
+{{- fail "rollback.enabled needs Helm hooks: the rollback Job is a pre-rollback hook, and migration.hook.enabled=false renders without hooks" -}}
+{{- end -}}
+{{- if $values.rollback.enabled -}}
+{{- include "dbmigrate.validateDeadline" (list $values.settings "rollback.activeDeadlineSeconds" $values.rollback.activeDeadlineSeconds) -}}
+{{- end -}}
+{{- if hasPrefix "v4." .root.Capabilities.HelmVersion.Version -}}
+{{- range $job := list "migration" "rollback" -}}
+{{- $values := get $.values $job -}}
+{{- $hooked := or (eq $job "rollback") $.values.migration.hook.enabled -}}
+{{- if and $values.enabled $hooked (ne (toString $values.ttlSecondsAfterFinished) "") -}}
+{{- fail (printf "%s.ttlSecondsAfterFinished cannot be used with Helm 4 (%s): Helm 4 waits for a hook Job that the TTL controller may already have deleted, and fails a successful release (helm/helm#31786); leave it empty and use %s.hook.deletePolicy (before-hook-creation,hook-succeeded) instead" $job $.root.Capabilities.HelmVersion.Version $job) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -199,7 +388,7 @@ The environment of every container: the runner identity, dbmigrate's settings, t
 the archive's signing key. Takes a scope.
 */}}
 {{- define "dbmigrate.env" -}}
-{{- include "dbmigrate.validateDatabase" . -}}
+{{- include "dbmigrate.validate" . -}}
 {{- $db := .values.database -}}
 - name: POD_NAME
   valueFrom:
@@ -391,16 +580,76 @@ metrics (whether the metrics environment and volume belong to it).
 {{- end -}}
 
 {{/*
+The pods' pull secrets, as a JSON list: global.imagePullSecrets (names or {name}) then
+imagePullSecrets, without repeats. Takes a scope.
+*/}}
+{{- define "dbmigrate.imagePullSecrets" -}}
+{{- $global := include "dbmigrate.global" . | fromJson -}}
+{{- $secrets := list -}}
+{{- range concat ($global.imagePullSecrets | default list) (.values.imagePullSecrets | default list) -}}
+{{- $secret := . -}}
+{{- if kindIs "string" . -}}
+{{- $secret = dict "name" . -}}
+{{- end -}}
+{{- $secrets = append $secrets $secret -}}
+{{- end -}}
+{{- $secrets | uniq | toJson -}}
+{{- end -}}
+
+{{/*
+The pods' service account: serviceAccount.name (tpl), or <fullname> when the chart creates it;
+empty means the namespace's default. Takes a scope.
+*/}}
+{{- define "dbmigrate.serviceAccountName" -}}
+{{- $account := .values.serviceAccount -}}
+{{- $name := tpl ($account.name | default "") .root -}}
+{{- if $account.create -}}
+{{- $name | default (include "dbmigrate.fullname" .) -}}
+{{- else -}}
+{{- $name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Metadata annotations of the resources the hook Jobs need before they start (the chart-created
+Secret, the ServiceAccount, the NetworkPolicy): hooks of the Jobs' events one weight below them,
+replaced by the next run and never deleted after it, by Helm or by Argo CD (pods of the application
+still read the Secret), whatever the Jobs' own delete policies say. Without hooks
+(migration.hook.enabled=false) they are plain resources, an Argo CD sync wave before the Job. Takes
+a scope.
+*/}}
+{{- define "dbmigrate.prerequisiteAnnotations" -}}
+{{- $weight := include "dbmigrate.secretWeight" . -}}
+{{- $hooked := .values.migration.hook.enabled -}}
+{{- $events := .values.migration.hook.events -}}
+{{- if .values.rollback.enabled -}}
+{{- $events = append $events "pre-rollback" | uniq -}}
+{{- end -}}
+{{- if $hooked }}
+helm.sh/hook: {{ join "," $events | quote }}
+helm.sh/hook-weight: {{ $weight | quote }}
+helm.sh/hook-delete-policy: before-hook-creation
+{{- end }}
+{{- if .values.argocd.enabled }}
+{{- if $hooked }}
+argocd.argoproj.io/hook: PreSync
+argocd.argoproj.io/hook-delete-policy: BeforeHookCreation
+{{- end }}
+argocd.argoproj.io/sync-wave: {{ $weight | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
 Pod spec fields shared by the Job's pod and the test pod (everything but containers and
 restartPolicy). Takes a scope.
 */}}
 {{- define "dbmigrate.podSpec" -}}
-{{- with .values.imagePullSecrets }}
+{{- with include "dbmigrate.imagePullSecrets" . | fromJsonArray }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .values.serviceAccountName }}
-serviceAccountName: {{ tpl . $.root | quote }}
+{{- with include "dbmigrate.serviceAccountName" . }}
+serviceAccountName: {{ . | quote }}
 {{- end }}
 automountServiceAccountToken: {{ .values.automountServiceAccountToken }}
 enableServiceLinks: false
@@ -428,10 +677,11 @@ volumes:
 {{- end -}}
 
 {{/*
-A hook Job running one container (the migration Job, the rollback Job). Takes a scope with:
+A Job running one container (the migration Job, the rollback Job). Takes a scope with:
   job            the Job's values (hook.weight, hook.deletePolicy, backoffLimit, podFailurePolicy,
                  activeDeadlineSeconds, ttlSecondsAfterFinished, annotations, resources)
   suffix         the resource name suffix
+  hooked         whether it is a Helm hook (see "dbmigrate.jobName" for a Job that is not)
   events         the Helm hook events
   argocd         whether to add the Argo CD hook annotations (when argocd.enabled)
   containerName  and args: the container (see "dbmigrate.container")
@@ -442,22 +692,14 @@ A hook Job running one container (the migration Job, the rollback Job). Takes a 
 apiVersion: batch/v1
 kind: Job
 metadata:
-  name: {{ include "dbmigrate.resourceName" (list . .suffix) }}
+  name: {{ include "dbmigrate.jobName" . }}
   namespace: {{ .root.Release.Namespace | quote }}
   labels:
     {{- include "dbmigrate.labels" . | nindent 4 }}
+  {{- with include "dbmigrate.jobAnnotations" . }}
   annotations:
-    helm.sh/hook: {{ join "," .events | quote }}
-    helm.sh/hook-weight: {{ $job.hook.weight | toString | quote }}
-    helm.sh/hook-delete-policy: {{ $job.hook.deletePolicy | quote }}
-    {{- if and .argocd .values.argocd.enabled }}
-    argocd.argoproj.io/hook: PreSync
-    argocd.argoproj.io/hook-delete-policy: {{ .values.argocd.hookDeletePolicy | quote }}
-    argocd.argoproj.io/sync-wave: {{ $job.hook.weight | toString | quote }}
-    {{- end }}
-    {{- with $job.annotations }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+    {{- . | nindent 4 }}
+  {{- end }}
 spec:
   backoffLimit: {{ $job.backoffLimit }}
   {{- with $job.activeDeadlineSeconds }}
@@ -481,13 +723,77 @@ spec:
             status: "True"
   {{- end }}
   template:
-    metadata:
-      {{- include "dbmigrate.podMetadata" . | nindent 6 }}
-    spec:
-      restartPolicy: Never
-      {{- include "dbmigrate.podSpec" . | trim | nindent 6 }}
-      containers:
-        {{- include "dbmigrate.container" . | nindent 8 }}
+    {{- include "dbmigrate.jobPodTemplate" . | nindent 4 }}
+{{- end -}}
+
+{{/*
+The pod template of a Job. Takes the scope of "dbmigrate.hookJob".
+*/}}
+{{- define "dbmigrate.jobPodTemplate" -}}
+metadata:
+  {{- include "dbmigrate.podMetadata" . | nindent 2 }}
+spec:
+  restartPolicy: Never
+  {{- include "dbmigrate.podSpec" . | trim | nindent 2 }}
+  containers:
+    {{- include "dbmigrate.container" . | nindent 4 }}
+{{- end -}}
+
+{{/*
+A Job's name. A hook's is fixed, <fullname>-<suffix>: Helm deletes the previous Job before it creates
+the next. A Job that is not a hook (rendered manifests, applied by kubectl, kustomize or Argo CD)
+ends with the first 10 hex digits of the sha256 of its pod template, which is immutable: whatever
+changes what it runs (image, command, args, environment) makes a new Job, and an unchanged render
+applies as a no-op. Takes the scope of "dbmigrate.hookJob".
+*/}}
+{{- define "dbmigrate.jobName" -}}
+{{- if .hooked -}}
+{{- include "dbmigrate.resourceName" (list . .suffix) -}}
+{{- else -}}
+{{- $scope := merge (dict "resources" (.job.resources | default .values.resources)) . -}}
+{{- $hash := include "dbmigrate.jobPodTemplate" $scope | sha256sum | trunc 10 -}}
+{{- include "dbmigrate.resourceName" (list . (printf "%s-%s" .suffix $hash)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A Job's annotations: the Helm (and Argo CD) hook annotations when it is a hook, Argo CD's sync wave
+when it is not, and the Job's own annotations. Takes the scope of "dbmigrate.hookJob".
+*/}}
+{{- define "dbmigrate.jobAnnotations" -}}
+{{- $job := .job -}}
+{{- if .hooked }}
+helm.sh/hook: {{ join "," .events | quote }}
+helm.sh/hook-weight: {{ $job.hook.weight | toString | quote }}
+helm.sh/hook-delete-policy: {{ $job.hook.deletePolicy | quote }}
+{{- end }}
+{{- if and .argocd .values.argocd.enabled }}
+{{- if .hooked }}
+argocd.argoproj.io/hook: PreSync
+argocd.argoproj.io/hook-delete-policy: {{ .values.argocd.hookDeletePolicy | quote }}
+{{- end }}
+argocd.argoproj.io/sync-wave: {{ $job.hook.weight | toString | quote }}
+{{- end }}
+{{- with $job.annotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The migration Job's scope: fills a scope made with "dbmigrate.scope" (job.yaml and NOTES.txt).
+*/}}
+{{- define "dbmigrate.migrationScope" -}}
+{{- $migration := .values.migration -}}
+{{- $_ := set . "component" "migration" -}}
+{{- $_ := set . "metrics" true -}}
+{{- $_ := set . "archiveKey" true -}}
+{{- $_ := set . "job" $migration -}}
+{{- $_ := set . "suffix" "migrate" -}}
+{{- $_ := set . "hooked" $migration.hook.enabled -}}
+{{- $_ := set . "events" $migration.hook.events -}}
+{{- $_ := set . "argocd" true -}}
+{{- $_ := set . "containerName" "migrate" -}}
+{{- $_ := set . "args" $migration.args -}}
 {{- end -}}
 
 {{/*
@@ -503,7 +809,8 @@ rollback values.
 {{- end -}}
 
 {{/*
-The weight of the chart-created Secret: one below every hook Job that reads it. Takes a scope.
+The weight of the chart-created Secret, ServiceAccount and NetworkPolicy: one below every hook Job
+that needs them. Takes a scope.
 */}}
 {{- define "dbmigrate.secretWeight" -}}
 {{- $weight := int .values.migration.hook.weight -}}

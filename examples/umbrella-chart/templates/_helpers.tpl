@@ -25,6 +25,17 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/*
+The application's image, from global.image (and global.imageRegistry), the values dbmigrate reads
+for its Job and helm test: the migration always runs the revisions the Deployment's pods ship. The
+wait init container gets this reference explicitly.
+*/}}
 {{- define "example-app.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) -}}
+{{- $image := .Values.global.image -}}
+{{- if not (kindIs "string" $image.tag) -}}
+{{- fail "global.image.tag must be a string: quote it (\"1.10\"), YAML reads 1.10 as the number 1.1" -}}
+{{- end -}}
+{{- with .Values.global.imageRegistry }}{{ trimSuffix "/" . }}/{{ end -}}
+{{- $image.repository }}:{{ $image.tag -}}
+{{- with $image.digest }}@{{ . }}{{ end -}}
 {{- end -}}
