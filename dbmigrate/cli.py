@@ -204,6 +204,13 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing")
 @_data_loss_options
 @click.option("--refuse-findings", default=None, help="Categories the gate refuses, comma separated [data-loss]")
+@click.option(
+    "--refuse-unanalysed",
+    is_flag=True,
+    default=None,
+    help="Refuse revisions the gate cannot analyse offline, instead of watching their statements as they run "
+    "[DBMIGRATE_REFUSE_UNANALYSED]",
+)
 @common_options
 @run_command
 def upgrade(settings: Settings, target: str, dry_run: bool) -> tuple[Any, str, int]:
@@ -291,7 +298,7 @@ def check_command(
     """Report what revisions would do to a live database: data-loss, blocking and breaking findings."""
     report = api.check(revision_range, all_revisions=all_revisions, dialect=dialect, settings=settings)
     refused = any(f.severity == "error" and not f.allowed for f in report.findings)
-    code = ChecksFailed.exit_code if refused else 0
+    code = ChecksFailed.exit_code if refused or report.blind else 0
     data = report.to_sarif() if output_format == "sarif" else report.as_dict()
     return data, report.render_text(), code
 

@@ -46,11 +46,14 @@ def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect
     root = Path.cwd() if config_dir.is_relative_to(Path.cwd()) else config_dir
     findings: list[Finding] = []
     not_analysed: list[NotAnalysed] = []
+    steps_checked = 0
     for step in steps:
+        steps_checked += 1
         findings.extend(_findings(step, dialect, root))
         if step.error is not None:
-            not_analysed.append(NotAnalysed(step.revision, step.direction, step.error))
-    return Report(count, tuple(findings), tuple(not_analysed))
+            file = _relative(step.path, root)
+            not_analysed.append(NotAnalysed(step.revision, step.direction, step.error, file, step.line))
+    return Report(count, tuple(findings), tuple(not_analysed), steps_checked)
 
 
 def _findings(step: StepStatements, dialect: str, root: Path) -> list[Finding]:

@@ -101,6 +101,7 @@ class StepStatements:
     path: Path
     statements: tuple[Statement, ...]
     error: str | None = None
+    line: int | None = None  # with ``error``: the line of the revision file where the step stopped, if known
 
 
 class _Recorder(io.StringIO):
@@ -204,7 +205,7 @@ def collect(
     path = Path(found.path)
     recorder = _Recorder(path)
     step = RevisionStep(script.revision_map, found, direction == "upgrade")
-    error = None
+    error, line = None, None
     try:
         with _batches_as_intent(dialect):
             render_offline(
@@ -218,14 +219,27 @@ def collect(
             )
     except EnvironmentRefused:
         raise  # not this revision's doing: no revision can be checked through this env.py
-    except sa_exc.NoInspectionAvailable:
+    except sa_exc.NoInspectionAvailable as exc:
+        line = _line_in(exc, path)
         error = (
             "it inspects the live database (sqlalchemy.inspect(op.get_bind())), which an offline check cannot "
             "answer; only the statements it ran before that were checked"
         )
     except Exception as exc:  # noqa: BLE001 - env.py and revisions can raise anything offline
+        line = _line_in(exc, path)
         error = f"{type(exc).__name__}: {redact(str(exc)).strip()}"
-    return StepStatements(revision, direction, path, tuple(recorder.statements), error)
+    return StepStatements(revision, direction, path, tuple(recorder.statements), error, line)
+
+
+def _line_in(exc: BaseException, path: Path) -> int | None:
+    """The innermost line of the revision file ``path`` in ``exc``'s traceback: where the step stopped."""
+    wanted, line = _real_path(path), None
+    trace = exc.__traceback__
+    while trace is not None:
+        if _real_path(trace.tb_frame.f_code.co_filename) == wanted:
+            line = trace.tb_lineno
+        trace = trace.tb_next
+    return line
 
 
 def collect_pass(
