@@ -804,10 +804,11 @@ class _Migration:
             first = next(iter(missing))
             raise UnsafeMigration(
                 f"Refusing to upgrade: revision {first.revision} ({first.where}) could not be analysed offline, so "
-                f"{first.unseen()} is unknown ({first.reason}), and --refuse-unanalysed is set. Nothing was applied. Make the step "
-                "render offline (guard what needs real query results or inspects the database with `if not "
-                "op.get_context().as_sql:`), or run without --refuse-unanalysed to have its statements watched as "
-                "they run." + (f" ({len(missing) - 1} more step(s): dbmigrate check.)" if len(missing) > 1 else "")
+                f"{first.unseen()} is unknown ({first.reason}), and --refuse-unanalysed is set. Nothing was applied. "
+                "Make the step render offline (guard what needs real query results or inspects the database with "
+                "`if not op.get_context().as_sql:`), or run without --refuse-unanalysed to have its statements "
+                "watched as they run."
+                + (f" ({len(missing) - 1} more step(s): dbmigrate check.)" if len(missing) > 1 else "")
             )
         for step in missing:
             self.unanalysed[step.revision] = step
