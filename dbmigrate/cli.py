@@ -295,7 +295,10 @@ def backups_drop(settings: Settings, backup_id: int) -> tuple[Any, str, int]:
 def check_command(
     settings: Settings, all_revisions: bool, revision_range: str | None, dialect: str | None, output_format: str
 ) -> tuple[Any, str, int]:
-    """Report what revisions would do to a live database: data-loss, blocking and breaking findings."""
+    """Report what revisions would do to a live database: data-loss, blocking and breaking findings.
+
+    Exit 4 for an undeclared error finding, or when a step could not be analysed offline to its end.
+    """
     report = api.check(revision_range, all_revisions=all_revisions, dialect=dialect, settings=settings)
     refused = any(f.severity == "error" and not f.allowed for f in report.findings)
     code = ChecksFailed.exit_code if refused or report.blind else 0

@@ -970,6 +970,7 @@ class _Migration:
             from dbmigrate.checks.watch import StatementWatch
 
             self.watch = StatementWatch(self.caps.name, self._columns_now)
+            self.runner.backups.discard(self.taken.pop(revision, []))  # a retry's copies are taken again
         backs_up = revision in self.losses and self.settings.backup
         if connection is not None and self.caps.name == "sqlite":
             # A copy must see the last committed data and no writer after it: take the write lock first.

@@ -28,6 +28,8 @@ BATCH_COPY_PREFIX = "_alembic_tmp_"
 _PYFORMAT = re.compile(r"%\(\w+\)s|(?<!%)%s")
 # Statements that read, or only add rows: no rule applies, nothing is created.
 _HARMLESS = re.compile(r"\s*(?:SELECT|SHOW|SET|PRAGMA|EXPLAIN|DESCRIBE|SAVEPOINT|RELEASE|BEGIN|COMMIT)\b", re.I)
+# Row changes create nothing the rules remember: once one is found harmless, the same text always is.
+_ROW_CHANGE = re.compile(r"\s*(?:UPDATE|DELETE|INSERT)\b", re.I)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +58,15 @@ class StatementWatch:
         self.columns_of = columns_of
         self.new = NewObjects()
         self.copied: dict[str, set[str]] = {}  # table -> columns a batch copy carried over as they were
+        # A batch loop runs the same UPDATE thousands of times with other parameters: parsed once.
+        self.harmless: set[str] = set()
 
     def losses(self, sql: str) -> list[OnlineLoss]:
         """What ``sql`` (one chunk as the driver gets it, parameters as placeholders) loses, in statement order."""
         if _HARMLESS.match(sql):
             return []
         sql = _PYFORMAT.sub("?", sql)
-        if self._batch_copy(sql):
+        if sql in self.harmless or self._batch_copy(sql):
             return []
         found = []
         for match in evaluate((Statement(sql, 0),), self.dialect, self.new):
@@ -82,6 +86,8 @@ class StatementWatch:
                 found.append(OnlineLoss(match.rule.id, table, None, match.message))
             else:
                 found.append(OnlineLoss(match.rule.id, table, (match.names["column"],), match.message))
+        if not found and _ROW_CHANGE.match(sql):
+            self.harmless.add(sql)
         return found
 
     def _batch_copy(self, sql: str) -> bool:
