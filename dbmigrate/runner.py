@@ -866,7 +866,7 @@ class _Migration:
             rule=loss.rule,
             message=loss.message,
             file=where,
-            reason=declared or "data loss allowed by --allow-data-loss" if self.upgrade else None,
+            reason=(declared or "data loss allowed by --allow-data-loss") if self.upgrade else None,
         )
         if not self.settings.backup:
             return
@@ -1278,11 +1278,15 @@ class _Migration:
         self.runner.backups.discard(self.taken.pop(revision, []))
         self._record_despite_faults(step, hist.FAILED, self.refusal)
         before = scripts.step_from(step) if self.upgrade else revision
+        fix = (
+            "Run without --no-backup to have dbmigrate copy the data aside just before the statement runs."
+            if not self.settings.backup
+            else 'If the loss is intended, add `# dbmigrate: allow-data-loss reason="..."` to the revision file, or '
+            "run with --allow-data-loss (the data is then copied aside just before the statement runs)."
+        )
         return UnsafeMigration(
             f"Refusing to {self.result.direction}: revision {revision} {self.refusal} The statement did not run and "
-            f"nothing of this revision was applied: the database is at {before or 'base'}. If the loss is intended, "
-            'add `# dbmigrate: allow-data-loss reason="..."` to the revision file, or run with --allow-data-loss '
-            "(the data is then backed up just before the statement runs)."
+            f"nothing of this step was applied: the database is at {before or 'base'}. {fix}"
         )
 
     def _lost(self, step: RevisionStep | None, exc: BaseException) -> DbmigrateError:

@@ -92,7 +92,7 @@ def test_an_undeclared_loss_seen_while_the_step_runs_is_refused_with_nothing_app
     assert proc.returncode == 4, proc.stderr
     refusal = next(e for e in log_events(proc.stderr) if e["event"] == "command failed")
     assert REVISION in str(refusal["message"]) and "DL001" in str(refusal["message"])
-    assert "nothing of this revision was applied" in str(refusal["message"])
+    assert "nothing of this step was applied" in str(refusal["message"])
     assert count_rows(database_url, "orders") == 500
     assert current_revisions(database_url) == {EXAMPLE_HEAD}
     assert step_row(database_url)["status"] == "failed"
