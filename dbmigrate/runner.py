@@ -1040,11 +1040,18 @@ class _Migration:
             self.notes[revision].append(_UNHELD_WRITERS)
             log.warning(_UNHELD_WRITERS)
 
-    def _columns_now(self, table: str) -> list[str]:
-        """The columns ``table`` has now, as the step's own connection sees it (inside its transaction)."""
-        assert self.migration_connection is not None
+    def _columns_now(self, table: str) -> dict[str, str | None]:
+        """``table``'s columns and their types now, as the step's own connection sees them (inside its transaction).
+
+        Empty when there is no such table: the statement naming it fails on its own.
+        """
+        connection = self.migration_connection
+        assert connection is not None
         schema, _, name = table.rpartition(".")
-        return [c["name"] for c in inspect(self.migration_connection).get_columns(name, schema=schema or None)]
+        inspector = inspect(connection)
+        if not inspector.has_table(name, schema=schema or None):
+            return {}
+        return {c["name"]: _type_sql(c["type"], connection) for c in inspector.get_columns(name, schema=schema or None)}
 
     def _restore(self, step: RevisionStep, connection: Connection) -> None:
         """Put back what the other direction of this revision backed up, now that its tables and columns are back."""
@@ -1427,6 +1434,14 @@ class _RetryState:
 
     def __init__(self, attempt_number: int) -> None:
         self.attempt_number = attempt_number
+
+
+def _type_sql(type_: Any, connection: Connection) -> str | None:
+    """A reflected column type as the dialect's DDL writes it; None for one it cannot render."""
+    try:
+        return str(type_.compile(dialect=connection.dialect))
+    except Exception:  # noqa: BLE001 - a type the dialect reflects but cannot compile back (NullType)
+        return None
 
 
 def describe(exc: BaseException) -> str:

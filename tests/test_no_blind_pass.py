@@ -204,3 +204,30 @@ with op.batch_alter_table("customers") as batch:
     assert (backup["source_table"], backup["columns"], backup["key_columns"]) == ("customers", ["email"], ["id"])
     with connect(database_url) as connection:
         assert dict(connection.exec_driver_sql("SELECT id, email FROM customers").all()) == before
+
+
+def test_a_type_change_that_loses_values_where_the_offline_pass_stopped_is_refused(
+    at_head: Path, database_url: str
+) -> None:
+    # No existing_type: the column's type before the change comes from the database as the statement starts.
+    add_revision(
+        at_head,
+        REVISION,
+        EXAMPLE_HEAD,
+        """
+counted = op.get_bind().execute(sa.text("SELECT COUNT(*) FROM orders")).scalar_one()  # offline: no row
+with op.batch_alter_table("orders") as batch:
+    batch.alter_column("created_at", type_=sa.Date())
+""",
+    )
+
+    proc = run_dbmigrate("upgrade", cwd=at_head, database_url=database_url)
+
+    assert proc.returncode == 4, proc.stderr
+    message = str(next(e for e in log_events(proc.stderr) if e["event"] == "command failed")["message"])
+    assert REVISION in message and "created_at" in message
+    assert "DL006" in message or "recreated (batch mode)" in message  # SQLite recreates the table
+    assert current_revisions(database_url) == {EXAMPLE_HEAD}
+    with connect(database_url) as connection:
+        [created_at] = [c for c in sa.inspect(connection).get_columns("orders") if c["name"] == "created_at"]
+    assert isinstance(created_at["type"], sa.DateTime)  # the change did not run

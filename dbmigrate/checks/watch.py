@@ -4,6 +4,9 @@ The runner hands :meth:`StatementWatch.losses` each statement the step is about 
 the database runs it. The data-loss rules of ``dbmigrate check`` are applied to it, with what the
 step created so far (a table created earlier in the step holds nothing that existed before it).
 
+A type change is judged against the type the column has in the database just before the statement
+(DL006), so a narrowing is seen even when the revision gives no ``existing_type``.
+
 A batch operation that recreates a table (SQLite, or ``recreate="always"``) copies it into
 ``_alembic_tmp_<table>`` and then drops the original: that DROP loses only the columns the copy
 did not carry over as they were (left out, or converted with a CAST). A recreate that keeps every
@@ -28,6 +31,10 @@ BATCH_COPY_PREFIX = "_alembic_tmp_"
 _PYFORMAT = re.compile(r"%\(\w+\)s|(?<!%)%s")
 # Statements that read, or only add rows: no rule applies, nothing is created.
 _HARMLESS = re.compile(r"\s*(?:SELECT|SHOW|SET|PRAGMA|EXPLAIN|DESCRIBE|SAVEPOINT|RELEASE|BEGIN|COMMIT)\b", re.I)
+_ALTER_TABLE = re.compile(
+    r"\s*ALTER\s+TABLE\s+(?:ONLY\s+)?(?:IF\s+EXISTS\s+)?(?P<table>[\w$]+(?:\.[\w$]+)?|\"[^\"]+\"(?:\.\"[^\"]+\")?|`[^`]+`(?:\.`[^`]+`)?)",
+    re.I,
+)
 # Row changes create nothing the rules remember: once one is found harmless, the same text always is.
 _ROW_CHANGE = re.compile(r"\s*(?:UPDATE|DELETE|INSERT)\b", re.I)
 
@@ -48,11 +55,12 @@ class OnlineLoss:
 class StatementWatch:
     """One attempt of one step, seen one statement at a time, for one dialect.
 
-    ``columns_of(table)`` lists the columns ``table`` has in the database right now (before the
-    statement runs): what a batch recreate's DROP of the original would take with it.
+    ``columns_of(table)`` maps the columns ``table`` has in the database right now (before the
+    statement runs) to their types as the dialect writes them (None when it cannot): what a batch
+    recreate's DROP of the original takes with it, and what a type change changes from.
     """
 
-    def __init__(self, dialect: str, columns_of: Callable[[str], list[str]]) -> None:
+    def __init__(self, dialect: str, columns_of: Callable[[str], dict[str, str | None]]) -> None:
         self.dialect = dialect
         self.read = SQLGLOT_DIALECTS[dialect]
         self.columns_of = columns_of
@@ -68,6 +76,12 @@ class StatementWatch:
         sql = _PYFORMAT.sub("?", sql)
         if sql in self.harmless or self._batch_copy(sql):
             return []
+        altered = _ALTER_TABLE.match(sql)
+        if altered:
+            table = altered["table"].replace('"', "").replace("`", "")
+            for column, type_sql in self.columns_of(table).items():
+                if type_sql is not None and not self.new.has_column(table, column):
+                    self.new.types[(table, column)] = type_sql
         found = []
         for match in evaluate((Statement(sql, 0),), self.dialect, self.new):
             if match.rule.category != "data-loss":
