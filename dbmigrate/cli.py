@@ -245,6 +245,13 @@ def main(context: click.Context, /, **options_given_first: Any) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing")
 @_data_loss_options
 @click.option("--refuse-findings", default=None, help="Categories the gate refuses, comma separated [data-loss]")
+@click.option(
+    "--refuse-unanalysed",
+    is_flag=True,
+    default=None,
+    help="Refuse revisions the gate cannot analyse offline, instead of watching their statements as they run "
+    "[DBMIGRATE_REFUSE_UNANALYSED]",
+)
 @common_options
 @run_command
 def upgrade(settings: Settings, target: str, dry_run: bool) -> tuple[Any, str, int]:
@@ -329,10 +336,13 @@ def backups_drop(settings: Settings, backup_id: int) -> tuple[Any, str, int]:
 def check_command(
     settings: Settings, all_revisions: bool, revision_range: str | None, dialect: str | None, output_format: str
 ) -> tuple[Any, str, int]:
-    """Report what revisions would do to a live database: data-loss, blocking and breaking findings."""
+    """Report what revisions would do to a live database: data-loss, blocking and breaking findings.
+
+    Exit 4 for an undeclared error finding, or when a step could not be analysed offline to its end.
+    """
     report = api.check(revision_range, all_revisions=all_revisions, dialect=dialect, settings=settings)
     refused = any(f.severity == "error" and not f.allowed for f in report.findings)
-    code = ChecksFailed.exit_code if refused else 0
+    code = ChecksFailed.exit_code if refused or report.blind else 0
     data = report.to_sarif() if output_format == "sarif" else report.as_dict()
     return data, report.render_text(), code
 

@@ -335,17 +335,22 @@ def database_identity(connection: Connection) -> tuple[str, ...]:
     return (dialect, *(str(value) for value in found))
 
 
-def track_statements(connection: Connection, before: Callable[[str], None], after: Callable[[str], None]) -> None:
-    """Call ``before`` with each statement's SQL as it starts and ``after`` once it succeeded."""
+def track_statements(
+    connection: Connection, before: Callable[[str], None], after: Callable[[str], None] | None = None
+) -> None:
+    """Call ``before`` with each statement's SQL as it starts (it may raise: the statement does not run)
+    and ``after`` once it succeeded."""
 
     def on_before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         before(statement)
 
     def on_after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        after(statement)
+        if after is not None:
+            after(statement)
 
     event.listen(connection, "before_cursor_execute", on_before)
-    event.listen(connection, "after_cursor_execute", on_after)
+    if after is not None:
+        event.listen(connection, "after_cursor_execute", on_after)
 
 
 def advance_sequences(connection: Connection, table: str, columns: Iterable[str]) -> None:

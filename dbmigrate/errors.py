@@ -91,7 +91,8 @@ class UnsafeMigration(DbmigrateError):
 
 
 class ChecksFailed(DbmigrateError):
-    """``check`` found an error-severity finding that the revision does not declare intended."""
+    """``check`` found an error-severity finding that the revision does not declare intended, or a step it could
+    not analyse offline."""
 
     exit_code = 4
 
@@ -120,7 +121,8 @@ EXIT_CODES: dict[int, str] = {
     2: "usage or configuration error (bad URL, broken scripts, multiple heads, unknown revision)",
     3: "database unreachable or connection lost (a rerun continues), credentials refused, a lock not acquired, "
     "or (wait) the schema not ready in time",
-    4: "a check or verification found problems (for example status --check: not at head)",
+    4: "a check or verification found problems (for example status --check: not at head; check could not analyse "
+    "part of the range offline; a statement would have lost data a revision does not declare)",
     5: "the database needs repair: a step was partially applied; status names the fix",
     130: "stopped by SIGINT (Ctrl-C): the statement in flight was cancelled on the server and rolled back",
     143: "stopped by SIGTERM (the pod is being stopped): the statement in flight was cancelled and rolled back",

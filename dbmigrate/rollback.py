@@ -464,10 +464,16 @@ class Backups:
     def ensure(self) -> None:
         create_missing(self.connection, self.table, "backups registry")
 
-    def prepare(self) -> None:
-        """Create the registry table and the place the copies go (before a step's transaction)."""
-        self.ensure()
-        self._prepare_location()
+    def prepare(self, connection: Connection | None = None) -> None:
+        """Create the registry table and the place the copies go, on ``connection`` (default: before a step's
+        transaction, on the control connection; a step's own connection inside its transaction when a loss is
+        only seen while the step runs, where SQLite's single writer is the step)."""
+        on = self.connection if connection is None else connection
+        create_missing(on, self.table, "backups registry")
+        if self.caps.is_postgresql:
+            on.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {self._quote(self.location)}")
+        elif self.caps.is_mysql:
+            on.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {self._quote(self.location)}")
 
     def take(self, loss: Loss, connection: Connection, *, run_id: str, revision: str, direction: str) -> Backup | None:
         """Copy what ``loss`` names aside on ``connection`` and register it; None when there is nothing to copy.
@@ -633,12 +639,6 @@ class Backups:
         selected = ", ".join(_value(c, casts, quote) for c in columns)
         sql = f"INSERT INTO {source} ({listed}){overriding} SELECT {selected} FROM {copy} AS b {absent}"
         return int(connection.exec_driver_sql(sql).rowcount)
-
-    def _prepare_location(self) -> None:
-        if self.caps.is_postgresql:
-            self.connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {self._quote(self.location)}")
-        elif self.caps.is_mysql:
-            self.connection.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {self._quote(self.location)}")
 
     def _backup_name(self, table: str, revision: str, run_id: str) -> str:
         name = re.sub(r"\W", "_", f"{table}__{revision}")[:40] + f"__{run_id}"

@@ -17,14 +17,14 @@ import time
 import uuid
 from collections.abc import Collection, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from alembic.config import Config
 from alembic.runtime.migration import RevisionStep
 from alembic.script import ScriptDirectory
 from alembic.util import to_tuple
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -50,6 +50,7 @@ from dbmigrate.rollback import (
     Archive,
     Backup,
     Backups,
+    Loss,
     decide,
     in_transaction_block,
     losses,
@@ -58,6 +59,10 @@ from dbmigrate.rollback import (
     with_archived,
 )
 from dbmigrate.settings import Settings
+
+if TYPE_CHECKING:
+    from dbmigrate.checks import NotAnalysed
+    from dbmigrate.checks.watch import OnlineLoss, StatementWatch
 
 log = structlog.get_logger("dbmigrate.runner")
 
@@ -81,6 +86,10 @@ _AUTOCOMMIT_REFUSED = (
     "would be a false promise. Remove that isolation_level setting from env.py. A revision that must run outside a "
     "transaction (CREATE INDEX CONCURRENTLY) puts those statements in `with op.get_context().autocommit_block():`. "
     "Nothing was run."
+)
+_WATCHED = (
+    "every statement it runs is watched: data one would lose is backed up just before it runs, or the step is "
+    "refused when the revision does not declare the loss"
 )
 _AUTOCOMMITTING = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
 _READ_ONLY = ("SELECT", "SHOW", "SET", "DESCRIBE", "EXPLAIN", "PRAGMA")
@@ -659,6 +668,14 @@ class _Migration:
         self.backup_due: str | None = None  # MySQL: the revision whose copy waits for its first write
         self.pending_backups: list[Backup] = []
         self.notes: dict[str, list[str]] = {}
+        # Steps the gate could not analyse offline: their statements are watched as they run (_watch_statement).
+        self.unanalysed: dict[str, NotAnalysed] = {}
+        self.declared: dict[str, str | None] = {}  # revision -> its allow-data-loss reason
+        self.refused_categories: set[str] = set()
+        self.watch: StatementWatch | None = None  # the current step's, when it is not analysed
+        self.watching = False  # the watch's own queries and copies run on the same connection: not watched
+        self.covered: list[Loss] = []  # what the current step has backed up (or the gate will) so far
+        self.refusal: str | None = None  # why the current step was refused while it ran
         self.long_transactions = online.LongTransactionWatch(runner.control) if self.caps.is_postgresql else None
         self._retries: dict[str, int] = {}
 
@@ -711,6 +728,8 @@ class _Migration:
                     ) from exc
                 if step is None:
                     raise MigrationFailed(f"The migration environment (env.py) failed: {describe(exc)}") from exc
+                if self.refusal is not None:
+                    raise self._refused(step) from exc
                 if not self._retry_after_lock_timeout(step, exc, attempt, backoff):
                     raise self._fail(step, exc) from exc
         if self.heads_after is None:  # nothing ran: the database is where it was
@@ -750,6 +769,7 @@ class _Migration:
         refused_categories = {c.strip() for c in self.settings.refuse_findings.split(",") if c.strip()} | {"directive"}
         if self.settings.allow_data_loss or not self.upgrade:
             refused_categories.discard("data-loss")
+        self.refused_categories = refused_categories
         unprotected = not self.settings.backup and not self.settings.allow_data_loss
         refused, unbacked = [], []
         for finding in report.findings:
@@ -778,8 +798,7 @@ class _Migration:
                     message=finding.message,
                     file=f"{finding.file}:{finding.line}",
                 )
-        for missing in report.not_analysed:
-            log.warning("revision could not be checked offline", revision=missing.revision, reason=missing.reason)
+        self._unanalysed(planned, report.not_analysed, refuse=bool(refused or unbacked))
         if unbacked and not refused:
             first = unbacked[0]
             raise UnsafeMigration(
@@ -804,6 +823,89 @@ class _Migration:
                 + (f" ({len(refused) - 1} more finding(s): dbmigrate check.)" if len(refused) > 1 else "")
             )
 
+    def _unanalysed(self, planned: list[RevisionStep], missing: Collection[NotAnalysed], refuse: bool) -> None:
+        """Steps the offline pass could not see to their end: refused (--refuse-unanalysed) or watched as they run.
+
+        ``refuse``: the gate refuses the plan anyway, for a finding; that refusal is the one reported.
+        """
+        from dbmigrate.checks.directives import read_directives
+
+        paths = {scripts.step_revision(step): scripts.step_path(step) for step in planned}
+        if missing and self.upgrade and self.settings.refuse_unanalysed and not refuse:
+            first = next(iter(missing))
+            raise UnsafeMigration(
+                f"Refusing to upgrade: revision {first.revision} ({first.where}) could not be analysed offline, so "
+                f"{first.unseen()} is unknown ({first.reason}), and --refuse-unanalysed is set. Nothing was applied. "
+                "Make the step render offline (guard what needs real query results or inspects the database with "
+                "`if not op.get_context().as_sql:`), or run without --refuse-unanalysed to have its statements "
+                "watched as they run."
+                + (f" ({len(missing) - 1} more step(s): dbmigrate check.)" if len(missing) > 1 else "")
+            )
+        for step in missing:
+            self.unanalysed[step.revision] = step
+            self.declared[step.revision] = read_directives(paths[step.revision]).allow_data_loss_reason
+            log.warning(
+                "revision could not be checked offline",
+                revision=step.revision,
+                file=step.where,
+                unseen=step.unseen(),
+                reason=step.reason,
+                protection=_WATCHED,
+            )
+
+    # -- watching what a step not analysed offline executes ----------------------------------------
+
+    def _watch_statement(self, sql: str) -> None:
+        """Before a statement of a step the gate could not analyse runs: back up what it would lose, or refuse it."""
+        watch = self.watch
+        if watch is None or self.current is None or self.watching:
+            return
+        if self.refusal is not None:
+            raise _Refused(self.refusal)  # the revision went on after a refusal (it caught the error): not further
+        self.watching = True
+        try:
+            for loss in watch.losses(sql):
+                self._protect(scripts.step_revision(self.current), loss)
+        finally:
+            self.watching = False
+
+    def _protect(self, revision: str, loss: OnlineLoss) -> None:
+        columns = set(loss.columns or ())
+        if any(c.table == loss.table and (c.columns is None or columns <= set(c.columns)) for c in self.covered):
+            return  # the gate saw it, or an earlier statement of the step lost the same data: copied already
+        declared = self.declared.get(revision)
+        if not self.settings.backup and not self.settings.allow_data_loss:
+            why = "backups are off (--no-backup), and losing data without a backup needs --allow-data-loss as well"
+        elif self.upgrade and "data-loss" in self.refused_categories and declared is None:
+            why = (
+                'the revision does not declare it intended (# dbmigrate: allow-data-loss reason="...") and '
+                "--allow-data-loss is not set"
+            )
+        else:
+            why = None
+        where = self.unanalysed[revision].where
+        if why is not None:
+            self.refusal = (
+                f"{loss.rule}: {loss.message} This statement was about to run in a step that could not be analysed "
+                f"offline ({where}), and {why}."
+            )
+            log.warning("data loss refused while the step ran", rule=loss.rule, table=loss.table, message=loss.message)
+            raise _Refused(self.refusal)
+        self.covered.append(Loss(loss.table, loss.columns))
+        log.warning(
+            "data loss seen while the step ran (not analysed offline)",
+            rule=loss.rule,
+            message=loss.message,
+            file=where,
+            reason=(declared or "data loss allowed by --allow-data-loss") if self.upgrade else None,
+        )
+        if not self.settings.backup:
+            return
+        if loss.rule == "DL007":
+            log.warning("data loss that no backup covers", rule=loss.rule, message=loss.message)
+            return
+        self._copy_aside(revision, [Loss(loss.table, loss.columns)], prepare=True)
+
     # -- env.py hooks -------------------------------------------------------------------------------
 
     def _configure(self, options: dict[str, Any]) -> None:
@@ -826,12 +928,16 @@ class _Migration:
         elif self.caps.is_mysql:
             self.migration_pid = int(connection.execute(text("SELECT CONNECTION_ID()")).scalar_one())
         self.migration_dbapi = connection.connection.dbapi_connection
+        # First: a statement it refuses must not be recorded as started (MySQL) before it is refused.
+        track_statements(connection, before=self._watch_statement)
         if self.caps.is_mysql:
             track_statements(connection, before=self._statement_starting, after=self._statement_done)
         if not self.external_transaction:
             connection.commit()
 
     def _version_applied(self, *, heads: Collection[str], **_: Any) -> None:
+        if self.refusal is not None:
+            raise _Refused(self.refusal)  # the revision caught the refusal and went on: the step must not commit
         self.heads_after = tuple(heads)
         step, connection = self.current, self.migration_connection
         if step is None or connection is None:
@@ -888,10 +994,19 @@ class _Migration:
         if revision not in self.rows and not self.external_transaction:
             self._start_row(step)
         self.notes[revision] = []
+        self.refusal = None
+        self.covered = losses(self.losses.get(revision, []))[0]
+        self.watch = None
+        if revision in self.unanalysed:
+            from dbmigrate.checks.watch import StatementWatch
+
+            self.watch = StatementWatch(self.caps.name, self._columns_now)
+            self.runner.backups.discard(self.taken.pop(revision, []))  # a retry's copies are taken again
         backs_up = revision in self.losses and self.settings.backup
         if connection is not None and self.caps.name == "sqlite":
-            # The copy must see the last committed data and no writer after it: take the write lock first.
-            connection.execution_options(**{WRITE_TRANSACTIONS: backs_up})
+            # A copy must see the last committed data and no writer after it: take the write lock first.
+            may_copy = backs_up or (self.watch is not None and self.settings.backup)
+            connection.execution_options(**{WRITE_TRANSACTIONS: may_copy})
         if backs_up:
             self._back_up_first(step)
         log.info(
@@ -925,10 +1040,18 @@ class _Migration:
         is missing from the copy. MySQL/MariaDB commit DDL on their own, so the copy runs just
         before the step on its own and writes that commit in between are not in it (noted on the step).
         """
+        found, uncopyable = losses(self.losses[revision])
+        self._copy_aside(revision, found)
+        for finding in uncopyable:
+            log.warning("data loss that no backup covers", rule=finding.rule, message=finding.message)
+
+    def _copy_aside(self, revision: str, found: list[Loss], prepare: bool = False) -> None:
+        """Copy ``found`` aside (see :meth:`_back_up`); ``prepare``: create the registry and location first."""
         migration = self.migration_connection
         within = self.caps.transactional_ddl and migration is not None and in_transaction_block(migration)
         connection = migration if within and migration is not None else self.runner.control
-        found, uncopyable = losses(self.losses[revision])
+        if prepare:
+            self.runner.backups.prepare(connection)
         for loss in found:
             backup = self.runner.backups.take(
                 loss, connection, run_id=self.runner.identity.run_id, revision=revision, direction=self.result.direction
@@ -944,11 +1067,22 @@ class _Migration:
                 rows=backup.row_count,
                 backup=backup.backup_table,
             )
-        if found and not within:
+        if found and not within and _UNHELD_WRITERS not in self.notes[revision]:
             self.notes[revision].append(_UNHELD_WRITERS)
             log.warning(_UNHELD_WRITERS)
-        for finding in uncopyable:
-            log.warning("data loss that no backup covers", rule=finding.rule, message=finding.message)
+
+    def _columns_now(self, table: str) -> dict[str, str | None]:
+        """``table``'s columns and their types now, as the step's own connection sees them (inside its transaction).
+
+        Empty when there is no such table: the statement naming it fails on its own.
+        """
+        connection = self.migration_connection
+        assert connection is not None
+        schema, _, name = table.rpartition(".")
+        inspector = inspect(connection)
+        if not inspector.has_table(name, schema=schema or None):
+            return {}
+        return {c["name"]: _type_sql(c["type"], connection) for c in inspector.get_columns(name, schema=schema or None)}
 
     def _restore(self, step: RevisionStep, connection: Connection) -> None:
         """Put back what the other direction of this revision backed up, now that its tables and columns are back."""
@@ -1170,6 +1304,29 @@ class _Migration:
             )
         )
 
+    def _refused(self, step: RevisionStep) -> DbmigrateError:
+        """A statement of a step not analysed offline would have lost data: it did not run, the step rolls back.
+
+        UnsafeMigration (exit 4); on MySQL RepairNeeded (exit 5) when statements before it committed on their own.
+        """
+        assert self.refusal is not None
+        if self._committed_statements():
+            return self._fail(step, _Refused(self.refusal))
+        revision = scripts.step_revision(step)
+        self.runner.backups.discard(self.taken.pop(revision, []))
+        self._record_despite_faults(step, hist.FAILED, self.refusal)
+        before = scripts.step_from(step) if self.upgrade else revision
+        fix = (
+            "Run without --no-backup to have dbmigrate copy the data aside just before the statement runs."
+            if not self.settings.backup
+            else 'If the loss is intended, add `# dbmigrate: allow-data-loss reason="..."` to the revision file, or '
+            "run with --allow-data-loss (the data is then copied aside just before the statement runs)."
+        )
+        return UnsafeMigration(
+            f"Refusing to {self.result.direction}: revision {revision} {self.refusal} The statement did not run and "
+            f"nothing of this step was applied: the database is at {before or 'base'}. {fix}"
+        )
+
     def _lost(self, step: RevisionStep | None, exc: BaseException) -> DbmigrateError:
         """The connection broke mid-run (``exc`` says so): record what is known, say where the database is.
 
@@ -1284,6 +1441,10 @@ class _Migration:
             self.tables[scripts.step_revision(step)] = online.tables_locked_by(sql, self.caps)
 
 
+class _Refused(Exception):
+    """Raised before a statement that would lose data the run may not lose: the statement does not run."""
+
+
 class _TablesNeeded(Exception):
     """A long transaction holds locks: the remaining steps' tables must be known before going on."""
 
@@ -1304,6 +1465,14 @@ class _RetryState:
 
     def __init__(self, attempt_number: int) -> None:
         self.attempt_number = attempt_number
+
+
+def _type_sql(type_: Any, connection: Connection) -> str | None:
+    """A reflected column type as the dialect's DDL writes it; None for one it cannot render."""
+    try:
+        return str(type_.compile(dialect=connection.dialect))
+    except Exception:  # noqa: BLE001 - a type the dialect reflects but cannot compile back (NullType)
+        return None
 
 
 def describe(exc: BaseException) -> str:

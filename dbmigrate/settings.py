@@ -55,6 +55,7 @@ class Settings:
     app_version: str | None = None
     allow_data_loss: bool = False
     refuse_findings: str = "data-loss"
+    refuse_unanalysed: bool = False
     backup: bool = True
     backup_schema: str = "dbmigrate_backup"
     backups_table: str = "dbmigrate_backups"

@@ -191,7 +191,7 @@ class _GateLog:
     The gate logs its findings ("CREATE INDEX without CONCURRENTLY") for every step it lets
     through, and verify runs each revision three times: at warning level they would bury verify's
     own findings (``dbmigrate upgrade`` keeps them). A revision the gate cannot analyse offline is
-    still named once per direction, at warning level: no backup is taken for its steps. Without
+    still named once per direction, at warning level: only watching its statements protects it. Without
     --debug the demoted events are dropped. ``unanalysed`` maps (revision, step) to the reason;
     ``step`` is the direction verify is running ("upgrade" or "downgrade").
     """
@@ -867,8 +867,8 @@ class _Verifier:
         if reason is None:
             return ""
         return (
-            f" (dbmigrate could not analyse this revision offline, so no backup was taken before its downgrade: "
-            f"{reason[:200]})"
+            f" (dbmigrate could not analyse this revision offline, and no statement of its downgrade was seen to "
+            f"lose this data as it ran, so no backup was taken: {reason[:200]})"
         )
 
     def _backups(self, connection: Connection) -> Backups:

@@ -47,7 +47,9 @@ def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect
     root = Path.cwd() if config_dir.is_relative_to(Path.cwd()) else config_dir
     findings: list[Finding] = []
     not_analysed: list[NotAnalysed] = []
+    steps_checked = 0
     for step in steps:
+        steps_checked += 1
         findings.extend(_findings(step, dialect, root))
         if step.error is None:
             continue
@@ -69,11 +71,8 @@ def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect
                 )
             )
         else:
-            where = f"{file}:{step.error.line}" if step.error.line is not None else file
-            not_analysed.append(
-                NotAnalysed(step.revision, step.direction, f"{where}: {step.error.reason}", file, step.error.line)
-            )
-    return Report(count, tuple(findings), tuple(not_analysed))
+            not_analysed.append(NotAnalysed(step.revision, step.direction, step.error.reason, file, step.error.line))
+    return Report(count, tuple(findings), tuple(not_analysed), steps_checked)
 
 
 def _findings(step: StepStatements, dialect: str, root: Path) -> list[Finding]:

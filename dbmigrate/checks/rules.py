@@ -328,14 +328,15 @@ class NewObjects:
         return table in self.tables or (table, column) in self.columns
 
 
-def evaluate(statements: tuple[Statement, ...], dialect: str) -> Iterator[Match]:
+def evaluate(statements: tuple[Statement, ...], dialect: str, new: NewObjects | None = None) -> Iterator[Match]:
     """Every rule that fires on a step's statements, in statement order, for ``dialect``.
 
     A chunk sqlglot cannot parse at all yields nothing; statements it only understands as an
-    opaque command are matched where a rule knows their form (MySQL ``RENAME TABLE``).
+    opaque command are matched where a rule knows their form (MySQL ``RENAME TABLE``). ``new``
+    carries what the step created across calls, for a step seen one statement at a time.
     """
     read = SQLGLOT_DIALECTS[dialect]
-    new = NewObjects()
+    new = NewObjects() if new is None else new
     for statement in statements:
         hits = _without_parsing(statement.sql, read, new)
         if hits is None:
