@@ -242,12 +242,14 @@ def check(
         ids = scripts.revision_range(script, revision_range)
         if dialect is None:
             dialect = database.parse_url(resolved.resolved_url(scripts.ini_url(config))).get_backend_name()
-        return check_revisions(config, script, ids, dialect)
+        return check_revisions(config, script, ids, dialect, resolved.non_transactional_revisions)
     with _session(resolved, {}) as runner:
         current = runner.current_heads()
         scripts.ensure_known(runner.script, current)
         ids = [scripts.step_revision(step) for step in _pending(runner, current)]
-        return check_revisions(runner.config, runner.script, ids, dialect or runner.caps.name)
+        return check_revisions(
+            runner.config, runner.script, ids, dialect or runner.caps.name, resolved.non_transactional_revisions
+        )
 
 
 def verify(

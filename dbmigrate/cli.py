@@ -64,6 +64,10 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         ("--backup-schema",),
         {"help": "Backups go to this schema (PostgreSQL), database (MySQL), table prefix (SQLite) [dbmigrate_backup]"},
     ),
+    (
+        ("--non-transactional-revisions",),
+        {"help": "Revision ids (comma separated) that run outside a transaction, for files you do not own"},
+    ),
     (("--termination-log",), {"help": "Where the outcome is written if the file exists [/dev/termination-log]"}),
     (("--app-version",), {"help": "Application version recorded in history [DBMIGRATE_APP_VERSION]"}),
     (("--pushgateway",), {"help": "Push run metrics to this Prometheus Pushgateway URL"}),
