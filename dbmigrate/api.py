@@ -101,7 +101,7 @@ def status(*, settings: Settings | None = None, **options: Any) -> Status:
         applied = runner.applied_revisions(current) if interrupted else set()
         settled: dict[int, hist.Entry] = {}
         for entry in interrupted:
-            state, error = interrupted_status(entry, runner.caps, applied)
+            state, error = interrupted_status(entry, applied)
             settled[entry.id] = dataclasses.replace(entry, status=state, error=error)
         # Read after those runs were found dead: a row still 'running' now stays so until the next run
         # settles it (one that settled it meanwhile shows as it did), and runs started since are not in it.

@@ -523,7 +523,7 @@ class Runner:
         running = self.interrupted_steps()
         applied = self.applied_revisions(self.current_heads()) if running else set()
         for entry in running:
-            status, error = interrupted_status(entry, self.caps, applied)
+            status, error = interrupted_status(entry, applied)
             self.history.finish(entry.id, status, error=error)
             if status == hist.FAILED:  # rolled back: the data its backups copied is still in place
                 self.backups.discard(
@@ -545,7 +545,7 @@ class Runner:
             raise RepairNeeded(repair_message(partials[0]))
 
 
-def interrupted_status(entry: hist.Entry, caps: Capabilities, applied: set[str]) -> tuple[str, str]:
+def interrupted_status(entry: hist.Entry, applied: set[str]) -> tuple[str, str]:
     """How to record a step whose run died: ('applied', 'failed' or 'partial', explanation).
 
     ``applied`` is every revision the database holds now: a step whose version update committed
