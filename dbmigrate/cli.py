@@ -389,7 +389,7 @@ def history(settings: Settings, limit: int) -> tuple[Any, str, int]:
 @common_options
 @run_command
 def repair(settings: Settings, resolution: str | None) -> tuple[Any, str, int]:
-    """Mark a partially applied step (MySQL/MariaDB) as repaired by hand."""
+    """Mark a partially applied step as repaired by hand."""
     entry = api.repair(resolution or "", settings=settings)
     return entry.as_dict(), f"Revision {entry.revision}: {entry.error}.", 0
 

@@ -8,6 +8,7 @@ MariaDB and SQLite run a marked revision the same way: each statement commits on
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from tests.conftest import (
     history_rows,
     remove_revisions,
     run_dbmigrate,
+    start_dbmigrate,
 )
+from tests.test_killed_runs import wait_until
 
 DIRECTIVE = '# dbmigrate: non-transactional reason="builds its index without blocking writes"\n'
 
@@ -214,6 +217,47 @@ def test_marked_revision_backs_up_what_it_drops_before_dropping_it(project: Path
     assert [(b["source_table"], b["row_count"]) for b in backups] == [("items", 30)]
     note = str(last_row(database_url)["note"])
     assert "backed up" in note and "outside a transaction" in note and "not in it" in note
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_marked_revision_that_hit_its_lock_timeout_before_any_statement_is_retried(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    project_with(project, 'op.add_column("items", sa.Column("price", sa.Integer))', directive=True)
+    assert run_dbmigrate("upgrade", "0001_items", cwd=project, database_url=database_url).returncode == 0
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_items() -> None:
+        with connect(database_url) as reader:
+            reader.exec_driver_sql("LOCK TABLE items IN ACCESS SHARE MODE")
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_items)
+    holder.start()
+    holding.wait(30)
+    output = tmp_path / "upgrade"
+    try:
+        process = start_dbmigrate(
+            "upgrade",
+            "--lock-timeout",
+            "0.5",
+            "--lock-conflict-wait",
+            "0",
+            cwd=project,
+            database_url=database_url,
+            output=output,
+        )
+        wait_until(lambda: "lock timeout, retrying" in Path(f"{output}.err").read_text(), "the step retries")
+    finally:
+        release.set()
+        holder.join()
+    process.wait(timeout=120)
+
+    assert process.returncode == 0, Path(f"{output}.err").read_text()
+    row = last_row(database_url)
+    assert row["revision"] == "0002_index" and row["status"] == "applied"
+    assert int(str(row["attempts"])) >= 2
 
 
 # -- MariaDB and SQLite -----------------------------------------------------------------------------
