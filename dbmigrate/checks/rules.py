@@ -431,7 +431,8 @@ def outside_transaction_only(sql: str, dialect: str) -> str | None:
     pattern = _OUTSIDE_TRANSACTION_ONLY.get(dialect)
     if pattern is None:
         return None
-    found = pattern.match(sql, _LEADING_COMMENTS.match(sql).end())  # type: ignore[union-attr]
+    comments = _LEADING_COMMENTS.match(sql)
+    found = pattern.match(sql, comments.end() if comments else 0)
     if found is None:
         return None
     what = " ".join(found["what"].split()).upper()
