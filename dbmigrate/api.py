@@ -102,7 +102,7 @@ def status(*, settings: Settings | None = None, **options: Any) -> Status:
         applied = runner.applied_revisions(current) if interrupted else set()
         settled: dict[int, hist.Entry] = {}
         for entry in interrupted:
-            state, error = interrupted_status(entry, runner.caps, applied)
+            state, error = interrupted_status(entry, applied)
             settled[entry.id] = dataclasses.replace(entry, status=state, error=error)
         # Read after those runs were found dead: a row still 'running' now stays so until the next run
         # settles it (one that settled it meanwhile shows as it did), and runs started since are not in it.
@@ -250,12 +250,14 @@ def check(
         ids = scripts.revision_range(script, revision_range)
         if dialect is None:
             dialect = database.parse_url(resolved.resolved_url(scripts.ini_url(config))).get_backend_name()
-        return check_revisions(config, script, ids, dialect)
+        return check_revisions(config, script, ids, dialect, resolved.non_transactional_revisions)
     with _session(resolved, {}) as runner:
         current = runner.current_heads()
         scripts.ensure_known(runner.script, current)
         ids = [scripts.step_revision(step) for step in _pending(runner, current)]
-        return check_revisions(runner.config, runner.script, ids, dialect or runner.caps.name)
+        return check_revisions(
+            runner.config, runner.script, ids, dialect or runner.caps.name, resolved.non_transactional_revisions
+        )
 
 
 def verify(

@@ -64,6 +64,10 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         ("--backup-schema",),
         {"help": "Backups go to this schema (PostgreSQL), database (MySQL), table prefix (SQLite) [dbmigrate_backup]"},
     ),
+    (
+        ("--non-transactional-revisions",),
+        {"help": "Revision ids (comma separated) that run outside a transaction, for files you do not own"},
+    ),
     (("--termination-log",), {"help": "Where the outcome is written if the file exists [/dev/termination-log]"}),
     (("--app-version",), {"help": "Application version recorded in history [DBMIGRATE_APP_VERSION]"}),
     (("--pushgateway",), {"help": "Push run metrics to this Prometheus Pushgateway URL"}),
@@ -436,7 +440,7 @@ def history(settings: Settings, limit: int) -> tuple[Any, str, int]:
 @common_options
 @run_command
 def repair(settings: Settings, resolution: str | None) -> tuple[Any, str, int]:
-    """Mark a partially applied step (MySQL/MariaDB) as repaired by hand."""
+    """Mark a partially applied step as repaired by hand."""
     entry = api.repair(resolution or "", settings=settings)
     return entry.as_dict(), f"Revision {entry.revision}: {entry.error}.", 0
 

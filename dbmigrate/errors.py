@@ -110,7 +110,7 @@ class NotAtHead(DbmigrateError):
 
 
 class RepairNeeded(DbmigrateError):
-    """A step was partially applied (non-transactional DDL); a human must repair it first."""
+    """A step was partially applied (MySQL DDL, an autocommit block, a non-transactional revision); repair it first."""
 
     exit_code = 5
 

@@ -29,7 +29,7 @@ from sqlalchemy import bindparam, delete, inspect, select, update
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Connection, RowMapping
 
-from dbmigrate.database import Capabilities, advance_sequences
+from dbmigrate.database import Capabilities, advance_sequences, autocommits
 from dbmigrate.errors import ConfigurationError, UnsafeMigration
 from dbmigrate.history import archive_table, backups_table, create_missing, now
 
@@ -691,8 +691,12 @@ def _copied_columns(loss: Loss, keys: tuple[str, ...], types: dict[str, Any]) ->
 
 
 def in_transaction_block(connection: Connection) -> bool:
-    """Whether statements on ``connection`` run in a database transaction (not in autocommit mode)."""
-    return connection.get_isolation_level() != "AUTOCOMMIT" and connection.in_transaction()
+    """Whether statements on ``connection`` run in a database transaction (not in autocommit mode).
+
+    Asked of the connection's mode, not of ``get_isolation_level()``: inside Alembic's autocommit block
+    PostgreSQL drivers still report the session's level (READ COMMITTED) while every statement commits.
+    """
+    return connection.in_transaction() and not autocommits(connection)
 
 
 def _is_enum(kind: Any) -> bool:

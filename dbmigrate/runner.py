@@ -28,6 +28,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from alembic import context as alembic_context
 from dbmigrate import database, online, readiness, scripts, termination
 from dbmigrate import history as hist
 from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, connection_lost, track_statements
@@ -79,6 +80,15 @@ _UNHELD_WRITERS = (
     "the backup was copied just before the step, outside its transaction (DDL commits on its own on this "
     "connection): writes the application committed in between are not in it"
 )
+_UNHELD_WRITERS_OUTSIDE = (
+    "the backup was copied just before the revision's first statement that changes the schema or names the "
+    "table, on its own (the revision runs outside a transaction): writes the application committed in between "
+    "are not in it"
+)
+_CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.IGNORECASE)
+# PostgreSQL's "cannot run inside a transaction block" (SQLSTATE 25001), SQLite's "cannot VACUUM from
+# within a transaction".
+_NEEDS_NO_TRANSACTION = re.compile(r"inside a transaction block|from within a transaction", re.IGNORECASE)
 _AUTOCOMMIT_REFUSED = (
     'env.py hands Alembic a connection in AUTOCOMMIT mode (create_engine(..., isolation_level="AUTOCOMMIT"), or '
     '.execution_options(isolation_level="AUTOCOMMIT") on its engine or connection): every statement would commit '
@@ -92,7 +102,8 @@ _WATCHED = (
     "refused when the revision does not declare the loss"
 )
 _AUTOCOMMITTING = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
-_READ_ONLY = ("SELECT", "SHOW", "SET", "DESCRIBE", "EXPLAIN", "PRAGMA")
+# Not tracked as a step's statements: reads, and (SQLite, where dbmigrate emits BEGIN itself) transaction control.
+_NOT_TRACKED = ("SELECT", "SHOW", "SET", "DESCRIBE", "EXPLAIN", "PRAGMA", "BEGIN", "COMMIT", "ROLLBACK")
 
 
 @dataclasses.dataclass
@@ -521,7 +532,7 @@ class Runner:
         running = self.interrupted_steps()
         applied = self.applied_revisions(self.current_heads()) if running else set()
         for entry in running:
-            status, error = interrupted_status(entry, self.caps, applied)
+            status, error = interrupted_status(entry, applied)
             self.history.finish(entry.id, status, error=error)
             if status == hist.FAILED:  # rolled back: the data its backups copied is still in place
                 self.backups.discard(
@@ -543,7 +554,7 @@ class Runner:
             raise RepairNeeded(repair_message(partials[0]))
 
 
-def interrupted_status(entry: hist.Entry, caps: Capabilities, applied: set[str]) -> tuple[str, str]:
+def interrupted_status(entry: hist.Entry, applied: set[str]) -> tuple[str, str]:
     """How to record a step whose run died: ('applied', 'failed' or 'partial', explanation).
 
     ``applied`` is every revision the database holds now: a step whose version update committed
@@ -554,11 +565,12 @@ def interrupted_status(entry: hist.Entry, caps: Capabilities, applied: set[str])
             f"The run ({entry.run_id} on {entry.runner}) was interrupted after this step committed; "
             "alembic_version shows it done."
         )
-    committed, in_doubt = split_committed(entry.statements) if caps.is_mysql else ([], None)
+    committed, in_doubt = split_committed(entry.statements)
     if committed or in_doubt:
         return hist.PARTIAL, (
             f"The run ({entry.run_id} on {entry.runner}) was interrupted during revision {entry.revision} after "
-            "statements that commit on their own had started; this database cannot roll them back."
+            f"statements that commit on their own had started ({_why_they_commit(committed, in_doubt)}); they "
+            "cannot be rolled back."
         )
     return hist.FAILED, (
         f"The run ({entry.run_id} on {entry.runner}) was interrupted during this step; its transaction was "
@@ -576,7 +588,14 @@ def repair_message(entry: hist.Entry) -> str:
         if first_kept > 1
         else ""
     )
-    doubt = f" In doubt (started, outcome unknown): {_as_kept(in_doubt)}." if in_doubt else ""
+    doubt = ""
+    if in_doubt:
+        doubt = f" In doubt (started, outcome unknown): {_as_kept(in_doubt)}."
+        if _CONCURRENTLY.search(in_doubt["sql"]):
+            doubt += (
+                " A CONCURRENTLY statement that fails or is cancelled can leave an INVALID index behind "
+                "(see pg_index.indisvalid): drop it with DROP INDEX CONCURRENTLY."
+            )
     cut = [*committed, *([in_doubt] if in_doubt else [])]
     full_text = (
         f" Where a statement is cut or not kept, `{_rendering_command(entry)}` prints the revision's full SQL."
@@ -585,8 +604,8 @@ def repair_message(entry: hist.Entry) -> str:
     )
     return (
         f"The database needs repair: revision {entry.revision} ({entry.direction}, run {entry.run_id}) was partially "
-        f"applied, and MySQL/MariaDB cannot roll back DDL. Statements that committed{earlier}: "
-        f"{listed or 'none confirmed'}.{doubt}{full_text} "
+        f"applied: statements that commit on their own ({_why_they_commit(committed, in_doubt)}) cannot be rolled "
+        f"back. Statements that committed{earlier}: {listed or 'none confirmed'}.{doubt}{full_text} "
         f"Either undo them by hand and run `dbmigrate repair --reverted` (the revision then runs again on the next "
         f"upgrade), or finish the rest of the revision by hand and run `dbmigrate repair --applied` (which stamps it)."
     )
@@ -609,26 +628,44 @@ def _rendering_command(entry: hist.Entry) -> str:
 
 
 def split_committed(statements: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """MySQL: a DDL statement commits everything before it, then itself; later DML rolls back.
+    """A statement that commits on its own commits everything before it, then itself; later ones roll back.
 
-    Returns the statements that surely committed, and the DDL statement in doubt (started, neither
-    confirmed nor seen failing: the process died), if any.
+    That is DDL on MySQL/MariaDB (an implicit commit before and after it) and any statement run outside a
+    transaction (an autocommit block, a non-transactional revision: entering it committed the step's
+    transaction so far). Returns the statements that surely committed, and the one in doubt (started,
+    neither confirmed nor seen failing: the process died), if any.
     """
-    last_ddl = max((i for i, s in enumerate(statements) if _is_ddl(s["sql"])), default=-1)
-    if last_ddl < 0:
+    last = max((i for i, s in enumerate(statements) if _commits(s)), default=-1)
+    if last < 0:
         return [], None
-    ddl = statements[last_ddl]
-    committed = statements[:last_ddl] + ([ddl] if ddl.get("done") else [])
-    in_doubt = None if ddl.get("done") or ddl.get("failed") else ddl
+    own = statements[last]
+    committed = statements[:last] + ([own] if own.get("done") else [])
+    in_doubt = None if own.get("done") or own.get("failed") else own
     return committed, in_doubt
+
+
+def _commits(statement: dict[str, Any]) -> str | None:
+    """Why ``statement`` commits on its own ("ddl" on MySQL/MariaDB, "autocommit" outside a transaction), or None.
+
+    Rows written before statements carried this were only ever written on MySQL/MariaDB, for their DDL.
+    """
+    if "commits" in statement:
+        return statement["commits"]  # type: ignore[no-any-return]
+    return "ddl" if _is_ddl(statement["sql"]) else None
+
+
+def _why_they_commit(committed: list[dict[str, Any]], in_doubt: dict[str, Any] | None) -> str:
+    reasons = {_commits(s) for s in [*committed, *([in_doubt] if in_doubt else [])]}
+    why = []
+    if "ddl" in reasons:
+        why.append("MySQL/MariaDB commit DDL on their own")
+    if "autocommit" in reasons:
+        why.append("they ran outside a transaction, in an autocommit block or a non-transactional revision")
+    return "; ".join(why)
 
 
 def _is_ddl(sql: str) -> bool:
     return sql.lstrip().upper().startswith(_AUTOCOMMITTING)
-
-
-def _commits_on_its_own(sql: str, caps: Capabilities) -> bool:
-    return caps.is_mysql and _is_ddl(sql)
 
 
 def _direction(upgrade: bool) -> str:
@@ -665,7 +702,8 @@ class _Migration:
         self.applied_within_step: StepResult | None = None
         self.losses: dict[str, list[Any]] = {}  # revision -> the data-loss findings of its step, backed up first
         self.taken: dict[str, list[Backup]] = {}
-        self.backup_due: str | None = None  # MySQL: the revision whose copy waits for its first write
+        self.backup_due: str | None = None  # the revision whose copy waits for its first write (no transaction)
+        self.outside: dict[str, str | None] = {}  # revision -> why it runs outside a transaction (None: inside)
         self.pending_backups: list[Backup] = []
         self.notes: dict[str, list[str]] = {}
         # Steps the gate could not analyse offline: their statements are watched as they run (_watch_statement).
@@ -759,12 +797,20 @@ class _Migration:
         from dbmigrate.checks import check_steps  # parsing rules load only when there is a plan
 
         revisions = [scripts.step_revision(s) for s in planned]
+        configured = self.settings.non_transactional_revisions
+        unknown = set(configured) - {r.revision for r in self.runner.script.walk_revisions()} if configured else set()
+        if unknown:
+            log.warning(
+                "non_transactional_revisions names revisions these scripts do not have (full ids are matched)",
+                revisions=sorted(unknown),
+            )
         report = check_steps(
             self.runner.config,
             self.runner.script,
             revisions if self.upgrade else revisions[::-1],
             "upgrade" if self.upgrade else "downgrade",
             self.caps.name,
+            configured,
         )
         refused_categories = {c.strip() for c in self.settings.refuse_findings.split(",") if c.strip()} | {"directive"}
         if self.settings.allow_data_loss or not self.upgrade:
@@ -809,17 +855,22 @@ class _Migration:
             )
         if refused:
             first = refused[0]
-            raise UnsafeMigration(
-                f"Refusing to upgrade: revision {first.revision} ({first.file}:{first.line}) {first.rule} "
-                f"{first.category}: {first.message} Nothing was applied. If the loss is intended, add "
-                '`# dbmigrate: allow-data-loss reason="..."` to the revision file, or run with --allow-data-loss'
+            advice = (
+                'If the loss is intended, add `# dbmigrate: allow-data-loss reason="..."` to the revision file, or '
+                "run with --allow-data-loss"
                 + (
                     ": either way dbmigrate copies the data aside before the step, and `dbmigrate rollback` or "
                     "`dbmigrate backups restore` brings it back"
-                    if first.category == "data-loss" and self.settings.backup
+                    if self.settings.backup
                     else ""
                 )
                 + f"; otherwise: {first.suggestion}"
+                if first.category == "data-loss"
+                else first.suggestion
+            )
+            raise UnsafeMigration(
+                f"Refusing to upgrade: revision {first.revision} ({first.file}:{first.line}) {first.rule} "
+                f"{first.category}: {first.message} Nothing was applied. {advice}"
                 + (f" ({len(refused) - 1} more finding(s): dbmigrate check.)" if len(refused) > 1 else "")
             )
 
@@ -928,10 +979,10 @@ class _Migration:
         elif self.caps.is_mysql:
             self.migration_pid = int(connection.execute(text("SELECT CONNECTION_ID()")).scalar_one())
         self.migration_dbapi = connection.connection.dbapi_connection
-        # First: a statement it refuses must not be recorded as started (MySQL) before it is refused.
+        # First: a statement it refuses must not be recorded as started before it is refused.
         track_statements(connection, before=self._watch_statement)
-        if self.caps.is_mysql:
-            track_statements(connection, before=self._statement_starting, after=self._statement_done)
+        # Every dialect: a statement may commit on its own (MySQL DDL, anything outside a transaction).
+        track_statements(connection, before=self._statement_starting, after=self._statement_done)
         if not self.external_transaction:
             connection.commit()
 
@@ -982,6 +1033,15 @@ class _Migration:
         self.backup_due = None
         self.applied_within_step = None
         bind(revision=revision)
+        outside = self._outside_transaction(step)
+        if outside is not None and self.external_transaction:
+            raise EnvironmentRefused(
+                f"Revision {revision} must run outside a transaction ({outside}), but env.py runs every revision "
+                "in one transaction of its own (it begins one around context.configure or run_migrations, e.g. "
+                "`with engine.begin() as connection:`), which no revision can leave. Use `with engine.connect() as "
+                "connection:` and `with context.begin_transaction():` as `alembic init` writes them. Nothing of this "
+                "revision was run."
+            )
         waits = self.waits.setdefault(revision, online.LockWaits())
         own = [self.migration_pid] if self.migration_pid else []
         watch = self.long_transactions
@@ -1002,6 +1062,9 @@ class _Migration:
 
             self.watch = StatementWatch(self.caps.name, self._columns_now)
             self.runner.backups.discard(self.taken.pop(revision, []))  # a retry's copies are taken again
+        if outside is not None:
+            self.notes[revision].append(f"ran outside a transaction: {outside}")
+            self._run_outside_transaction(step)
         backs_up = revision in self.losses and self.settings.backup
         if connection is not None and self.caps.name == "sqlite":
             # A copy must see the last committed data and no writer after it: take the write lock first.
@@ -1015,12 +1078,47 @@ class _Migration:
             file=scripts.step_path(step).name,
         )
 
+    def _outside_transaction(self, step: RevisionStep) -> str | None:
+        """Why ``step`` runs outside a transaction (its file's directive, or the setting), or None: it runs in one."""
+        revision = scripts.step_revision(step)
+        if revision not in self.outside:
+            from dbmigrate.checks.directives import read_directives  # the checks load only when a step runs
+
+            reason = read_directives(scripts.step_path(step)).non_transactional_reason
+            if reason is not None:
+                self.outside[revision] = f'its file says so: "{reason}"'
+            elif revision in self.settings.non_transactional_revisions:
+                self.outside[revision] = "listed in non_transactional_revisions"
+            else:
+                self.outside[revision] = None
+        return self.outside[revision]
+
+    def _run_outside_transaction(self, step: RevisionStep) -> None:
+        """Make the step's upgrade() or downgrade() run in Alembic's autocommit block: each statement commits alone.
+
+        Entering the block commits the step's transaction so far (nothing of the step yet); after it,
+        Alembic begins a new transaction for the version update, which our 'applied' row joins.
+        """
+        migrate = step.migration_fn
+
+        @functools.wraps(migrate)
+        def outside_transaction(**kwargs: Any) -> Any:
+            with alembic_context.get_context().autocommit_block():
+                return migrate(**kwargs)
+
+        step.migration_fn = outside_transaction
+
     def _back_up_first(self, step: RevisionStep) -> None:
-        """Make the step copy aside what it is about to lose as its first action (again on a retry)."""
+        """Make the step copy aside what it is about to lose as its first action (again on a retry).
+
+        Where no transaction holds the copy and the step together (MySQL DDL, a revision run outside a
+        transaction), the copy is taken as late as it can be: just before the step's first statement
+        that changes the schema or names a table it loses (see :meth:`_statement_starting`).
+        """
         revision = scripts.step_revision(step)
         self.runner.backups.discard(self.taken.pop(revision, []))
         self.runner.backups.prepare()
-        if not self.caps.transactional_ddl:
+        if not self.caps.transactional_ddl or self.outside.get(revision):
             self.backup_due = revision  # taken by _statement_starting, as late as it can be
             return
         migrate = step.migration_fn
@@ -1037,8 +1135,9 @@ class _Migration:
 
         There the copy and the step commit or roll back together, and on PostgreSQL writers to the
         table wait from the copy until the step commits: nothing committed before the step's change
-        is missing from the copy. MySQL/MariaDB commit DDL on their own, so the copy runs just
-        before the step on its own and writes that commit in between are not in it (noted on the step).
+        is missing from the copy. MySQL/MariaDB commit DDL on their own, and a revision run outside a
+        transaction commits every statement, so there the copy runs on its own just before the step's
+        first change and writes that commit in between are not in it (noted on the step).
         """
         found, uncopyable = losses(self.losses[revision])
         self._copy_aside(revision, found)
@@ -1067,9 +1166,11 @@ class _Migration:
                 rows=backup.row_count,
                 backup=backup.backup_table,
             )
-        if found and not within and _UNHELD_WRITERS not in self.notes[revision]:
-            self.notes[revision].append(_UNHELD_WRITERS)
-            log.warning(_UNHELD_WRITERS)
+        if found and not within:
+            unheld = _UNHELD_WRITERS_OUTSIDE if self.outside.get(revision) else _UNHELD_WRITERS
+            if unheld not in self.notes[revision]:
+                self.notes[revision].append(unheld)
+                log.warning(unheld)
 
     def _columns_now(self, table: str) -> dict[str, str | None]:
         """``table``'s columns and their types now, as the step's own connection sees them (inside its transaction).
@@ -1191,17 +1292,25 @@ class _Migration:
     def _attempts(self, revision: str) -> int:
         return self._retries.get(revision, 0) + 1
 
-    # -- statement tracking (MySQL: DDL commits on its own) ------------------------------------
+    # -- statement tracking (what commits on its own: MySQL DDL, anything outside a transaction) ----------
 
     def _statement_starting(self, sql: str) -> None:
-        if self.current is None or sql.lstrip().upper().startswith(_READ_ONLY):
+        if self.current is None or sql.lstrip().upper().startswith(_NOT_TRACKED):
             return
         if self.backup_due is not None and (_is_ddl(sql) or self._names_a_lost_table(sql)):
             revision, self.backup_due = self.backup_due, None
             self._back_up(revision)
-        self.statements.append({"sql": sql, "done": False})
-        if _commits_on_its_own(sql, self.caps):
+        commits = self._commits_on_its_own(sql)
+        self.statements.append({"sql": sql, "done": False, "commits": commits})
+        if commits:
             self._save_statements()
+
+    def _commits_on_its_own(self, sql: str) -> str | None:
+        """Why ``sql``, about to run on the migration connection, commits by itself (see :func:`_commits`)."""
+        connection = self.migration_connection
+        if connection is not None and database.autocommits(connection):
+            return "autocommit"
+        return "ddl" if self.caps.is_mysql and _is_ddl(sql) else None
 
     def _names_a_lost_table(self, sql: str) -> bool:
         found, _ = losses(self.losses.get(scripts.step_revision(self.current), []) if self.current else [])
@@ -1212,7 +1321,7 @@ class _Migration:
         if self.current is None or not self.statements or self.statements[-1]["sql"] != sql:
             return
         self.statements[-1]["done"] = True
-        if _commits_on_its_own(sql, self.caps):
+        if self.statements[-1]["commits"]:
             self._save_statements()
 
     def _save_statements(self) -> None:
@@ -1221,19 +1330,23 @@ class _Migration:
         if row is not None:
             self.runner.history.record_statements(row, self.statements)
 
-    def _committed_statements(self) -> list[dict[str, Any]]:
-        """After a step raised: what of it committed anyway (only ever non-empty on MySQL)."""
-        if not self.caps.is_mysql:
-            return []
-        if self.statements and not self.statements[-1]["done"]:
-            self.statements[-1]["failed"] = True  # the statement that raised did not take effect
-        return split_committed(self.statements)[0]
+    def _left_behind(self) -> bool:
+        """After a step raised or was stopped: whether part of it committed anyway, or may have.
+
+        The statement that raised took no effect, except a CONCURRENTLY one: PostgreSQL leaves the index
+        it was building (or dropping) behind, INVALID, so that statement stays in doubt.
+        """
+        last = self.statements[-1] if self.statements else None
+        if last is not None and not last["done"] and not (last["commits"] and _CONCURRENTLY.search(last["sql"])):
+            last["failed"] = True
+        committed, in_doubt = split_committed(self.statements)
+        return bool(committed or in_doubt)
 
     # -- failures -------------------------------------------------------------------------------
 
     def _retry_after_lock_timeout(self, step: RevisionStep, exc: BaseException, attempt: int, backoff: Any) -> bool:
         revision = scripts.step_revision(step)
-        if not online.is_lock_timeout(exc, self.caps) or self._committed_statements():
+        if not online.is_lock_timeout(exc, self.caps) or self._left_behind():
             return False
         retries = self._retries.get(revision, 0)
         if retries >= self.settings.max_lock_retries:
@@ -1284,7 +1397,7 @@ class _Migration:
         if step is None or scripts.step_revision(step) in self.results:
             return
         revision = scripts.step_revision(step)
-        if self._committed_statements():
+        if self._left_behind():
             status, what = hist.PARTIAL, "part of it had committed (statements that commit on their own)"
         elif self.migration_pid is None:
             status, what = hist.FAILED, "the step's transaction was rolled back"
@@ -1310,7 +1423,7 @@ class _Migration:
         UnsafeMigration (exit 4); on MySQL RepairNeeded (exit 5) when statements before it committed on their own.
         """
         assert self.refusal is not None
-        if self._committed_statements():
+        if self._left_behind():
             return self._fail(step, _Refused(self.refusal))
         revision = scripts.step_revision(step)
         self.runner.backups.discard(self.taken.pop(revision, []))
@@ -1359,12 +1472,12 @@ class _Migration:
                 f"everything before it stays. {at}. Run the command again to continue from there; a Kubernetes Job "
                 "retries exit 3 by itself."
             )
-        if self._committed_statements():
+        if self._left_behind():
             self._record_despite_faults(step, hist.PARTIAL, f"connection lost: {reason}")
             return RepairNeeded(
                 f"The connection to the database at {where} was lost during revision {revision} after part of it "
-                f"committed ({reason}); MySQL/MariaDB cannot roll that part back. Run `dbmigrate status` to see "
-                "what committed and the command that repairs it."
+                f"committed ({reason}); statements that commit on their own cannot be rolled back. Run "
+                "`dbmigrate status` to see what committed and the command that repairs it."
             )
         self._record_despite_faults(
             step, hist.FAILED, f"connection lost: {reason}; the server rolled the step's transaction back"
@@ -1394,8 +1507,7 @@ class _Migration:
         revision = scripts.step_revision(step)
         path = scripts.step_path(step)
         reason = describe(exc)
-        committed = self._committed_statements()
-        if committed:
+        if self._left_behind():
             row = self.rows.get(revision)
             if row is not None:
                 self.runner.history.record_statements(row, self.statements)
@@ -1418,17 +1530,25 @@ class _Migration:
         self._record_despite_faults(step, hist.FAILED, reason)
         before = scripts.step_from(step) or "base"
         rolled_back = (
-            f"Its transaction was rolled back: the database is still at {before}."
-            if self.caps.transactional_ddl or not committed
-            else ""
+            f"It ran outside a transaction and none of its statements had taken effect: the database is still at "
+            f"{before}."
+            if self.outside.get(revision)
+            else f"Its transaction was rolled back: the database is still at {before}."
         )
-        return MigrationFailed(
-            f"Revision {revision} ({path}) failed: {reason}. {rolled_back} Fix the revision and run "
-            "`dbmigrate upgrade` again."
-            if self.upgrade
-            else f"Downgrade of revision {revision} ({path}) failed: {reason}. {rolled_back} Fix the revision's "
-            "downgrade() and run the downgrade again."
-        )
+        if _NEEDS_NO_TRANSACTION.search(reason):
+            from dbmigrate.checks.directives import NON_TRANSACTIONAL
+
+            fix = (
+                f"It must run outside a transaction: add the line `{NON_TRANSACTIONAL}` to {path.name}, or, for a "
+                f"file you do not own, set DBMIGRATE_NON_TRANSACTIONAL_REVISIONS={revision} (or list it in "
+                "non_transactional_revisions in the [dbmigrate] section of alembic.ini); then run the command again."
+            )
+        elif self.upgrade:
+            fix = "Fix the revision and run `dbmigrate upgrade` again."
+        else:
+            fix = "Fix the revision's downgrade() and run the downgrade again."
+        what = f"Revision {revision}" if self.upgrade else f"Downgrade of revision {revision}"
+        return MigrationFailed(f"{what} ({path}) failed: {reason}. {rolled_back} {fix}")
 
     # -- lock pre-check (PostgreSQL) ----------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import configparser
 import dataclasses
 import math
 import os
+import re
 import socket
 import sys
 import urllib.parse
@@ -32,6 +33,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "DBMIGRATE_"
+_LIST_SEPARATORS = re.compile(r"[\s,]+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Settings:
     allow_data_loss: bool = False
     refuse_findings: str = "data-loss"
     refuse_unanalysed: bool = False
+    # Revisions (full ids) that run outside a transaction, for files the project does not own.
+    non_transactional_revisions: tuple[str, ...] = ()
     backup: bool = True
     backup_schema: str = "dbmigrate_backup"
     backups_table: str = "dbmigrate_backups"
@@ -153,6 +157,10 @@ def _lookup(
 
 def _convert(name: str, annotation: Any, raw: Any) -> Any:
     kind = str(annotation)
+    if kind.startswith("tuple"):
+        # A list in pyproject.toml, or text (a flag, the environment, an ini value that may span lines).
+        items = raw if isinstance(raw, (list, tuple)) else _LIST_SEPARATORS.split(str(raw))
+        return tuple(str(item).strip() for item in items if str(item).strip())
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
@@ -186,7 +194,12 @@ def _read_config_files(config_path: Path) -> dict[str, str]:
             tool = tomllib.loads(pyproject.read_text()).get("tool", {})
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{pyproject} is not valid TOML: {exc}") from None
-        values.update({k.replace("-", "_"): str(v) for k, v in tool.get("dbmigrate", {}).items()})
+        values.update(
+            {
+                k.replace("-", "_"): ",".join(map(str, v)) if isinstance(v, list) else str(v)
+                for k, v in tool.get("dbmigrate", {}).items()
+            }
+        )
     if config_path.is_file():
         parser = configparser.ConfigParser(interpolation=None)
         try:

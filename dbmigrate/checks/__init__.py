@@ -6,7 +6,7 @@ dialect-aware) -> directives (intended data loss) -> report (JSON, SARIF, text).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from alembic.config import Config
@@ -15,13 +15,23 @@ from alembic.script import ScriptDirectory
 from dbmigrate.checks.collect import DIALECT_URLS, Direction, StepStatements, collect_all, collect_pass
 from dbmigrate.checks.directives import read_directives
 from dbmigrate.checks.report import Finding, NotAnalysed, Report
-from dbmigrate.checks.rules import RULES, evaluate
+from dbmigrate.checks.rules import RULES, evaluate, outside_transaction_only
 
 __all__ = ["DIALECT_URLS", "RULES", "Finding", "NotAnalysed", "Report", "check", "check_steps"]
 
 
-def check(config: Config, script: ScriptDirectory, revisions: Sequence[str], dialect: str) -> Report:
+def check(
+    config: Config,
+    script: ScriptDirectory,
+    revisions: Sequence[str],
+    dialect: str,
+    non_transactional: Collection[str] = (),
+) -> Report:
     """Check the upgrade and the downgrade of each of ``revisions`` (ids, in the order given) for ``dialect``.
+
+    ``non_transactional`` names revisions that run outside a transaction by configuration (their
+    files may also say so with a directive): statements that cannot run in a transaction are
+    expected there.
 
     ``dialect`` is postgresql, mysql (or mariadb) or sqlite. Findings come in revision order, upgrade
     before downgrade, then statement order. File paths are relative to the working directory when
@@ -30,17 +40,26 @@ def check(config: Config, script: ScriptDirectory, revisions: Sequence[str], dia
     that cannot be rendered offline is listed in ``not_analysed``, with the revision's file and line,
     unless the revision's own code is wrong there: that is a DM003 finding (an error) at that line.
     """
-    return _report(config, collect_all(config, script, revisions, dialect), len(revisions), dialect)
+    steps = collect_all(config, script, revisions, dialect)
+    return _report(config, steps, len(revisions), dialect, non_transactional)
 
 
 def check_steps(
-    config: Config, script: ScriptDirectory, revisions: Sequence[str], direction: Direction, dialect: str
+    config: Config,
+    script: ScriptDirectory,
+    revisions: Sequence[str],
+    direction: Direction,
+    dialect: str,
+    non_transactional: Collection[str] = (),
 ) -> Report:
     """One direction of ``revisions`` (ids in upgrade order), collected in one offline pass: for a run's plan."""
-    return _report(config, collect_pass(config, script, revisions, direction, dialect), len(revisions), dialect)
+    steps = collect_pass(config, script, revisions, direction, dialect)
+    return _report(config, steps, len(revisions), dialect, non_transactional)
 
 
-def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect: str) -> Report:
+def _report(
+    config: Config, steps: Iterable[StepStatements], count: int, dialect: str, non_transactional: Collection[str]
+) -> Report:
     # Relative to where check runs (a repository's root in CI, which code scanning expects),
     # else to the config file's directory.
     config_dir = Path(config.config_file_name or ".").resolve().parent
@@ -50,7 +69,7 @@ def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect
     steps_checked = 0
     for step in steps:
         steps_checked += 1
-        findings.extend(_findings(step, dialect, root))
+        findings.extend(_findings(step, dialect, root, step.revision in non_transactional))
         if step.error is None:
             continue
         file = _relative(step.path, root)
@@ -75,10 +94,10 @@ def _report(config: Config, steps: Iterable[StepStatements], count: int, dialect
     return Report(count, tuple(findings), tuple(not_analysed), steps_checked)
 
 
-def _findings(step: StepStatements, dialect: str, root: Path) -> list[Finding]:
+def _findings(step: StepStatements, dialect: str, root: Path, configured_non_transactional: bool) -> list[Finding]:
     file = _relative(step.path, root)
     directives = read_directives(step.path)
-    findings = []
+    findings: list[Finding] = []
     if step.direction == "upgrade":
         # A directive belongs to the file, not to a direction: report it once.
         invalid = RULES["DM001"]
@@ -97,6 +116,8 @@ def _findings(step: StepStatements, dialect: str, root: Path) -> list[Finding]:
                     line,
                 )
             )
+    if not (configured_non_transactional or directives.non_transactional_reason):
+        findings.extend(_needing_no_transaction(step, dialect, file))
     for match in evaluate(step.statements, dialect):
         allowed = directives.allow_data_loss_reason if match.rule.category == "data-loss" else None
         findings.append(
@@ -116,6 +137,26 @@ def _findings(step: StepStatements, dialect: str, root: Path) -> list[Finding]:
             )
         )
     return findings
+
+
+def _needing_no_transaction(step: StepStatements, dialect: str, file: str) -> Iterable[Finding]:
+    """DM004 for each statement the database refuses in a transaction, run in the revision's transaction."""
+    rule = RULES["DM004"]
+    for statement in step.statements:
+        what = None if statement.autocommit else outside_transaction_only(statement.sql, dialect)
+        if what is not None:
+            names = {"statement": what, "revision": step.revision}
+            yield Finding(
+                step.revision,
+                step.direction,
+                rule.id,
+                rule.category,
+                rule.severity,
+                rule.message.format_map(names),
+                rule.suggestion.format_map(names),
+                file,
+                statement.line,
+            )
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -110,6 +110,8 @@ class Statement:
     existing_type: str | None = None
     changes_type: bool = False
     new_type: str | None = None
+    # Emitted inside ``op.get_context().autocommit_block()``: online, it runs outside any transaction.
+    autocommit: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +163,7 @@ class _Recorder(io.StringIO):
         self.first_answer: int | None = None
         # Set while an alter_column call runs: what its statements carry (existing type, type change, new type).
         self.altering: tuple[str | None, bool, str | None] = (None, False, None)
+        self.autocommit = False  # set while the revision is inside an autocommit block
 
     def follow(self, revision_path: Path) -> list[Statement]:
         """From now on record for another revision file; returns what was recorded for the previous one."""
@@ -178,7 +181,7 @@ class _Recorder(io.StringIO):
         sql = sql.strip()
         line = self._revision_line()
         if sql and line is not None:
-            self.statements.append(Statement(sql, line, *self.altering))
+            self.statements.append(Statement(sql, line, *self.altering, autocommit=self.autocommit))
 
     def answered(self) -> None:
         """The bind has just answered the revision (with an empty result)."""
@@ -533,9 +536,29 @@ def _recording_steps(steps_of: Any, recorder: _Recorder, dialect: str) -> Any:
             # No live table to reflect: render a batch as the ALTER statements it stands for.
             context.impl.requires_recreate_in_batch = lambda batch_op: False  # type: ignore[method-assign]
         _track_column_types(context.impl, recorder)
+        _track_autocommit_blocks(context, recorder)
         yield from steps_of(context)
 
     return steps
+
+
+def _track_autocommit_blocks(context: Any, recorder: _Recorder) -> None:
+    """Make the statements a revision emits inside ``op.get_context().autocommit_block()`` say so.
+
+    ``op.get_context()`` is this context: the block is wrapped on the instance, for this pass only.
+    """
+    autocommit_block = context.autocommit_block
+
+    @contextlib.contextmanager
+    def tracked() -> Iterator[None]:
+        with autocommit_block():
+            recorder.autocommit = True
+            try:
+                yield
+            finally:
+                recorder.autocommit = False
+
+    context.autocommit_block = tracked
 
 
 @contextlib.contextmanager

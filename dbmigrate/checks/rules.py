@@ -262,9 +262,22 @@ _RULE_LIST = [
         "directive",
         "error",
         "A dbmigrate directive in a revision is malformed or has no reason.",
-        'The directive `{directive}` is not valid: it must read # dbmigrate: allow-data-loss reason="..." with a '
-        "non-empty reason. It allows nothing.",
-        'Write # dbmigrate: allow-data-loss reason="why losing this data is intended".',
+        'The directive `{directive}` is not valid: it must read # dbmigrate: allow-data-loss reason="..." or '
+        '# dbmigrate: non-transactional reason="...", with a non-empty reason. It does nothing.',
+        'Write # dbmigrate: allow-data-loss reason="why losing this data is intended", or '
+        '# dbmigrate: non-transactional reason="why this revision must run outside a transaction".',
+    ),
+    Rule(
+        "DM004",
+        "needs-no-transaction",
+        "directive",
+        "error",
+        "A statement that cannot run inside a transaction runs in the revision's transaction.",
+        "{statement} cannot run inside a transaction, and dbmigrate runs each revision in one: the revision "
+        "would fail when applied.",
+        'Mark the revision as non-transactional: add # dbmigrate: non-transactional reason="..." to its file, or, '
+        "for a file you do not own, list its id in non_transactional_revisions (DBMIGRATE_NON_TRANSACTIONAL_"
+        "REVISIONS={revision}); or put the statement in `with op.get_context().autocommit_block():`.",
     ),
     Rule(
         "DM003",
@@ -410,3 +423,33 @@ def _without_parsing(sql: str, dialect: str, new: NewObjects) -> list[Hit] | Non
 
 def _unquoted(name: str) -> str:
     return name.replace('"', "").replace("`", "")
+
+
+# Statements the database refuses inside a transaction block, by dialect (MySQL/MariaDB have none:
+# their DDL commits on its own). Matched at the start of a chunk, after leading comments.
+_OUTSIDE_TRANSACTION_ONLY = {
+    "postgresql": re.compile(
+        r"(?P<what>(?:CREATE\s+(?:UNIQUE\s+)?INDEX|DROP\s+INDEX|REINDEX\s+\w+)\s+CONCURRENTLY"
+        r"|ALTER\s+TABLE\s+.*?\bDETACH\s+PARTITION\s+.*?\bCONCURRENTLY"
+        r"|VACUUM|(?:CREATE|DROP)\s+(?:DATABASE|TABLESPACE)|ALTER\s+SYSTEM)\b",
+        re.IGNORECASE | re.DOTALL,
+    ),
+    "sqlite": re.compile(r"(?P<what>VACUUM)\b", re.IGNORECASE),
+}
+_LEADING_COMMENTS = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/)*", re.DOTALL)
+
+
+def outside_transaction_only(sql: str, dialect: str) -> str | None:
+    """What in ``sql`` the database refuses to run inside a transaction (``CREATE INDEX CONCURRENTLY``), if anything.
+
+    ``dialect`` is postgresql, mysql (or mariadb) or sqlite.
+    """
+    pattern = _OUTSIDE_TRANSACTION_ONLY.get(dialect)
+    if pattern is None:
+        return None
+    comments = _LEADING_COMMENTS.match(sql)
+    found = pattern.match(sql, comments.end() if comments else 0)
+    if found is None:
+        return None
+    what = " ".join(found["what"].split()).upper()
+    return "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY" if what.startswith("ALTER TABLE") else what

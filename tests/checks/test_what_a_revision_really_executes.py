@@ -112,7 +112,7 @@ def test_a_step_that_needs_real_rows_is_reported_as_not_analysed(check_revision:
     )
     assert rules(report) == ["DL002", "BR001"]
     assert [(step.revision, step.direction) for step in report.not_analysed] == [("0007_under_test", "upgrade")]
-    assert report.not_analysed[0].reason.startswith(f"{REVISION_FILE}:{line_of(project, '# needs a row')}: ")
+    assert report.not_analysed[0].where == f"{REVISION_FILE}:{line_of(project, '# needs a row')}"
     assert "needs a row from a query" in report.not_analysed[0].reason
 
 
@@ -235,7 +235,7 @@ def test_a_step_that_inspects_the_live_database_is_named_as_such_in_not_analysed
     )
 
     assert [(step.revision, step.direction) for step in report.not_analysed] == [("0007_under_test", "upgrade")]
-    assert report.not_analysed[0].reason.startswith(f"{REVISION_FILE}:{line_of(project, '# inspects')}: ")
+    assert report.not_analysed[0].where == f"{REVISION_FILE}:{line_of(project, '# inspects')}"
     assert "reads the database's schema" in report.not_analysed[0].reason
 
 
