@@ -153,7 +153,7 @@ def test_marked_revision_failing_half_way_is_partial_and_names_what_committed(pr
     assert proc.returncode == 5, proc.stderr
     assert "was rolled back" not in proc.stderr and "In doubt" not in proc.stderr
     assert "they ran outside a transaction" in proc.stderr
-    assert "Statements that committed: CREATE INDEX CONCURRENTLY ix_items_name" in proc.stderr
+    assert "Statements that committed: [1] CREATE INDEX CONCURRENTLY ix_items_name" in proc.stderr
     assert "dbmigrate repair --reverted" in proc.stderr and "dbmigrate repair --applied" in proc.stderr
     # What the message says is what the database holds: the first index, at the previous revision.
     assert indexes(database_url) == {"ix_items_name": True}
@@ -291,7 +291,7 @@ def test_marked_revision_commits_each_statement_so_a_failure_is_partial(project:
     proc = run_dbmigrate("upgrade", cwd=project, database_url=database_url, DBMIGRATE_LOG_FORMAT="text")
 
     assert proc.returncode == 5, proc.stderr
-    assert "Statements that committed: INSERT INTO items (id, name) VALUES (100, 'added')" in proc.stderr
+    assert "Statements that committed: [1] INSERT INTO items (id, name) VALUES (100, 'added')" in proc.stderr
     assert item_100(database_url) == 1
     assert current_revisions(database_url) == {"0001_items"}
     assert last_row(database_url)["status"] == "partial"

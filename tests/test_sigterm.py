@@ -94,14 +94,14 @@ def server_still_runs_the_step(database_url: str, backend: str) -> list[str]:
             if backend == "postgresql":
                 rows = connection.exec_driver_sql(
                     "SELECT 'statement ' || query FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-                    "AND state <> 'idle' AND query ILIKE '%%pg_sleep%%' UNION ALL "
+                    "AND datname = current_database() AND state <> 'idle' AND query ILIKE '%%pg_sleep%%' UNION ALL "
                     "SELECT 'lock ' || l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
                     "WHERE c.relname = 'customers' AND l.pid <> pg_backend_pid()"
                 )
             elif backend == "mariadb":
                 rows = connection.exec_driver_sql(
                     "SELECT CONCAT('statement ', INFO) FROM information_schema.PROCESSLIST "
-                    "WHERE ID <> CONNECTION_ID() AND INFO LIKE '%%SLEEP(%%'"
+                    "WHERE ID <> CONNECTION_ID() AND DB = DATABASE() AND INFO LIKE '%%SLEEP(%%'"
                 )
             else:
                 return []
