@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from dbmigrate import database, online, readiness, scripts, termination
+from dbmigrate import backfill, database, online, readiness, scripts, termination
 from dbmigrate import history as hist
 from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, connection_lost, track_statements
 from dbmigrate.errors import (
@@ -215,6 +215,7 @@ class Runner:
         self.history = hist.History(control, settings.history_table, settings.table_schema)
         self.archive = Archive(control, settings.archive_table, settings.table_schema, settings.archive_key)
         self.backups = Backups(control, caps, settings.backups_table, settings.table_schema, settings.backup_schema)
+        self.backfills = backfill.Queue(control, settings.backfills_table, settings.table_schema)
         self._version_table: tuple[str, str | None] | None = None  # as env.py configures it; see current_heads
 
     # -- reading --------------------------------------------------------------------------------
@@ -279,6 +280,7 @@ class Runner:
         with contextlib.suppress(SQLAlchemyError):
             self.control.close()
         self.control = self.history.connection = self.archive.connection = self.backups.connection = control
+        self.backfills.control = control
         return True
 
     def heads_after_fault(self, timeout: float = RECONNECT_TIMEOUT) -> tuple[str, ...] | None:
@@ -384,6 +386,12 @@ class Runner:
             self.history.ensure()
             self.settle_interrupted()
             self.refuse_if_needs_repair()
+            self.backfills.ensure()
+            # A killed run's backfills finish before anything else is applied (those a downgrade reverts, cancelled).
+            finished = upgrade and any(item.state == backfill.DONE for item in self.backfills.with_triggers())
+            if finished or self.backfills.unfinished():
+                planned = [scripts.step_revision(s) for s in self._plan(target, upgrade)]
+                self.finish_backfills(reverting=() if upgrade else planned, later_steps=upgrade and bool(planned))
             result = _Migration(self, target, upgrade).run()
             if upgrade:
                 self.archive_applied(result.after)
@@ -417,6 +425,26 @@ class Runner:
                     self.script = code_scripts
         finally:
             unbind("revision")
+
+    def _plan(self, target: str, upgrade: bool) -> list[RevisionStep]:
+        return scripts.plan(self.script, target, self.current_heads(), upgrade)
+
+    def finish_backfills(self, *, reverting: Collection[str] = (), later_steps: bool = False) -> None:
+        """Run every queued backfill to its end, batch by batch (see :mod:`dbmigrate.backfill`); under the lock.
+
+        Those the upgrades of ``reverting`` queued are left to the downgrade, which cancels them. With
+        ``later_steps`` (an upgrade is about to apply a later revision), finished backfills' sync triggers
+        are dropped too. A signal cancels the batch in flight: its transaction rolls back, every batch
+        before it stays.
+        """
+        worker = backfill.Worker(self.engine, self.caps, self.settings, self.backfills, self.identity.run_id)
+        try:
+            with termination.cancelling(worker.cancel):
+                worker.work_through(reverting)
+                if later_steps:
+                    worker.drop_finished_triggers()
+        finally:
+            worker.close()
 
     def _rollback_target(self, to: str) -> str:
         if to != "code-head":
@@ -684,12 +712,15 @@ class _Migration:
             try:
                 with (
                     termination.cancelling(self._cancel_in_flight),
+                    backfill.queueing(self._queueing()),
                     scripts.SharedConnection(runner.engine) as connection,
                 ):
                     scripts.run_env(
                         runner.config, runner.script, self._steps, connection=connection, on_configure=self._configure
                     )
                 self._flush_deferred()
+                if self.external_transaction:  # env.py's transaction has committed only now
+                    runner.finish_backfills()
                 break
             except _TablesNeeded:
                 self._find_tables_to_lock()
@@ -725,6 +756,17 @@ class _Migration:
             steps=len(self.result.steps),
         )
         return self.result
+
+    def _queueing(self) -> backfill.Queueing:
+        """Where the revisions' ``dbmigrate.backfill()`` calls queue their work, tagged with the step running."""
+
+        def revision() -> str:
+            assert self.current is not None, "a backfill is queued from a revision's step"
+            return scripts.step_revision(self.current)
+
+        return backfill.Queueing(
+            self.runner.backfills.table, self.runner.identity.run_id, self.result.direction, revision
+        )
 
     # -- the gate ---------------------------------------------------------------------------------
 
@@ -888,6 +930,8 @@ class _Migration:
             connection.execution_options(**{WRITE_TRANSACTIONS: backs_up})
         if backs_up:
             self._back_up_first(step)
+        if not self.upgrade:
+            self._cancel_backfills_first(step)
         log.info(
             "applying revision" if self.upgrade else "reverting revision",
             from_revision=scripts.step_from(step),
@@ -910,6 +954,19 @@ class _Migration:
             return migrate(**kwargs)
 
         step.migration_fn = backed_up_first
+
+    def _cancel_backfills_first(self, step: RevisionStep) -> None:
+        """Make a downgrade step first stop what its upgrade still has queued, in its own transaction."""
+        revision, migrate = scripts.step_revision(step), step.migration_fn
+
+        @functools.wraps(migrate)
+        def backfills_cancelled_first(**kwargs: Any) -> Any:
+            connection = self.migration_connection
+            if connection is not None:
+                self.runner.backfills.cancel_for(connection, revision)
+            return migrate(**kwargs)
+
+        step.migration_fn = backfills_cancelled_first
 
     def _back_up(self, revision: str) -> None:
         """Copy aside what the step is about to lose, inside its transaction where DDL is transactional.
@@ -969,6 +1026,8 @@ class _Migration:
         else:
             self._record(step, hist.APPLIED)
         self.current = None
+        # The step has committed and released its locks: its backfills run now, before the next step.
+        self.runner.finish_backfills(later_steps=self.upgrade and self.upcoming is not None)
 
     def _flush_deferred(self) -> None:
         if self.external_transaction:
