@@ -44,7 +44,8 @@ log = structlog.get_logger("dbmigrate.backfill")
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 PROGRESS_INTERVAL = 5.0  # seconds between progress log lines
-FIRST_BATCH = 100  # rows; the batch size then follows the measured duration
+FIRST_BATCH = 100  # rows; the batch size then follows the measured duration, between these bounds:
+MIN_BATCH = 10  # a batch's commit costs the same for 1 row as for 10: smaller ones only add commits
 MAX_BATCH = 50_000
 _SQLGLOT_DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
 
@@ -549,7 +550,7 @@ class Worker:
             except SQLAlchemyError as exc:
                 if online.is_lock_timeout(exc, self.caps) and retries < self.settings.max_lock_retries:
                     retries += 1
-                    size = max(1, size // 2)  # smaller batches hold fewer row locks, and wait for fewer
+                    size = max(MIN_BATCH, size // 2)  # smaller batches hold fewer row locks, and wait for fewer
                     delay = float(backoff(_Attempt(retries)))  # type: ignore[arg-type]
                     self._count_lock_retry(item.id)
                     log.warning(
@@ -569,7 +570,7 @@ class Worker:
             done_here += count
             took = max(time.monotonic() - began, 1e-6)
             # Aim the next batch at the target duration, changing its size at most twofold per batch.
-            size = int(min(MAX_BATCH, size * 2, max(size / 2, size * target / took, 1)))
+            size = int(min(MAX_BATCH, size * 2, max(size / 2, size * target / took, MIN_BATCH)))
             if time.monotonic() - last_report >= PROGRESS_INTERVAL:
                 last_report = time.monotonic()
                 self._report(item, done_here, last_report - started)
