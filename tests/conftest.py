@@ -274,14 +274,14 @@ EMAIL_DOMAIN_SQL = {
 }
 
 
-def add_backfill_revisions(project: Path, rows: int, values: str, columns: str = "") -> None:
+def add_backfill_revisions(project: Path, rows: int, values: str, columns: str = "", downgrade: str = "pass") -> None:
     """Replace a copied project's revisions with two.
 
     ``0001_items`` creates ``items`` (id, email) holding ``rows`` rows (row i's email is
     ``user{i}@d{i % 7}.example``). ``0002_backfill`` adds the columns ``columns`` (Python code: ``sa.Column``
     arguments of ``op.add_column``, separated by ``;``; default: a nullable ``domain``) and calls
     ``dbmigrate.backfill("items", <values>)``, ``values`` being Python code that may use ``DOMAIN``, the
-    dialect's email-domain SQL.
+    dialect's email-domain SQL. ``downgrade`` is the body of its ``downgrade()``.
     """
     remove_revisions(project)
     add_revision(
@@ -313,6 +313,7 @@ DOMAIN = {EMAIL_DOMAIN_SQL!r}[op.get_context().dialect.name]
 {added}
 dbmigrate.backfill("items", {values})
 """,
+        downgrade,
     )
 
 
