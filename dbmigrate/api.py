@@ -125,8 +125,15 @@ def status(*, settings: Settings | None = None, **options: Any) -> Status:
             last_run=[entry.as_dict() for entry in last_run],
             needs_repair=needs_repair,
             kept_ahead=f"rollback run {kept.run_id}: {kept.note}" if kept else None,
-            backfills=[item.as_dict() for item in runner.backfills.unfinished()],
+            backfills=[_interrupted(item, lock_free).as_dict() for item in runner.backfills.unfinished()],
         )
+
+
+def _interrupted(item: backfill.Backfill, lock_free: bool) -> backfill.Backfill:
+    """A backfill still marked running while no run holds the lock: its run died, the next one resumes it."""
+    if lock_free and item.state == backfill.RUNNING:
+        return dataclasses.replace(item, state="interrupted")
+    return item
 
 
 def wait_until_ready(

@@ -443,6 +443,13 @@ class Runner:
                 worker.work_through(reverting)
                 if later_steps:
                     worker.drop_finished_triggers()
+        except Terminated as exc:
+            exc.message = (
+                f"dbmigrate was stopped by {exc.signal_name} (the pod is being stopped, or Ctrl-C) during a "
+                "backfill: the batch in flight was rolled back, every batch before it and every step before stays. "
+                "Run the command again to resume the backfill after its last committed batch."
+            )
+            raise
         finally:
             worker.close()
 
