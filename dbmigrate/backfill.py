@@ -34,7 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from alembic import op
 from dbmigrate import online
 from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, connection_lost
-from dbmigrate.errors import ConfigurationError, ConnectionLost, LockTimeout, MigrationFailed
+from dbmigrate.errors import ConnectionLost, LockTimeout, MigrationFailed
 from dbmigrate.history import backfills_table, create_missing, now
 from dbmigrate.masking import redact
 from dbmigrate.observability import bind
@@ -111,16 +111,18 @@ def backfill(
     is a unique, ordered column to walk the table by, by default its single-column primary key.
     Call it from a revision's ``upgrade()`` or ``downgrade()``, after the DDL that adds the targets.
 
-    Under dbmigrate, rows the application writes from now on get their targets computed by a trigger
-    until the last batch commits; the trigger is then dropped, and the application must write the
-    targets itself from that release on. Offline it renders the equivalent ``UPDATE``. Under plain
-    Alembic it runs the batches at once, in the revision's transaction (no online protection).
+    Under dbmigrate, rows the application writes from now on get their targets computed by a trigger,
+    which the next run applying a later revision drops (or this revision's downgrade): the application
+    must write the targets itself from the release that contains the revision on. Offline it renders the
+    equivalent ``UPDATE``. Under plain Alembic it runs the batches at once, in the revision's transaction
+    (no online protection). A call that cannot work (no such table or column, no usable key) raises
+    :class:`ValueError`, which fails the step.
     """
     context = op.get_context()
     dialect = context.dialect
     rendered = {column: _sql(expression, dialect) for column, expression in values.items()}
     if not rendered:
-        raise ConfigurationError("dbmigrate.backfill() needs at least one column in values.")
+        raise ValueError("dbmigrate.backfill() needs at least one column in values.")
     preparer = dialect.identifier_preparer
     name = preparer.format_table(Table(table, MetaData(), schema=schema))
     if context.as_sql:
@@ -172,23 +174,23 @@ def _spec(connection: Connection, table: str, schema: str | None, key: str | Non
     inspector = inspect(connection)
     where = f"{schema}.{table}" if schema else table
     if not inspector.has_table(table, schema=schema):
-        raise ConfigurationError(f"dbmigrate.backfill(): there is no table {where}.")
+        raise ValueError(f"dbmigrate.backfill(): there is no table {where}.")
     columns = [column["name"] for column in inspector.get_columns(table, schema=schema)]
     missing = [column for column in values if column not in columns]
     if missing:
-        raise ConfigurationError(
+        raise ValueError(
             f"dbmigrate.backfill(): {where} has no column {', '.join(missing)}; add it before the backfill."
         )
     if key is None:
         primary = inspector.get_pk_constraint(table, schema=schema).get("constrained_columns") or []
         if len(primary) != 1:
-            raise ConfigurationError(
+            raise ValueError(
                 f"dbmigrate.backfill(): {where} has {'a composite' if primary else 'no'} primary key; name a unique, "
                 "ordered column to walk it by with key=..."
             )
         key = primary[0]
     elif key not in columns:
-        raise ConfigurationError(f"dbmigrate.backfill(): {where} has no column {key} (key=).")
+        raise ValueError(f"dbmigrate.backfill(): {where} has no column {key} (key=).")
     read = set().union(*(_columns_read(sql, connection.dialect.name) for sql in values.values()))
     reads = [column for column in columns if column in read]
     sources = [column for column in reads if column not in values]
@@ -202,7 +204,7 @@ def _columns_read(sql: str, dialect: str) -> set[str]:
     try:
         parsed = sqlglot.parse_one(sql, read=_SQLGLOT_DIALECTS.get(dialect, dialect))
     except sqlglot.errors.ParseError as exc:
-        raise ConfigurationError(f"dbmigrate.backfill(): cannot parse the value expression {sql!r}: {exc}") from None
+        raise ValueError(f"dbmigrate.backfill(): cannot parse the value expression {sql!r}: {exc}") from None
     return {column.name for column in parsed.find_all(exp.Column)}
 
 
