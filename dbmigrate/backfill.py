@@ -8,7 +8,9 @@ committed (its locks released), the runner works through the queue: keyset batch
 key, each batch and its progress row in one short transaction with the step's ``lock_timeout``, an
 adaptive batch size aimed at ``backfill_batch_time``, a pause between batches. A killed run loses
 nothing and does nothing twice: the next run resumes after the last committed batch. When the last
-batch commits, the trigger is dropped and the backfill is done.
+batch commits the backfill is done; its trigger stays until the next revision step is applied (the
+previous application version, which does not write the filled columns, may still be writing until
+then), or until the revision is downgraded.
 
 Offline (``--sql``, ``--dry-run``, ``check``) it renders a comment saying how it runs and the
 set-based ``UPDATE`` it is equivalent to. Under plain Alembic it runs the same keyset batches in
@@ -370,6 +372,27 @@ class Queue:
         query = select(self.table).where(self.table.c.trigger_dropped_at.is_(None)).order_by(self.table.c.id)
         return [_backfill(row._mapping) for row in connection.execute(query)]
 
+    def trigger_tables(self) -> set[str]:
+        """The tables that sync triggers of finished backfills are still on (``schema.table`` or ``table``)."""
+        return {
+            f"{item.table_schema}.{item.table_name}" if item.table_schema else item.table_name
+            for item in self.with_triggers()
+            if item.state == DONE
+        }
+
+    def retire(self, connection: Connection, item: Backfill) -> None:
+        """Drop a finished backfill's sync trigger, in ``connection``'s transaction: a later revision is applied,
+        by which time the application version that did not write the filled columns itself is gone."""
+        _drop_triggers(connection, item.spec)
+        connection.execute(update(self.table).where(self.table.c.id == item.id).values(trigger_dropped_at=now()))
+        log.info("backfill trigger dropped: a later revision is being applied", backfill=item.id)
+
+    def retire_all(self, connection: Connection) -> None:
+        """:meth:`retire` every finished backfill's trigger in ``connection``'s open transaction (a step's)."""
+        for item in self.with_triggers(connection):
+            if item.state == DONE:
+                self.retire(connection, item)
+
     def cancel_for(self, connection: Connection, revision: str) -> None:
         """In a downgrade step of ``revision``, before its own DDL: stop what its upgrade's backfills left running.
 
@@ -439,29 +462,26 @@ class Worker:
         return pending
 
     def drop_finished_triggers(self) -> None:
-        """Drop the sync triggers of finished backfills: called when an upgrade applies a later revision, by
-        which time the application version that did not write the targets itself is gone.
+        """MySQL/MariaDB, before an upgrade applies a later revision: :meth:`Queue.retire` each finished
+        backfill's trigger in a short transaction of its own, with the lock timeout and retries of a batch.
 
-        Each in a short transaction of its own, with the lock timeout and retries of a batch.
+        (Where DDL is transactional, the next step's own transaction drops them instead: see the runner.)
         """
         finished = [item for item in self.queue.with_triggers() if item.state == DONE]
         if not finished:
             return
         connection = self._connect()
-        table = self.queue.table
         for item in finished:
             backoff = online.retry_backoff()
             for attempt in range(self.settings.max_lock_retries + 1):
                 try:
                     with connection.begin():
-                        _drop_triggers(connection, item.spec)
-                        connection.execute(update(table).where(table.c.id == item.id).values(trigger_dropped_at=now()))
+                        self.queue.retire(connection, item)
                     break
                 except SQLAlchemyError as exc:
                     if not online.is_lock_timeout(exc, self.caps) or attempt == self.settings.max_lock_retries:
                         raise self._failed(item, exc, mark=False) from exc
                     time.sleep(float(backoff(_Attempt(attempt + 1))))  # type: ignore[arg-type]
-            log.info("backfill trigger dropped: a later revision is being applied", backfill=item.id)
 
     def cancel(self) -> None:
         """End the batch in flight from another thread (the signal watcher): its transaction rolls back."""

@@ -388,10 +388,11 @@ class Runner:
             self.refuse_if_needs_repair()
             self.backfills.ensure()
             # A killed run's backfills finish before anything else is applied (those a downgrade reverts, cancelled).
-            finished = upgrade and any(item.state == backfill.DONE for item in self.backfills.with_triggers())
-            if finished or self.backfills.unfinished():
+            # Where DDL is not transactional, finished backfills' triggers go before the next step, on their own.
+            retire = upgrade and not self.caps.transactional_ddl and bool(self.backfills.trigger_tables())
+            if retire or self.backfills.unfinished():
                 planned = [scripts.step_revision(s) for s in self._plan(target, upgrade)]
-                self.finish_backfills(reverting=() if upgrade else planned, later_steps=upgrade and bool(planned))
+                self.finish_backfills(reverting=() if upgrade else planned, later_steps=retire and bool(planned))
             result = _Migration(self, target, upgrade).run()
             if upgrade:
                 self.archive_applied(result.after)
@@ -433,9 +434,9 @@ class Runner:
         """Run every queued backfill to its end, batch by batch (see :mod:`dbmigrate.backfill`); under the lock.
 
         Those the upgrades of ``reverting`` queued are left to the downgrade, which cancels them. With
-        ``later_steps`` (an upgrade is about to apply a later revision), finished backfills' sync triggers
-        are dropped too. A signal cancels the batch in flight: its transaction rolls back, every batch
-        before it stays.
+        ``later_steps`` (an upgrade is about to apply a later revision; MySQL/MariaDB only), finished
+        backfills' sync triggers are dropped too. A signal cancels the batch in flight: its transaction rolls
+        back, every batch before it stays.
         """
         worker = backfill.Worker(self.engine, self.caps, self.settings, self.backfills, self.identity.run_id)
         try:
@@ -924,6 +925,8 @@ class _Migration:
         watch = self.long_transactions
         if watch is not None and revision not in self.tables and watch.any_hold_locks(own):
             raise _TablesNeeded  # before anything of this step ran: env.py runs again once they are known
+        if revision in self.tables and self.upgrade:
+            self.tables[revision] |= self.runner.backfills.trigger_tables()  # the step drops their triggers first
         if self.tables.get(revision):
             online.wait_for_lock_holders(
                 self.runner.control, self.tables[revision], own, self.settings.lock_conflict_wait, waits
@@ -937,8 +940,8 @@ class _Migration:
             connection.execution_options(**{WRITE_TRANSACTIONS: backs_up})
         if backs_up:
             self._back_up_first(step)
-        if not self.upgrade:
-            self._cancel_backfills_first(step)
+        if not self.upgrade or self.caps.transactional_ddl:
+            self._backfill_triggers_first(step)
         log.info(
             "applying revision" if self.upgrade else "reverting revision",
             from_revision=scripts.step_from(step),
@@ -962,18 +965,25 @@ class _Migration:
 
         step.migration_fn = backed_up_first
 
-    def _cancel_backfills_first(self, step: RevisionStep) -> None:
-        """Make a downgrade step first stop what its upgrade still has queued, in its own transaction."""
+    def _backfill_triggers_first(self, step: RevisionStep) -> None:
+        """Make the step first drop the sync triggers it makes obsolete, in its own transaction.
+
+        An upgrade step drops those of finished backfills (where DDL is transactional, so that they go
+        with the step or not at all); a downgrade step those its own upgrade installed, cancelling
+        that backfill if unfinished.
+        """
         revision, migrate = scripts.step_revision(step), step.migration_fn
 
         @functools.wraps(migrate)
-        def backfills_cancelled_first(**kwargs: Any) -> Any:
+        def triggers_dropped_first(**kwargs: Any) -> Any:
             connection = self.migration_connection
-            if connection is not None:
+            if connection is not None and self.upgrade:
+                self.runner.backfills.retire_all(connection)
+            elif connection is not None:
                 self.runner.backfills.cancel_for(connection, revision)
             return migrate(**kwargs)
 
-        step.migration_fn = backfills_cancelled_first
+        step.migration_fn = triggers_dropped_first
 
     def _back_up(self, revision: str) -> None:
         """Copy aside what the step is about to lose, inside its transaction where DDL is transactional.
@@ -1034,7 +1044,8 @@ class _Migration:
             self._record(step, hist.APPLIED)
         self.current = None
         # The step has committed and released its locks: its backfills run now, before the next step.
-        self.runner.finish_backfills(later_steps=self.upgrade and self.upcoming is not None)
+        later = self.upgrade and self.upcoming is not None and not self.caps.transactional_ddl
+        self.runner.finish_backfills(later_steps=later)
 
     def _flush_deferred(self) -> None:
         if self.external_transaction:
