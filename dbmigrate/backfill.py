@@ -655,8 +655,9 @@ class Worker:
             f"Backfill {item.id} of {where} (revision {item.revision}) failed in the batch after key "
             f"{item.last_key if item.last_key is not None else '(start)'}: {reason}. The revision's schema change "
             f"is applied and the {item.rows_done} row(s) of earlier batches are kept; the trigger keeps rows the "
-            "application writes in sync meanwhile. Fix the data (or the revision's expression) and run "
-            "`dbmigrate upgrade` again: it resumes with that batch."
+            "application writes in sync meanwhile. Fix the data and run `dbmigrate upgrade` again: it resumes with "
+            "that batch. To change the expression instead, downgrade the revision (which cancels the backfill) "
+            "and upgrade with the corrected file."
         )
 
 
