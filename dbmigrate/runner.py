@@ -940,7 +940,7 @@ class _Migration:
             connection.execution_options(**{WRITE_TRANSACTIONS: backs_up})
         if backs_up:
             self._back_up_first(step)
-        if not self.upgrade or self.caps.transactional_ddl:
+        if self._obsolete_triggers(revision):
             self._backfill_triggers_first(step)
         log.info(
             "applying revision" if self.upgrade else "reverting revision",
@@ -964,6 +964,13 @@ class _Migration:
             return migrate(**kwargs)
 
         step.migration_fn = backed_up_first
+
+    def _obsolete_triggers(self, revision: str) -> bool:
+        """Whether the step must drop sync triggers first (asked outside its transaction, which stays untouched
+        otherwise: on SQLite even a read there would hold off other writers until it commits)."""
+        if self.upgrade:
+            return self.caps.transactional_ddl and bool(self.runner.backfills.trigger_tables())
+        return any(item.revision == revision for item in self.runner.backfills.with_triggers())
 
     def _backfill_triggers_first(self, step: RevisionStep) -> None:
         """Make the step first drop the sync triggers it makes obsolete, in its own transaction.
