@@ -22,6 +22,7 @@ from dbmigrate.api import (
     verify,
     wait_until_ready,
 )
+from dbmigrate.backfill import backfill
 from dbmigrate.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -60,6 +61,7 @@ __all__ = [
     "VerificationFailed",
     "VerifyResult",
     "__version__",
+    "backfill",
     "backups",
     "downgrade",
     "drop_backup",

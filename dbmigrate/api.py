@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from dbmigrate import database, readiness, scripts
+from dbmigrate import backfill, database, readiness, scripts
 from dbmigrate import history as hist
 from dbmigrate._version import __version__
 from dbmigrate.errors import ConfigurationError, ConnectionLost, DbmigrateError, NotReady, RepairNeeded, Terminated
@@ -65,6 +65,7 @@ class Status:
     last_run: list[dict[str, Any]]
     needs_repair: str | None
     kept_ahead: str | None = None  # why a rollback left the database ahead of these scripts on purpose
+    backfills: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # those not finished yet
 
     def as_dict(self) -> dict[str, Any]:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
@@ -125,7 +126,15 @@ def status(*, settings: Settings | None = None, **options: Any) -> Status:
             last_run=[entry.as_dict() for entry in last_run],
             needs_repair=needs_repair,
             kept_ahead=f"rollback run {kept.run_id}: {kept.note}" if kept else None,
+            backfills=[_interrupted(item, lock_free).as_dict() for item in runner.backfills.unfinished()],
         )
+
+
+def _interrupted(item: backfill.Backfill, lock_free: bool) -> backfill.Backfill:
+    """A backfill still marked running while no run holds the lock: its run died, the next one resumes it."""
+    if lock_free and item.state == backfill.RUNNING:
+        return dataclasses.replace(item, state="interrupted")
+    return item
 
 
 def wait_until_ready(
@@ -150,7 +159,8 @@ def wait_until_ready(
         listener = readiness.Listener(runner.control, runner.caps)
         interval, last_progress = 0.05, -readiness.PROGRESS_INTERVAL
         while True:
-            state = readiness.assess(current, expected, runner.script, runner.history, exact)
+            filling = [item.describe() for item in runner.backfills.unfinished()]
+            state = readiness.assess(current, expected, runner.script, runner.history, exact, filling)
             now = time.monotonic()
             if state.ready:
                 log.info("schema ready", detail=state.describe())
@@ -199,7 +209,9 @@ def is_ready(
         with probe.engine.connect() as connection:
             current = readiness.version_context(connection, "alembic_version", None).get_current_heads()
             history = hist.History(connection, resolved.history_table, resolved.table_schema)
-            ready = readiness.assess(current, expected, probe.script, history, exact).ready
+            queue = backfill.Queue(connection, resolved.backfills_table, resolved.table_schema)
+            filling = [item.describe() for item in queue.unfinished()]
+            ready = readiness.assess(current, expected, probe.script, history, exact, filling).ready
     except (DbmigrateError, SQLAlchemyError) as exc:
         log.debug("readiness probe failed", error=str(exc))
         ready = False

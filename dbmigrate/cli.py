@@ -60,6 +60,12 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--table-schema",), {"help": "Schema for dbmigrate's tables [the connection's default]"}),
     (("--archive-table",), {"help": "Name of dbmigrate's revision archive table [dbmigrate_archive]"}),
     (("--backups-table",), {"help": "Name of dbmigrate's backups registry table [dbmigrate_backups]"}),
+    (("--backfills-table",), {"help": "Name of dbmigrate's backfill queue and progress table [dbmigrate_backfills]"}),
+    (
+        ("--backfill-batch-time",),
+        {"type": float, "help": "Seconds each backfill batch should take; its size adapts to it [0.1]"},
+    ),
+    (("--backfill-pause",), {"type": float, "help": "Seconds to pause between backfill batches [0.05]"}),
     (
         ("--backup-schema",),
         {"help": "Backups go to this schema (PostgreSQL), database (MySQL), table prefix (SQLite) [dbmigrate_backup]"},
@@ -474,6 +480,8 @@ def _render_status(state: api.Status) -> str:
             f"last run:  {first['run_id']} by {first['runner']} at {first['started_at']}: "
             f"{len(state.last_run)} step(s), last {last['revision']} {last['status']}"
         )
+    for item in state.backfills:
+        lines.append(f"backfill:  {item['description']}")
     if state.needs_repair:
         lines.append(f"REPAIR:    {state.needs_repair}")
     return "\n".join(lines)

@@ -119,6 +119,37 @@ def backups_table(name: str, schema: str | None) -> Table:
     )
 
 
+def backfills_table(name: str, schema: str | None) -> Table:
+    """One row per backfill a revision step queued: what it fills and how far it got."""
+    return Table(
+        name,
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("run_id", String(32), nullable=False),  # the run whose step queued it
+        Column("revision", String(255), nullable=False),
+        Column("direction", String(16), nullable=False),
+        Column("table_schema", String(255)),
+        Column("table_name", String(255), nullable=False),
+        Column("spec", _LongText, nullable=False),  # JSON: key, values (column -> SQL), source columns, triggers
+        Column("state", String(16), nullable=False),
+        Column("last_key", Text),  # JSON: the key of the last row of the last committed batch; NULL: none yet
+        Column("rows_done", Integer, nullable=False, default=0),
+        Column("rows_estimated", Integer),
+        Column("batches", Integer, nullable=False, default=0),
+        Column("lock_retries", Integer, nullable=False, default=0),
+        Column("queued_at", _Timestamp, nullable=False),
+        Column("started_at", _Timestamp),
+        Column("updated_at", _Timestamp),
+        Column("finished_at", _Timestamp),
+        Column("last_run_id", String(32)),  # the run that worked on it last
+        Column("error", Text),
+        # The sync trigger outlives the last batch: rows the previous application version writes during the
+        # rollout that follows stay in sync. The next upgrade that applies a later revision drops it.
+        Column("trigger_dropped_at", _Timestamp),
+        schema=schema,
+    )
+
+
 def history_table(name: str, schema: str | None) -> Table:
     """The history table's definition (created on first use)."""
     return Table(

@@ -44,10 +44,13 @@ class Readiness:
     pending: int
     ahead: bool
     run_in_progress: str
+    filling: tuple[str, ...] = ()  # backfills not finished yet: the schema is there, its data not yet
 
     def describe(self) -> str:
         current = ", ".join(self.current) or "base"
         text_ = f"database at {current}, expecting {', '.join(self.expected) or 'base'}"
+        if self.filling and not self.pending:
+            return text_ + ", data still being filled: " + "; ".join(self.filling)
         if self.ready:
             return text_ + (" (ahead, on a chain descending from it)" if self.ahead else "") + ": ready"
         text_ += f", {self.pending} revision(s) pending"
@@ -56,7 +59,12 @@ class Readiness:
         return text_
 
     def as_dict(self) -> dict[str, object]:
-        return {**dataclasses.asdict(self), "current": list(self.current), "expected": list(self.expected)}
+        return {
+            **dataclasses.asdict(self),
+            "current": list(self.current),
+            "expected": list(self.expected),
+            "filling": list(self.filling),
+        }
 
 
 def version_context(connection: Connection, version_table: str, version_table_schema: str | None) -> MigrationContext:
@@ -72,8 +80,10 @@ def assess(
     script: ScriptDirectory,
     history: hist.History,
     exact: bool,
+    filling: Sequence[str] = (),
 ) -> Readiness:
-    """Compare the database's revisions with the expected ones."""
+    """Compare the database's revisions with the expected ones; not ready either while ``filling`` names
+    backfills that have not finished (their revision's step is applied, its data not filled yet)."""
     current_set, expected_set = set(current), set(expected)
     ancestry = ancestors(current, script, history)
     if current_set == expected_set:
@@ -84,8 +94,9 @@ def assess(
         ready = expected_set <= ancestry
         ahead = ready
     pending = 0 if ready else _count_pending(script, current, expected)
+    ready = ready and not filling
     running = "" if ready else _run_in_progress(history)
-    return Readiness(ready, tuple(sorted(current)), tuple(sorted(expected)), pending, ahead, running)
+    return Readiness(ready, tuple(sorted(current)), tuple(sorted(expected)), pending, ahead, running, tuple(filling))
 
 
 def ancestors(current: Iterable[str], script: ScriptDirectory, history: hist.History) -> set[str]:

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from alembic import context as alembic_context
-from dbmigrate import database, online, readiness, scripts, termination
+from dbmigrate import backfill, database, online, readiness, scripts, termination
 from dbmigrate import history as hist
 from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, connection_lost, track_statements
 from dbmigrate.errors import (
@@ -235,6 +235,7 @@ class Runner:
         self.history = hist.History(control, settings.history_table, settings.table_schema)
         self.archive = Archive(control, settings.archive_table, settings.table_schema, settings.archive_key)
         self.backups = Backups(control, caps, settings.backups_table, settings.table_schema, settings.backup_schema)
+        self.backfills = backfill.Queue(control, settings.backfills_table, settings.table_schema)
         self._version_table: tuple[str, str | None] | None = None  # as env.py configures it; see current_heads
 
     # -- reading --------------------------------------------------------------------------------
@@ -299,6 +300,7 @@ class Runner:
         with contextlib.suppress(SQLAlchemyError):
             self.control.close()
         self.control = self.history.connection = self.archive.connection = self.backups.connection = control
+        self.backfills.control = control
         return True
 
     def heads_after_fault(self, timeout: float = RECONNECT_TIMEOUT) -> tuple[str, ...] | None:
@@ -404,6 +406,13 @@ class Runner:
             self.history.ensure()
             self.settle_interrupted()
             self.refuse_if_needs_repair()
+            self.backfills.ensure()
+            # A killed run's backfills finish before anything else is applied (those a downgrade reverts, cancelled).
+            # Where DDL is not transactional, finished backfills' triggers go before the next step, on their own.
+            retire = upgrade and not self.caps.transactional_ddl and bool(self.backfills.trigger_tables())
+            if retire or self.backfills.unfinished():
+                planned = [scripts.step_revision(s) for s in self._plan(target, upgrade)]
+                self.finish_backfills(reverting=() if upgrade else planned, later_steps=retire and bool(planned))
             result = _Migration(self, target, upgrade).run()
             if upgrade:
                 self.archive_applied(result.after)
@@ -437,6 +446,33 @@ class Runner:
                     self.script = code_scripts
         finally:
             unbind("revision")
+
+    def _plan(self, target: str, upgrade: bool) -> list[RevisionStep]:
+        return scripts.plan(self.script, target, self.current_heads(), upgrade)
+
+    def finish_backfills(self, *, reverting: Collection[str] = (), later_steps: bool = False) -> None:
+        """Run every queued backfill to its end, batch by batch (see :mod:`dbmigrate.backfill`); under the lock.
+
+        Those the upgrades of ``reverting`` queued are left to the downgrade, which cancels them. With
+        ``later_steps`` (an upgrade is about to apply a later revision; MySQL/MariaDB only), finished
+        backfills' sync triggers are dropped too. A signal cancels the batch in flight: its transaction rolls
+        back, every batch before it stays.
+        """
+        worker = backfill.Worker(self.engine, self.caps, self.settings, self.backfills, self.identity.run_id)
+        try:
+            with termination.cancelling(worker.cancel):
+                worker.work_through(reverting)
+                if later_steps:
+                    worker.drop_finished_triggers()
+        except Terminated as exc:
+            exc.message = (
+                f"dbmigrate was stopped by {exc.signal_name} (the pod is being stopped, or Ctrl-C) during a "
+                "backfill: the batch in flight was rolled back, every batch before it and every step before stays. "
+                "Run the command again to resume the backfill after its last committed batch."
+            )
+            raise
+        finally:
+            worker.close()
 
     def _rollback_target(self, to: str) -> str:
         if to != "code-head":
@@ -739,12 +775,15 @@ class _Migration:
             try:
                 with (
                     termination.cancelling(self._cancel_in_flight),
+                    backfill.queueing(self._queueing()),
                     scripts.SharedConnection(runner.engine) as connection,
                 ):
                     scripts.run_env(
                         runner.config, runner.script, self._steps, connection=connection, on_configure=self._configure
                     )
                 self._flush_deferred()
+                if self.external_transaction:  # env.py's transaction has committed only now
+                    runner.finish_backfills()
                 break
             except _TablesNeeded:
                 self._find_tables_to_lock()
@@ -782,6 +821,17 @@ class _Migration:
             steps=len(self.result.steps),
         )
         return self.result
+
+    def _queueing(self) -> backfill.Queueing:
+        """Where the revisions' ``dbmigrate.backfill()`` calls queue their work, tagged with the step running."""
+
+        def revision() -> str:
+            assert self.current is not None, "a backfill is queued from a revision's step"
+            return scripts.step_revision(self.current)
+
+        return backfill.Queueing(
+            self.runner.backfills.table, self.runner.identity.run_id, self.result.direction, revision
+        )
 
     # -- the gate ---------------------------------------------------------------------------------
 
@@ -1047,6 +1097,8 @@ class _Migration:
         watch = self.long_transactions
         if watch is not None and revision not in self.tables and watch.any_hold_locks(own):
             raise _TablesNeeded  # before anything of this step ran: env.py runs again once they are known
+        if revision in self.tables and self.upgrade:
+            self.tables[revision] |= self.runner.backfills.trigger_tables()  # the step drops their triggers first
         if self.tables.get(revision):
             online.wait_for_lock_holders(
                 self.runner.control, self.tables[revision], own, self.settings.lock_conflict_wait, waits
@@ -1072,6 +1124,8 @@ class _Migration:
             connection.execution_options(**{WRITE_TRANSACTIONS: may_copy})
         if backs_up:
             self._back_up_first(step)
+        if self._obsolete_triggers(revision):
+            self._backfill_triggers_first(step)
         log.info(
             "applying revision" if self.upgrade else "reverting revision",
             from_revision=scripts.step_from(step),
@@ -1129,6 +1183,33 @@ class _Migration:
             return migrate(**kwargs)
 
         step.migration_fn = backed_up_first
+
+    def _obsolete_triggers(self, revision: str) -> bool:
+        """Whether the step must drop sync triggers first (asked outside its transaction, which stays untouched
+        otherwise: on SQLite even a read there would hold off other writers until it commits)."""
+        if self.upgrade:
+            return self.caps.transactional_ddl and bool(self.runner.backfills.trigger_tables())
+        return any(item.revision == revision for item in self.runner.backfills.with_triggers())
+
+    def _backfill_triggers_first(self, step: RevisionStep) -> None:
+        """Make the step first drop the sync triggers it makes obsolete, in its own transaction.
+
+        An upgrade step drops those of finished backfills (where DDL is transactional, so that they go
+        with the step or not at all); a downgrade step those its own upgrade installed, cancelling
+        that backfill if unfinished.
+        """
+        revision, migrate = scripts.step_revision(step), step.migration_fn
+
+        @functools.wraps(migrate)
+        def triggers_dropped_first(**kwargs: Any) -> Any:
+            connection = self.migration_connection
+            if connection is not None and self.upgrade:
+                self.runner.backfills.retire_all(connection)
+            elif connection is not None:
+                self.runner.backfills.cancel_for(connection, revision)
+            return migrate(**kwargs)
+
+        step.migration_fn = triggers_dropped_first
 
     def _back_up(self, revision: str) -> None:
         """Copy aside what the step is about to lose, inside its transaction where DDL is transactional.
@@ -1210,6 +1291,9 @@ class _Migration:
         else:
             self._record(step, hist.APPLIED)
         self.current = None
+        # The step has committed and released its locks: its backfills run now, before the next step.
+        later = self.upgrade and self.upcoming is not None and not self.caps.transactional_ddl
+        self.runner.finish_backfills(later_steps=later)
 
     def _flush_deferred(self) -> None:
         if self.external_transaction:

@@ -64,6 +64,9 @@ class Settings:
     backup_schema: str = "dbmigrate_backup"
     backups_table: str = "dbmigrate_backups"
     archive_table: str = "dbmigrate_archive"
+    backfills_table: str = "dbmigrate_backfills"
+    backfill_batch_time: float = 0.1
+    backfill_pause: float = 0.05
     archive_key: str | None = None
     pushgateway: str | None = None
     metrics_grouping: str | None = None

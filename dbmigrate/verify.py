@@ -945,7 +945,7 @@ class _OwnTables:
     """dbmigrate's and Alembic's tables, which a snapshot leaves out."""
 
     def __init__(self, settings: Settings) -> None:
-        self.names = {settings.history_table, settings.archive_table, settings.backups_table}
+        self.names = {settings.history_table, settings.archive_table, settings.backups_table, settings.backfills_table}
         self.backup_prefix = f"{settings.backup_schema}__"  # SQLite keeps backups beside the data
         self.backup_schema = settings.backup_schema
         self.version_table: tuple[str, str | None] = ("alembic_version", None)

@@ -263,3 +263,75 @@ def remove_revisions(project: Path) -> None:
     """Delete every revision file of a copied project, to build a small graph with ``add_revision``."""
     for revision in (project / "alembic" / "versions").glob("*.py"):
         revision.unlink()
+
+
+# The part of an address after its '@' in each database's SQL, as the example app's 0004 revision computes it.
+EMAIL_DOMAIN_SQL = {
+    "postgresql": "split_part(email, '@', 2)",
+    "mysql": "SUBSTRING_INDEX(email, '@', -1)",
+    "mariadb": "SUBSTRING_INDEX(email, '@', -1)",
+    "sqlite": "substr(email, instr(email, '@') + 1)",
+}
+
+
+def add_backfill_revisions(project: Path, rows: int, values: str, columns: str = "", downgrade: str = "pass") -> None:
+    """Replace a copied project's revisions with two.
+
+    ``0001_items`` creates ``items`` (id, email) holding ``rows`` rows (row i's email is
+    ``user{i}@d{i % 7}.example``). ``0002_backfill`` adds the columns ``columns`` (Python code: ``sa.Column``
+    arguments of ``op.add_column``, separated by ``;``; default: a nullable ``domain``) and calls
+    ``dbmigrate.backfill("items", <values>)``, ``values`` being Python code that may use ``DOMAIN``, the
+    dialect's email-domain SQL. ``downgrade`` is the body of its ``downgrade()``.
+    """
+    remove_revisions(project)
+    add_revision(
+        project,
+        "0001_items",
+        None,
+        f"""
+items = op.create_table(
+    "items",
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("email", sa.String(100), nullable=True),
+)
+op.bulk_insert(items, [{{"id": i, "email": f"user{{i}}@d{{i % 7}}.example"}} for i in range(1, {rows} + 1)])
+""",
+        'op.drop_table("items")',
+    )
+    added = "\n".join(
+        f"op.add_column('items', {column.strip()})"
+        for column in (columns or 'sa.Column("domain", sa.String(100), nullable=True)').split(";")
+    )
+    add_revision(
+        project,
+        "0002_backfill",
+        "0001_items",
+        f"""
+import dbmigrate
+
+DOMAIN = {EMAIL_DOMAIN_SQL!r}[op.get_context().dialect.name]
+{added}
+dbmigrate.backfill("items", {values})
+""",
+        downgrade,
+    )
+
+
+def trigger_names(database_url: str) -> set[str]:
+    """The triggers the database holds now (PostgreSQL: those of users, not constraints)."""
+    backend = make_url(database_url).get_backend_name()
+    query = {
+        "postgresql": "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal",
+        "sqlite": "SELECT name FROM sqlite_master WHERE type = 'trigger'",
+    }.get(backend, "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()")
+    with connect(database_url) as connection:
+        return {row[0] for row in connection.exec_driver_sql(query)}
+
+
+def backfill_rows(database_url: str) -> list[dict[str, object]]:
+    """dbmigrate_backfills, oldest first (empty when the table is missing)."""
+    with connect(database_url) as connection:
+        if not sa.inspect(connection).has_table("dbmigrate_backfills"):
+            return []
+        rows = connection.exec_driver_sql("SELECT * FROM dbmigrate_backfills ORDER BY id")
+        return [dict(row._mapping) for row in rows]

@@ -1,7 +1,8 @@
-"""add customers.email_domain and fill it in batches
+"""add customers.email_domain and fill it online
 
-A data migration done the online way: small batches keyed by primary key, so no statement holds
-row locks on the whole table for long.
+The column is added in the step's transaction; dbmigrate.backfill() then fills it once that
+transaction has committed, in short keyset batches, while a trigger computes it for rows the
+application writes meanwhile. Under plain `alembic upgrade` the same batches run inside the step.
 
 Revision ID: 0004_email_domain
 Revises: 0003_orders_customer_idx
@@ -10,6 +11,7 @@ Create Date: 2026-11-25 09:30:00
 
 import sqlalchemy as sa
 
+import dbmigrate
 from alembic import op
 
 # dbmigrate: allow-data-loss reason="the downgrade removes only what this revision added"
@@ -18,37 +20,18 @@ down_revision = "0003_orders_customer_idx"
 branch_labels = None
 depends_on = None
 
-BATCH_SIZE = 50
-
-customers = sa.table(
-    "customers", sa.column("id", sa.Integer), sa.column("email", sa.String), sa.column("email_domain", sa.String)
-)
+# The part of the address after its '@', in each database's own SQL.
+EMAIL_DOMAIN = {
+    "postgresql": "split_part(email, '@', 2)",
+    "mysql": "SUBSTRING_INDEX(email, '@', -1)",
+    "mariadb": "SUBSTRING_INDEX(email, '@', -1)",
+    "sqlite": "substr(email, instr(email, '@') + 1)",
+}
 
 
 def upgrade() -> None:
     op.add_column("customers", sa.Column("email_domain", sa.String(200), nullable=True))
-    if op.get_context().as_sql:
-        # Offline (--sql / --dry-run) there is no data to read: show the set-based equivalent.
-        op.execute(f"-- backfill of customers.email_domain runs online, in batches of {BATCH_SIZE} rows")
-        return
-    bind = op.get_bind()
-    last_id = 0
-    while True:
-        rows = bind.execute(
-            sa.select(customers.c.id, customers.c.email)
-            .where(customers.c.id > last_id)
-            .order_by(customers.c.id)
-            .limit(BATCH_SIZE)
-        ).all()
-        if not rows:
-            break
-        bind.execute(
-            customers.update()
-            .where(customers.c.id == sa.bindparam("row_id"))
-            .values(email_domain=sa.bindparam("domain")),
-            [{"row_id": row.id, "domain": row.email.rsplit("@", 1)[-1]} for row in rows],
-        )
-        last_id = rows[-1].id
+    dbmigrate.backfill("customers", {"email_domain": EMAIL_DOMAIN[op.get_context().dialect.name]})
 
 
 def downgrade() -> None:
