@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from alembic import op
-from dbmigrate import online
+from dbmigrate import database, online
 from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, connection_lost
 from dbmigrate.errors import ConnectionLost, LockTimeout, MigrationFailed
 from dbmigrate.history import backfills_table, create_missing, now
@@ -485,20 +485,8 @@ class Worker:
 
     def cancel(self) -> None:
         """End the batch in flight from another thread (the signal watcher): its transaction rolls back."""
-        dbapi = self.dbapi
-        if dbapi is None:
-            return
-        if self.caps.is_mysql:
-            if self.server_id is not None:
-                killer = self.engine.raw_connection()
-                try:
-                    killer.cursor().execute(f"KILL QUERY {int(self.server_id)}")
-                finally:
-                    killer.close()
-        elif self.caps.is_postgresql:
-            (getattr(dbapi, "cancel_safe", None) or dbapi.cancel)()
-        else:
-            dbapi.interrupt()
+        if self.dbapi is not None:
+            database.cancel_statement(self.engine, self.caps, self.dbapi, self.server_id)
 
     def close(self) -> None:
         if self.connection is not None:

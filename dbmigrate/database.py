@@ -14,6 +14,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import structlog
 import tenacity
@@ -371,3 +372,23 @@ def advance_sequences(connection: Connection, table: str, columns: Iterable[str]
             connection.exec_driver_sql(
                 f"SELECT setval(%(sequence)s, COALESCE({largest}, 1), {largest} IS NOT NULL)", {"sequence": sequence}
             )
+
+
+def cancel_statement(engine: Engine, caps: Capabilities, dbapi: Any, server_id: int | None) -> None:
+    """End the statement running on the driver connection ``dbapi`` (session ``server_id`` on the server).
+
+    Safe from another thread (the signal watcher): PostgreSQL and SQLite interrupt through the
+    connection itself, MySQL/MariaDB by ``KILL QUERY`` from a connection of its own. The statement's
+    transaction then rolls back.
+    """
+    if caps.is_mysql:
+        if server_id is not None:
+            killer = engine.raw_connection()
+            try:
+                killer.cursor().execute(f"KILL QUERY {int(server_id)}")
+            finally:
+                killer.close()
+    elif caps.is_postgresql:
+        (getattr(dbapi, "cancel_safe", None) or dbapi.cancel)()
+    else:
+        dbapi.interrupt()

@@ -1456,20 +1456,8 @@ class _Migration:
 
     def _cancel_in_flight(self) -> None:
         """End the statement running on the migration connection, from another thread (the signal watcher)."""
-        dbapi = self.migration_dbapi
-        if dbapi is None:
-            return
-        if self.caps.is_mysql:
-            if self.migration_pid is not None:
-                killer = self.runner.engine.raw_connection()
-                try:
-                    killer.cursor().execute(f"KILL QUERY {int(self.migration_pid)}")
-                finally:
-                    killer.close()
-        elif self.caps.is_postgresql:
-            (getattr(dbapi, "cancel_safe", None) or dbapi.cancel)()
-        else:
-            dbapi.interrupt()
+        if self.migration_dbapi is not None:
+            database.cancel_statement(self.runner.engine, self.caps, self.migration_dbapi, self.migration_pid)
 
     def _terminated(self, exc: Terminated) -> None:
         """After a signal: make sure the server ended the step, record it, and say so in ``exc``.
