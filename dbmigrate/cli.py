@@ -89,34 +89,26 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 _ALL_FORMATS = ("text", "json", "sarif")
 
 
+def _shared_options(function: Callable[..., Any], formats: tuple[str, ...], format_help: str) -> Callable[..., Any]:
+    """The settings' options, --format (one of ``formats``) and --debug, all unset unless given."""
+    for names, attrs in reversed(_SETTING_OPTIONS):
+        function = click.option(*names, default=None, **attrs)(function)
+    function = click.option(
+        "--format", "output_format", type=click.Choice(list(formats)), default=None, help=format_help
+    )(function)
+    return click.option("--debug", is_flag=True, default=None, help="Show tracebacks and debug logs")(function)
+
+
 def common_options(command: Callable[..., Any], formats: tuple[str, ...] = ("text", "json")) -> Callable[..., Any]:
     """The options every command shares; each can also be set as DBMIGRATE_<OPTION>, or before the command."""
-    for names, attrs in reversed(_SETTING_OPTIONS):
-        command = click.option(*names, default=None, **attrs)(command)
-    command = click.option(
-        "--format",
-        "output_format",
-        type=click.Choice(list(formats)),
-        default=None,
-        help="Output on stdout: " + " or ".join(formats) + " [text]",
-    )(command)
-    command = click.option("--debug", is_flag=True, default=None, help="Show tracebacks and debug logs")(command)
+    command = _shared_options(command, formats, "Output on stdout: " + " or ".join(formats) + " [text]")
     command.output_formats = formats  # type: ignore[attr-defined]  # what --format before the command may ask
     return command
 
 
 def _global_options(group: Callable[..., Any]) -> Callable[..., Any]:
     """The shared options, accepted before the command as Alembic users type them (``-c FILE upgrade``)."""
-    for names, attrs in reversed(_SETTING_OPTIONS):
-        group = click.option(*names, default=None, **attrs)(group)
-    group = click.option(
-        "--format",
-        "output_format",
-        type=click.Choice(list(_ALL_FORMATS)),
-        default=None,
-        help="Output on stdout: text or json (check: also sarif) [text]",
-    )(group)
-    return click.option("--debug", is_flag=True, default=None, help="Show tracebacks and debug logs")(group)
+    return _shared_options(group, _ALL_FORMATS, "Output on stdout: text or json (check: also sarif) [text]")
 
 
 def _with_options_given_first(command: Any, options: dict[str, Any]) -> dict[str, Any]:

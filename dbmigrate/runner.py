@@ -101,6 +101,10 @@ _WATCHED = (
     "every statement it runs is watched: data one would lose is backed up just before it runs, or the step is "
     "refused when the revision does not declare the loss"
 )
+_DECLARE_THE_LOSS = (
+    'If the loss is intended, add `# dbmigrate: allow-data-loss reason="..."` to the revision file, or run with '
+    "--allow-data-loss"
+)
 _AUTOCOMMITTING = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
 # Not tracked as a step's statements: reads, and (SQLite, where dbmigrate emits BEGIN itself) transaction control.
 _NOT_TRACKED = ("SELECT", "SHOW", "SET", "DESCRIBE", "EXPLAIN", "PRAGMA", "BEGIN", "COMMIT", "ROLLBACK")
@@ -906,8 +910,7 @@ class _Migration:
         if refused:
             first = refused[0]
             advice = (
-                'If the loss is intended, add `# dbmigrate: allow-data-loss reason="..."` to the revision file, or '
-                "run with --allow-data-loss"
+                _DECLARE_THE_LOSS
                 + (
                     ": either way dbmigrate copies the data aside before the step, and `dbmigrate rollback` or "
                     "`dbmigrate backups restore` brings it back"
@@ -1504,8 +1507,7 @@ class _Migration:
         fix = (
             "Run without --no-backup to have dbmigrate copy the data aside just before the statement runs."
             if not self.settings.backup
-            else 'If the loss is intended, add `# dbmigrate: allow-data-loss reason="..."` to the revision file, or '
-            "run with --allow-data-loss (the data is then copied aside just before the statement runs)."
+            else f"{_DECLARE_THE_LOSS} (the data is then copied aside just before the statement runs)."
         )
         return UnsafeMigration(
             f"Refusing to {self.result.direction}: revision {revision} {self.refusal} The statement did not run and "
