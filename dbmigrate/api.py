@@ -22,7 +22,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from dbmigrate import backfill, database, readiness, scripts
 from dbmigrate import history as hist
 from dbmigrate._version import __version__
-from dbmigrate.errors import ConfigurationError, ConnectionLost, DbmigrateError, NotReady, RepairNeeded, Terminated
+from dbmigrate.errors import (
+    ConfigurationError,
+    ConnectionLost,
+    DbmigrateError,
+    NotReady,
+    PermissionDenied,
+    RepairNeeded,
+    Terminated,
+)
 from dbmigrate.locking import lock_is_free
 from dbmigrate.masking import mask_url
 from dbmigrate.observability import RunReport, publish_metrics, write_termination_message
@@ -90,10 +98,12 @@ def downgrade(target: str, *, dry_run: bool = False, settings: Settings | None =
 def status(*, settings: Settings | None = None, **options: Any) -> Status:
     """Current revision(s), the scripts' heads, pending revisions, the last run, and any repair needed.
 
-    Only reads. A step whose run died mid-step (its row still says 'running') is shown as the next
-    run will record it: failed (rolled back), applied (it had committed) or partial (MySQL), with why.
+    Only reads, takes no lock and creates nothing: SELECT on the version table and dbmigrate's history and
+    backfills tables is all it needs (:class:`PermissionDenied`, exit 2, names a missing grant). A step
+    whose run died mid-step (its row still says 'running') is shown as the next run will record it:
+    failed (rolled back), applied (it had committed) or partial (MySQL), with why.
     """
-    with _session(settings, options) as runner:
+    with _session(settings, options, only_reads="status") as runner:
         current = runner.current_heads()
         code_heads = scripts.heads(runner.script)
         ahead = scripts.unknown_revisions(runner.script, current)
@@ -150,10 +160,13 @@ def wait_until_ready(
     A database ahead of it on a chain descending from it counts as ready unless ``exact``.
     Raises :class:`NotReady` (exit 3) after ``timeout`` seconds, the wait for the database included,
     and :class:`RepairNeeded` (exit 5) at once when a partial step blocks every later upgrade.
+    Only reads, takes no lock and creates nothing: the application's own database user will do, with
+    SELECT on the version table and dbmigrate's history and backfills tables (and LISTEN on PostgreSQL).
+    A missing table is "not ready yet"; a missing grant raises :class:`PermissionDenied` (exit 2) at once.
     """
     deadline = time.monotonic() + timeout
     resolved = dataclasses.replace(_settings(settings, options), wait_timeout=timeout)
-    with _session(resolved, {}) as runner:
+    with _session(resolved, {}, only_reads="wait") as runner:
         expected = [revision] if revision else list(scripts.heads(runner.script))
         current = runner.current_heads()
         listener = readiness.Listener(runner.control, runner.caps)
@@ -196,7 +209,9 @@ def is_ready(
 ) -> bool:
     """For readiness probes: whether the schema is ready, by one cheap query, cached for a few seconds.
 
-    Never raises for an unreachable database: that is simply not ready.
+    Never raises for an unreachable database: that is simply not ready. It only reads, like
+    :func:`wait_until_ready`; a grant the database user lacks is not ready either, and logged as a warning
+    that names it.
     """
     resolved = _settings(settings, options)
     key = (str(resolved.config_file), resolved.database_url, revision, exact)
@@ -213,7 +228,11 @@ def is_ready(
             filling = [item.describe() for item in queue.unfinished()]
             ready = readiness.assess(current, expected, probe.script, history, exact, filling).ready
     except (DbmigrateError, SQLAlchemyError) as exc:
-        log.debug("readiness probe failed", error=str(exc))
+        denied = _lacking_privilege(resolved, resolved.database_url, "is_ready", exc)
+        if denied is not None:
+            log.warning("readiness probe denied", error=str(denied))
+        else:
+            log.debug("readiness probe failed", error=str(exc))
         ready = False
     _readiness_cache[key] = (time.monotonic(), ready)
     return ready
@@ -450,9 +469,33 @@ def _settings(settings: Settings | None, options: dict[str, Any]) -> Settings:
     return settings if settings is not None else Settings.load(**options)
 
 
+def _lacking_privilege(
+    settings: Settings, url: str | None, command: str, exc: BaseException
+) -> PermissionDenied | None:
+    """For a command that only reads: the privilege ``exc`` says the database user lacks, as an error that
+    names it and the grant that gives it; None when ``exc`` is about something else."""
+    denied = database.permission_denied(exc)
+    if denied is None:
+        return None
+    user = (database.parse_url(url).username if url else None) or "the application's user"
+    schema = f"{settings.table_schema}." if settings.table_schema else ""
+    tables = ", ".join(
+        ["alembic_version", *(schema + name for name in (settings.history_table, settings.backfills_table))]
+    )
+    return PermissionDenied(
+        f"The database user {user} may not read what {command} needs ({describe(denied)}). It needs SELECT on "
+        f"the version table and dbmigrate's tables, nothing more: GRANT SELECT ON {tables} TO {user} (the "
+        "version table is the one env.py names, alembic_version by default). The least-privilege guide shows "
+        "the grants that also cover tables created later."
+    )
+
+
 @contextlib.contextmanager
-def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Runner]:
-    """Config, scripts, engine and the control connection for one command; all closed after."""
+def _session(settings: Settings | None, options: dict[str, Any], only_reads: str = "") -> Iterator[Runner]:
+    """Config, scripts, engine and the control connection for one command; all closed after.
+
+    ``only_reads`` names a command that only reads: a privilege it lacks raises :class:`PermissionDenied`.
+    """
     resolved = _settings(settings, options)
     identity = new_identity(resolved)  # first: what loading the scripts logs carries the run id too
     config = scripts.load_config(resolved)
@@ -472,6 +515,13 @@ def _session(settings: Settings | None, options: dict[str, Any]) -> Iterator[Run
             try:
                 yield runner
             except (DbmigrateError, SQLAlchemyError) as exc:
+                denied = (
+                    None
+                    if isinstance(exc, PermissionDenied) or not only_reads
+                    else _lacking_privilege(resolved, url, f"dbmigrate {only_reads}", exc)
+                )
+                if denied is not None:
+                    raise denied from exc
                 lost = None if isinstance(exc, (ConnectionLost, RepairNeeded)) else database.connection_lost(exc)
                 if lost is None:
                     raise

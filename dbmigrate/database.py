@@ -247,6 +247,28 @@ def connection_lost(exc: BaseException) -> BaseException | None:
     return found
 
 
+# A privilege the user lacks: PostgreSQL's insufficient_privilege; MySQL/MariaDB's table, column, database
+# and command access denied.
+_DENIED_SQLSTATE = "42501"
+_DENIED_MYSQL_CODES = (1044, 1142, 1143, 1227)
+
+
+def permission_denied(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain (itself, or one it was raised from) that says the database user lacks a
+    privilege (to read a table, say), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        orig = getattr(current, "orig", None) or current
+        code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
+        sqlstate = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+        if sqlstate == _DENIED_SQLSTATE or code in _DENIED_MYSQL_CODES:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and classify(exc) == "transient"
 

@@ -34,6 +34,11 @@ class EnvironmentRefused(ConfigurationError):
     """
 
 
+class PermissionDenied(ConfigurationError):
+    """The database user lacks a privilege the command needs (``wait``, ``status`` and ``is_ready`` only read);
+    the message names the table and the grant that gives it."""
+
+
 class DatabaseUnavailable(DbmigrateError):
     """The database could not be reached in time, or refused the credentials."""
 
@@ -118,7 +123,8 @@ class RepairNeeded(DbmigrateError):
 EXIT_CODES: dict[int, str] = {
     0: "success (also: nothing to do)",
     1: "a migration step failed (its transaction was rolled back where the database allows)",
-    2: "usage or configuration error (bad URL, broken scripts, multiple heads, unknown revision)",
+    2: "usage or configuration error (bad URL, broken scripts, multiple heads, unknown revision), or the database "
+    "user lacks a privilege the command needs",
     3: "database unreachable or connection lost (a rerun continues), credentials refused, a lock not acquired, "
     "or (wait) the schema not ready in time",
     4: "a check or verification found problems (for example status --check: not at head; check could not analyse "

@@ -145,7 +145,15 @@ def run_lock(
 
 
 def lock_is_free(control: Connection, caps: Capabilities, scope: Scope, identity: Identity) -> bool:
-    """Whether no run holds the lock right now (takes it for an instant to find out)."""
+    """Whether no run holds the lock right now.
+
+    Takes nothing on PostgreSQL (pg_locks) and MySQL/MariaDB (``IS_FREE_LOCK``), so a user that may
+    only read asks it too; on SQLite the lock file is locked for an instant to find out.
+    """
+    if caps.is_postgresql:
+        return not _advisory_key(scope.name()).held(control)
+    if caps.is_mysql:
+        return bool(control.execute(text("SELECT IS_FREE_LOCK(:n)"), {"n": scope.name()}).scalar() == 1)
     lock = _make_lock(control, caps, scope, identity)
     if lock.try_acquire():
         lock.release()
