@@ -80,6 +80,8 @@ def test_an_application_release_installs_upgrades_while_pods_wait_and_rolls_back
     umbrella = build_umbrella(tmp_path)
     # The Secret the example's README creates before the first install.
     node.secrets["shop-database"] = {"DATABASE_URL": postgres_url}
+    # And the application's (here the same user; tests/test_least_privilege.py runs a read-only one).
+    node.secrets["shop-app-database"] = {"DATABASE_URL": postgres_url}
 
     # --- helm install shop examples/umbrella-chart -------------------------------------------------------
     install = render(umbrella, version("0.1.0"))

@@ -728,12 +728,61 @@ def test_the_umbrella_release_migrates_before_the_deployment_and_its_pods_wait(r
     assert wait["command"] + wait["args"] == ["dbmigrate", "wait", "--timeout", "300"]
     assert wait["workingDir"] == "/app"
     job_container = pod_spec(job)["containers"][0]
-    assert wait["env"] == job_container["env"]  # the same database URL source and settings as the Job
+    # The same settings as the Job, but the application's own credential: the Job's never reaches its pods.
+    wait_env = {e["name"]: e for e in wait["env"]}
+    assert wait_env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "shop-app-database", "key": "DATABASE_URL"}
+    assert wait_env == {**{e["name"]: e for e in job_container["env"]}, "DATABASE_URL": wait_env["DATABASE_URL"]}
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in job_container["env"] if "secretKeyRef" in str(e)} == {
+        "shop-database"
+    }
+    assert "shop-database" not in str(deployment.body)
     volumes = {v["name"] for v in spec["volumes"]}
     assert {m["name"] for m in wait["volumeMounts"]} <= volumes
-    # The application reads its URL from the same Secret as dbmigrate.
+    # The application reads its URL from the same Secret as its wait container.
     app_env = {e["name"]: e for e in app["env"]}
-    assert app_env["DATABASE_URL"]["valueFrom"] == job_container["env"][1]["valueFrom"]
+    assert app_env["DATABASE_URL"]["valueFrom"] == wait_env["DATABASE_URL"]["valueFrom"]
+
+
+def test_the_wait_container_takes_the_applications_credential_in_any_of_its_forms(umbrella: Path) -> None:
+    app_url = "postgresql://shop_app@db.prod:5432/shop"
+    own = {"source": "passwordFile", "passwordFile": {"url": app_url, "secretName": "shop-app-pw", "key": "pw"}}
+    rendered = render(umbrella, {"dbmigrate": {"wait": {"database": own}}}, upgrade=True)
+    deployment = rendered.one("Deployment")
+    validate(deployment)
+    spec = pod_spec(deployment)
+    (wait,) = spec["initContainers"]
+    env = {e["name"]: e.get("value") for e in wait["env"]}
+    assert env["DBMIGRATE_DATABASE_URL"] == app_url
+    assert env["DBMIGRATE_DATABASE_PASSWORD_FILE"] == "/var/run/secrets/dbmigrate/database/pw"
+    assert "DATABASE_URL" not in env
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["dbmigrate-database"]["secret"]["secretName"] == "shop-app-pw"
+    assert "shop-database" not in str(deployment.body)
+    (migrate,) = pod_spec(rendered.one("Job"))["containers"]
+    migrate_url = {e["name"]: e for e in migrate["env"]}["DATABASE_URL"]
+    assert migrate_url["valueFrom"]["secretKeyRef"]["name"] == "shop-database"
+
+    # Without it, the migration's source, as before: the chart's notes warn about it.
+    fallback = render(umbrella, {"dbmigrate": {"wait": {"database": {"source": ""}}}}, upgrade=True)
+    (wait,) = pod_spec(fallback.one("Deployment"))["initContainers"]
+    assert wait["env"] == pod_spec(fallback.one("Job"))["containers"][0]["env"]
+    assert "wait.database is not set" in render_chart().notes
+    assert "wait.database is not set" not in render_chart({"wait": {"database": own}}).notes
+
+    with pytest.raises(
+        helm.HelmRenderError,
+        match=re.escape("wait.database.source=existingSecret needs wait.database.existingSecret.name"),
+    ):
+        render(umbrella, {"dbmigrate": {"wait": {"database": {"existingSecret": {"name": ""}}}}})
+    with pytest.raises(
+        helm.HelmRenderError, match=re.escape("wait.database.passwordFile.url must not contain a password")
+    ):
+        render(
+            umbrella,
+            {"dbmigrate": {"wait": {"database": {**own, "passwordFile": {**own["passwordFile"], "url": SECRET_URL}}}}},
+        )
+    with pytest.raises(helm.HelmValuesError, match="/wait/database/source"):  # no chart-created Secret for it
+        render(umbrella, {"dbmigrate": {"wait": {"database": {"source": "secret"}}}})
 
 
 def test_the_umbrella_runs_one_image_everywhere_when_only_the_apps_tag_is_set(umbrella: Path) -> None:

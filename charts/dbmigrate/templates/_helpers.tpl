@@ -167,34 +167,40 @@ The application version recorded in history: settings.appVersion, else the image
 
 {{/*
 Fails the render when the database values cannot work, with a message that says what to set. Takes
-a scope.
+a scope; its databaseValues names the values' database block in messages (default "database").
 */}}
 {{- define "dbmigrate.validateDatabase" -}}
 {{- $db := .values.database -}}
+{{- $at := .databaseValues | default "database" -}}
 {{- if eq $db.source "existingSecret" -}}
 {{- if not $db.existingSecret.name -}}
+{{- if eq $at "database" -}}
 {{- fail "no database configured: set database.existingSecret.name to the Secret that holds the database URL (key database.existingSecret.key, DATABASE_URL), or choose database.source secret, urlFile or passwordFile" -}}
 {{- end -}}
-{{- if not $db.existingSecret.key -}}
-{{- fail "database.source=existingSecret needs database.existingSecret.key: the key of the URL in the Secret" -}}
+{{- fail (printf "%s.source=existingSecret needs %s.existingSecret.name: the Secret that holds the application's database URL" $at $at) -}}
 {{- end -}}
-{{- else if eq $db.source "secret" -}}
+{{- if not $db.existingSecret.key -}}
+{{- fail (printf "%s.source=existingSecret needs %s.existingSecret.key: the key of the URL in the Secret" $at $at) -}}
+{{- end -}}
+{{- else if and (eq $db.source "secret") (eq $at "database") -}}
 {{- if not $db.secret.url -}}
 {{- fail "database.source=secret needs database.secret.url (give it with --set-file or from a CI secret)" -}}
 {{- end -}}
 {{- else if eq $db.source "urlFile" -}}
 {{- if not (and $db.urlFile.secretName $db.urlFile.key $db.urlFile.mountPath) -}}
-{{- fail "database.source=urlFile needs database.urlFile.secretName, .key and .mountPath" -}}
+{{- fail (printf "%s.source=urlFile needs %s.urlFile.secretName, .key and .mountPath" $at $at) -}}
 {{- end -}}
 {{- else if eq $db.source "passwordFile" -}}
 {{- if not (and $db.passwordFile.url $db.passwordFile.secretName $db.passwordFile.key $db.passwordFile.mountPath) -}}
-{{- fail "database.source=passwordFile needs database.passwordFile.url, .secretName, .key and .mountPath" -}}
+{{- fail (printf "%s.source=passwordFile needs %s.passwordFile.url, .secretName, .key and .mountPath" $at $at) -}}
 {{- end -}}
 {{- if include "dbmigrate.hasPassword" $db.passwordFile.url -}}
-{{- fail "database.passwordFile.url must not contain a password: the password comes from the Secret database.passwordFile.secretName" -}}
+{{- fail (printf "%s.passwordFile.url must not contain a password: the password comes from the Secret %s.passwordFile.secretName" $at $at) -}}
 {{- end -}}
-{{- else -}}
+{{- else if eq $at "database" -}}
 {{- fail (printf "database.source must be existingSecret, secret, urlFile or passwordFile, not %q" (toString $db.source)) -}}
+{{- else -}}
+{{- fail (printf "%s.source must be empty (the migration's database), existingSecret, urlFile or passwordFile, not %q" $at (toString $db.source)) -}}
 {{- end -}}
 {{- end -}}
 
@@ -845,12 +851,14 @@ application only once the schema is ready:
   volumes:
     {{- include "dbmigrate.waitVolumes" (dict "context" $ "values" .Values.dbmigrate) | nindent 8 }}
 
-It runs `dbmigrate wait --timeout <wait.timeout>` with the same image, database URL and settings as
-the migration Job. Takes the root context or a dict (see "dbmigrate.scope").
+It runs `dbmigrate wait --timeout <wait.timeout>` with the same image and settings as the migration
+Job, and the database source wait.database (the application's credential), or the Job's when that is
+not set. Takes the root context or a dict (see "dbmigrate.scope").
 */}}
 {{- define "dbmigrate.waitInitContainer" -}}
 {{- $scope := dict "in" . -}}
 {{- include "dbmigrate.scope" $scope -}}
+{{- include "dbmigrate.waitScope" $scope -}}
 {{- $wait := $scope.values.wait -}}
 {{- $args := $wait.args -}}
 {{- if and (not (kindIs "invalid" $wait.timeout)) (ne (toString $wait.timeout) "") -}}
@@ -868,5 +876,21 @@ The volumes "dbmigrate.waitInitContainer" mounts (all named dbmigrate-*). Takes 
 {{- define "dbmigrate.waitVolumes" -}}
 {{- $scope := dict "in" . -}}
 {{- include "dbmigrate.scope" $scope -}}
+{{- include "dbmigrate.waitScope" $scope -}}
 {{- include "dbmigrate.volumes" $scope -}}
+{{- end -}}
+
+{{/*
+The wait init container's scope: fills a scope made with "dbmigrate.scope". When wait.database.source
+is set, its values' database is wait.database (the application's credential, which only needs to
+read), and validation messages name wait.database; otherwise the migration Job's database stays.
+*/}}
+{{- define "dbmigrate.waitScope" -}}
+{{- $own := (.values.wait | default dict).database | default dict -}}
+{{- if $own.source -}}
+{{- $database := merge (dict "secret" (dict "url" "" "annotations" (dict))) (deepCopy $own) -}}
+{{- $values := merge (dict "database" $database) (omit .values "database") -}}
+{{- $_ := set . "values" $values -}}
+{{- $_ := set . "databaseValues" "wait.database" -}}
+{{- end -}}
 {{- end -}}
