@@ -1,15 +1,19 @@
 """The container images, as far as a machine without a container engine can check them.
 
-The Dockerfiles are parsed and held to what the chart assumes of the images: two stages, a final
-stage that installs only wheels (no compiler, no index, no pip cache), the numeric user 10001,
-``WORKDIR /app``, ``ENTRYPOINT ["dbmigrate"]``, and the postgres and mysql drivers.
+The Dockerfiles are parsed and held to what the chart assumes of the images: a base image pinned by
+digest, two stages, a build stage that installs wheels into a virtualenv without pip, a final stage
+that copies that virtualenv alone (no compiler, no pip, setuptools or wheel, not even the base
+image's), the OCI labels, the numeric user 10001, ``WORKDIR /app``, ``ENTRYPOINT ["dbmigrate"]``, and
+the postgres and mysql drivers.
 
 Then the runtime image's own build steps run here: its build stage's ``COPY`` lines fill a build
-directory, its ``pip wheel`` command builds the wheelhouse, and its runtime stage's ``pip install``
-installs from that wheelhouse alone into a fresh virtualenv (one per session). That virtualenv's
-``dbmigrate`` then migrates a copy of the example project on SQLite, PostgreSQL and MariaDB the way
-a pod runs it: as uid/gid 10001 with no supplementary groups, with the image's ``ENV`` (HOME and
-TMPDIR in a scratch directory, no bytecode written), from a project directory it cannot write to.
+directory, its ``pip wheel`` command builds the wheelhouse, its ``python -m venv`` makes the
+virtualenv and its ``pip --python ... install`` installs from that wheelhouse alone into it (one per
+session). That virtualenv, what the final stage copies, holds dbmigrate and its drivers and nothing
+that installs packages; its ``dbmigrate`` then migrates a copy of the example project on SQLite,
+PostgreSQL and MariaDB the way a pod runs it: as uid/gid 10001 with no supplementary groups, with
+the image's ``ENV`` (HOME and TMPDIR in a scratch directory, no bytecode written), from a project
+directory it cannot write to.
 
 Running as uid 10001 needs root (the test switches users through ``subprocess``'s ``user=``/
 ``group=``); a test session that is not root already runs as a non-root user, and runs as itself.
@@ -49,6 +53,9 @@ EXAMPLE_APP_DOCKERFILE = REPO / "docker" / "example-app" / "Dockerfile"
 DOCKERFILES = [DOCKERFILE, EXAMPLE_APP_DOCKERFILE]
 IMAGE_UID = IMAGE_GID = 10001
 BUILD_TOOLS = {"gcc", "g++", "cc", "clang", "make", "build-essential"}  # and any *-dev headers package
+INSTALLERS = {"pip", "setuptools", "wheel"}
+PINNED_PYTHON = re.compile(r"python:3\.\d+\.\d+-slim-bookworm@sha256:[0-9a-f]{64}")
+OCI_LABELS = ("source", "title", "description", "licenses", "version")
 
 
 # --- a small Dockerfile reader ---------------------------------------------------------------------
@@ -89,12 +96,28 @@ class Stage:
         return commands
 
     def pip(self, verb: str) -> list[list[str]]:
-        """The ``pip <verb> ...`` commands of this stage."""
-        return [c for c in self.runs() if c[:2] == ["pip", verb] or c[:4] == ["python", "-m", "pip", verb]]
+        """The ``pip [--python PATH] <verb> ...`` commands of this stage."""
+        found = []
+        for command in self.runs():
+            words = command[2:] if command[:2] == ["python", "-m"] else command
+            if words[:1] == ["pip"]:
+                words = words[3:] if words[1:2] == ["--python"] else words[1:]
+                if words[:1] == [verb]:
+                    found.append(command)
+        return found
+
+    def labels(self) -> dict[str, str]:
+        """The stage's ``LABEL`` settings, as written (``${ARG}`` not expanded)."""
+        return dict(item.partition("=")[::2] for args in self.args("LABEL") for item in shlex.split(args))
+
+    def declared_args(self) -> set[str]:
+        """The names of the stage's ``ARG`` instructions."""
+        return {args.partition("=")[0] for args in self.args("ARG")}
 
 
 def parse_dockerfile(path: Path) -> list[Stage]:
-    """The stages of a Dockerfile: continuation lines joined, comments dropped, global ARGs skipped."""
+    """The stages of a Dockerfile: continuation lines joined, comments dropped, the global ARGs' defaults
+    put into the ``FROM`` lines that use them."""
     logical: list[str] = []
     pending = ""
     for raw in path.read_text().splitlines():
@@ -108,10 +131,16 @@ def parse_dockerfile(path: Path) -> list[Stage]:
         pending = ""
     assert not pending, f"{path}: a continuation line runs off the end of the file"
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}
     for line in logical:
         keyword, _, args = line.partition(" ")
         keyword, args = keyword.upper(), args.strip()
-        if keyword == "FROM":
+        if keyword == "ARG" and not stages:
+            name, _, default = args.partition("=")
+            global_args[name] = default
+        elif keyword == "FROM":
+            for name, default in global_args.items():
+                args = args.replace("${" + name + "}", default)
             words = args.split()
             name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
             stages.append(Stage(base=words[0], name=name))
@@ -138,7 +167,7 @@ def test_the_images_are_multi_stage_and_run_as_10001_in_app(dockerfile: Path) ->
     build, final = stages[0], stages[-1]
 
     assert len(stages) >= 2, "a build stage and a runtime stage"
-    assert build.name, "the build stage is named, so the runtime stage can take its wheels"
+    assert build.name, "the build stage is named, so the runtime stage can take its virtualenv"
     assert final.base != build.name and "slim" in final.base, "the runtime stage starts from a slim Python"
     assert final.args("USER")[-1] == str(IMAGE_UID), "numeric, so runAsNonRoot can be verified by the kubelet"
     assert final.args("WORKDIR")[-1] == "/app"
@@ -147,27 +176,56 @@ def test_the_images_are_multi_stage_and_run_as_10001_in_app(dockerfile: Path) ->
     assert env["HOME"] == "/tmp" and env["TMPDIR"] == "/tmp", "writes go to /tmp on a read-only root filesystem"
     users = " ".join(" ".join(c) for c in final.runs() if c[0] in ("useradd", "groupadd"))
     assert f"--uid {IMAGE_UID}" in users and f"--gid {IMAGE_GID}" in users
-    assert any(key.startswith("org.opencontainers.image.title=") for key in shlex.split(" ".join(final.args("LABEL"))))
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
-def test_the_final_stage_installs_only_the_build_stages_wheels(dockerfile: Path) -> None:
+def test_the_base_image_is_pinned_by_digest_and_the_same_in_both_stages(dockerfile: Path) -> None:
+    bases = {stage.base for stage in parse_dockerfile(dockerfile)}
+
+    (base,) = bases
+    assert PINNED_PYTHON.fullmatch(base), f"{base}: a readable tag and the digest that is pulled"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_the_final_stage_copies_only_the_build_stages_virtualenv(dockerfile: Path) -> None:
     stages = parse_dockerfile(dockerfile)
     build, final = stages[0], stages[-1]
-    final_text = " ".join(args for _, args in final.instructions)
     final_words = {word for command in final.runs() for word in command}
 
-    assert not final_words & BUILD_TOOLS, "compilers and build tools stay in the build stage"
-    assert not [word for word in final_words if word.endswith("-dev")], "no headers in the final stage"
-    assert not final.pip("wheel"), "wheels are built in the build stage only"
-    (install,) = final.pip("install")
-    assert {"--no-cache-dir", "--no-index"} <= set(install), install
-    assert install[install.index("--find-links") + 1] == "/wheels"
-    assert f"from={build.name},source=/wheels" in final_text, "the wheels come from the build stage"
+    # The build stage: wheels, a virtualenv without pip, the wheels installed into it from the wheelhouse alone.
     (wheel,) = build.pip("wheel")
     assert wheel[wheel.index("--wheel-dir") + 1] == "/wheels"
     assert {"postgres", "mysql"} <= extras(wheel, "."), wheel
+    (venv,) = [c for c in build.runs() if c[:3] == ["python", "-m", "venv"]]
+    assert "--without-pip" in venv, "nothing that installs packages goes into the virtualenv"
+    prefix = venv[-1]
+    (install,) = build.pip("install")
+    assert install[install.index("--python") + 1] == f"{prefix}/bin/python"
+    assert {"--no-cache-dir", "--no-index"} <= set(install), install
+    assert install[install.index("--find-links") + 1] == "/wheels"
     assert {"postgres", "mysql"} <= extras(install, "dbmigrate"), install
+
+    # The final stage: that virtualenv, on PATH, and the base image's own installers removed.
+    assert f"--from={build.name} {prefix} {prefix}" in final.args("COPY")
+    assert final.env()["PATH"].startswith(f"{prefix}/bin:")
+    assert not final.pip("install") and not final.pip("wheel"), "nothing is installed in the final stage"
+    (uninstall,) = final.pip("uninstall")
+    assert "--yes" in uninstall and set(uninstall) >= INSTALLERS, uninstall
+    assert not final_words & BUILD_TOOLS, "compilers and build tools stay in the build stage"
+    assert not [word for word in final_words if word.endswith("-dev")], "no headers in the final stage"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_the_images_carry_the_oci_labels_with_the_version_from_a_build_argument(dockerfile: Path) -> None:
+    final = parse_dockerfile(dockerfile)[-1]
+    labels = final.labels()
+
+    for name in OCI_LABELS:
+        assert f"org.opencontainers.image.{name}" in labels, name
+    assert labels["org.opencontainers.image.version"] == "${VERSION}" and "VERSION" in final.declared_args()
+    assert labels["org.opencontainers.image.source"] == "${SOURCE}" and "SOURCE" in final.declared_args()
+    assert labels["org.opencontainers.image.licenses"] == "MIT"
+    assert labels["org.opencontainers.image.base.name"] == "${PYTHON_IMAGE}"
 
 
 def test_the_runtime_image_runs_dbmigrate_and_shows_its_help_by_default() -> None:
@@ -251,6 +309,10 @@ class Image:
     user: int | None
     stage: Stage
 
+    def builder_python(self) -> Path:
+        """The interpreter of the build stage's pip (the base image's), to inspect the virtualenv from outside."""
+        return self.root / "builder" / "bin" / "python"
+
     def environment(self, scratch: Path, **extra: str) -> dict[str, str]:
         """The image's ENV, with HOME and TMPDIR in ``scratch``; nothing inherited from this process."""
         env = dict(self.stage.env())
@@ -273,10 +335,27 @@ class Image:
         return [str(executable), *entrypoint[1:], *rest]
 
 
-def _host_pip(command: list[str], venv: Path, wheels: Path) -> list[str]:
-    """A Dockerfile's pip command for the virtualenv, its /wheels replaced by the local wheelhouse."""
-    start = 1 if command[0] == "pip" else 3
-    return [str(venv / "bin" / "python"), "-m", "pip", *[str(wheels) if w == "/wheels" else w for w in command[start:]]]
+@dataclasses.dataclass
+class BuildStage:
+    """The build stage's commands replayed here: its paths mapped to local ones, ``pip`` run by a builder
+    virtualenv's pip (the base image's), ``python`` by the interpreter the image's virtualenv is made with."""
+
+    python: str
+    builder: Path
+    paths: dict[str, Path]
+
+    def local(self, word: str) -> str:
+        for path, here in self.paths.items():
+            if word == path or word.startswith(path + "/"):
+                return str(here) + word[len(path) :]
+        return word
+
+    def command(self, words: list[str]) -> list[str]:
+        if words[0] == "pip":
+            return [str(self.builder / "bin" / "python"), "-m", "pip", *map(self.local, words[1:])]
+        if words[0] == "python":
+            return [self.python, *map(self.local, words[1:])]
+        return list(map(self.local, words))
 
 
 @pytest.fixture(scope="session")
@@ -291,25 +370,24 @@ def image() -> Iterator[Image]:
     root = Path(tempfile.mkdtemp(prefix="dbmigrate-image-"))
     try:
         root.chmod(0o755)
-        venv, wheels, src = root / "venv", root / "wheels", root / "src"
-        subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True)
+        venv, wheels, src, builder = root / "venv", root / "wheels", root / "src", root / "builder"
+        subprocess.run([python, "-m", "venv", str(builder)], check=True, capture_output=True)
         workdir = build.args("WORKDIR")[-1]
         for args in build.args("COPY"):
             *sources, destination = args.split()
             for source in sources:
                 target = src / Path(workdir, destination).relative_to(workdir)
                 _copy_readable(REPO / source, target / source if destination.endswith("/") else target)
-        (wheel,) = build.pip("wheel")
-        built = subprocess.run(_host_pip(wheel, venv, wheels), cwd=src, capture_output=True, text=True, check=False)
-        assert built.returncode == 0, built.stdout + built.stderr
-        (install,) = final.pip("install")
-        # No pip configuration (this machine's may add indexes or wheel directories): the wheelhouse alone.
+        (made,) = [c for c in build.runs() if c[:3] == ["python", "-m", "venv"]]
+        replay = BuildStage(python, builder, {"/wheels": wheels, made[-1]: venv})
+        # The wheels may come from an index; what follows takes the wheelhouse alone, without this
+        # machine's pip configuration (it may add indexes or wheel directories).
         only_wheels = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         only_wheels["PIP_CONFIG_FILE"] = os.devnull
-        installed = subprocess.run(
-            _host_pip(install, venv, wheels), cwd=root, env=only_wheels, capture_output=True, text=True, check=False
-        )
-        assert installed.returncode == 0, installed.stdout + installed.stderr
+        for words in build.runs():
+            env = None if build.pip("wheel") == [words] else only_wheels
+            done = subprocess.run(replay.command(words), cwd=src, env=env, capture_output=True, text=True, check=False)
+            assert done.returncode == 0, f"{shlex.join(words)}: {done.stdout}{done.stderr}"
         yield Image(root=root, venv=venv, wheels=wheels, user=user, stage=final)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -338,17 +416,44 @@ def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*")}
 
 
-def test_the_wheelhouse_installs_a_consistent_set_with_the_image_drivers(image: Image) -> None:
-    check = subprocess.run([str(image.venv / "bin" / "python"), "-m", "pip", "check"], capture_output=True, text=True)
-    listed = subprocess.run(
-        [str(image.venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True
-    )
-    names = {package["name"].lower().replace("_", "-") for package in json.loads(listed.stdout)}
+def _distributions(image: Image) -> set[str]:
+    """The distributions installed in the image's virtualenv, as its own interpreter finds them."""
+    listing = "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))"
+    found = subprocess.run([str(image.venv / "bin" / "python"), "-c", listing], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    return {name.lower().replace("_", "-") for name in found.stdout.split()}
 
-    assert check.returncode == 0, check.stdout + check.stderr
+
+def test_the_virtualenv_holds_dbmigrate_and_the_image_drivers_and_nothing_that_installs(image: Image) -> None:
+    names = _distributions(image)
+    check = subprocess.run(
+        [str(image.builder_python()), "-m", "pip", "--python", str(image.venv / "bin" / "python"), "check"],
+        capture_output=True,
+        text=True,
+    )
+
     assert {"dbmigrate", "psycopg", "psycopg-binary", "pymysql"} <= names
     assert "psycopg2-binary" not in names, "the image installs the drivers it needs, not every one"
-    assert all(path.suffix == ".whl" for path in image.wheels.iterdir()), "the final stage gets wheels only"
+    assert not names & INSTALLERS, f"no installers in the final virtualenv: {sorted(names & INSTALLERS)}"
+    assert not list(image.venv.glob("bin/pip*")) and not list(image.venv.glob("bin/wheel*"))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert all(path.suffix == ".whl" for path in image.wheels.iterdir()), "the virtualenv is made of wheels only"
+
+
+def test_dbmigrate_and_its_drivers_import_and_pip_does_not_as_the_image_user(
+    image: Image, pod: tuple[Path, Path]
+) -> None:
+    app, scratch = pod
+    python = str(image.venv / "bin" / "python")
+    env = image.environment(scratch)
+
+    imported = image.run(
+        [python, "-c", "import dbmigrate, psycopg, pymysql; print(dbmigrate.__version__)"], cwd=app, env=env
+    )
+    pip = image.run([python, "-m", "pip", "--version"], cwd=app, env=env)
+
+    assert imported.returncode == 0, imported.stderr
+    assert pip.returncode != 0 and "No module named pip" in pip.stderr
 
 
 def test_the_default_command_prints_help_as_the_image_user(image: Image, pod: tuple[Path, Path]) -> None:
