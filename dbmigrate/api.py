@@ -98,8 +98,9 @@ def downgrade(target: str, *, dry_run: bool = False, settings: Settings | None =
 def status(*, settings: Settings | None = None, **options: Any) -> Status:
     """Current revision(s), the scripts' heads, pending revisions, the last run, and any repair needed.
 
-    Only reads, takes no lock and creates nothing: SELECT on the version table and dbmigrate's history and
-    backfills tables is all it needs (:class:`PermissionDenied`, exit 2, names a missing grant). A step
+    Only reads and creates nothing (on PostgreSQL and MySQL it takes no lock either; on SQLite it locks the
+    lock file for an instant): SELECT on the version table and dbmigrate's history and backfills tables is all
+    it needs (:class:`PermissionDenied`, exit 2, names a missing grant). A step
     whose run died mid-step (its row still says 'running') is shown as the next run will record it:
     failed (rolled back), applied (it had committed) or partial (MySQL), with why.
     """

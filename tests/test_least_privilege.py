@@ -188,6 +188,31 @@ def test_the_application_role_writes_rows_but_cannot_change_the_schema_or_dbmigr
     assert roles.dbmigrate(project, roles.app_url, "wait", "--timeout", "5").returncode == 0
 
 
+WRITES = re.compile(r"^\s*(INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|TRUNCATE|GRANT|REVOKE|LOCK)\b", re.IGNORECASE)
+LOCKS = re.compile(r"advisory_lock|GET_LOCK\s*\(", re.IGNORECASE)
+
+
+def test_wait_status_and_is_ready_send_no_write_and_take_no_lock(roles: Roles, project: Path) -> None:
+    upgrade_as_the_migration_role(roles, project)
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        sent.append(statement)
+
+    options = {"config_file": str(project / "alembic.ini"), "database_url": roles.app_url}
+    options["table_schema"] = roles.tables_schema
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        assert dbmigrate.wait_until_ready(timeout=10, **options).ready
+        assert dbmigrate.status(**options).at_head
+        assert dbmigrate.is_ready(cache_seconds=0, **options)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+
+    assert any("alembic_version" in statement for statement in sent)
+    assert [statement for statement in sent if WRITES.search(statement) or LOCKS.search(statement)] == []
+
+
 def test_a_grant_the_application_role_lacks_is_named_with_the_fix(roles: Roles, project: Path) -> None:
     upgrade_as_the_migration_role(roles, project)
     user = make_url(roles.app_url).username
