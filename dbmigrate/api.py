@@ -100,9 +100,9 @@ def status(*, settings: Settings | None = None, **options: Any) -> Status:
 
     Only reads and creates nothing (on PostgreSQL and MySQL it takes no lock either; on SQLite it locks the
     lock file for an instant): SELECT on the version table and dbmigrate's history and backfills tables is all
-    it needs (:class:`PermissionDenied`, exit 2, names a missing grant). A step
-    whose run died mid-step (its row still says 'running') is shown as the next run will record it:
-    failed (rolled back), applied (it had committed) or partial (MySQL), with why.
+    it needs (:class:`PermissionDenied`, exit 2, names a missing grant). A step whose run died mid-step (its
+    row still says 'running') is shown as the next run will record it: failed (rolled back), applied (it had
+    committed) or partial (MySQL), with why.
     """
     with _session(settings, options, only_reads="status") as runner:
         current = runner.current_heads()

@@ -758,6 +758,8 @@ def test_the_wait_container_takes_the_applications_credential_in_any_of_its_form
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["dbmigrate-database"]["secret"]["secretName"] == "shop-app-pw"
     assert "shop-database" not in str(deployment.body)
+    (status,) = pod_spec(rendered.one("Pod", "-test"))["containers"]
+    assert status["env"] == wait["env"], "helm test's status --check only reads too"
     (migrate,) = pod_spec(rendered.one("Job"))["containers"]
     migrate_url = {e["name"]: e for e in migrate["env"]}["DATABASE_URL"]
     assert migrate_url["valueFrom"]["secretKeyRef"]["name"] == "shop-database"
