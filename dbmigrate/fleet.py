@@ -15,6 +15,7 @@ import collections
 import contextlib
 import ctypes
 import dataclasses
+import io
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -23,8 +24,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Lock
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -217,6 +219,7 @@ class _Workers:
         self._log_format = log_format
         self._idle: list[_Worker] = []
         self._busy: dict[int, tuple[_Worker, _Job]] = {}
+        self._stderr_lock = self._context.Lock()  # one log line at a time on the shared stderr
 
     def __enter__(self) -> _Workers:
         self._idle = [self._start() for _ in range(self._count)]
@@ -236,7 +239,7 @@ class _Workers:
 
     def _start(self) -> _Worker:
         ours, theirs = self._context.Pipe()
-        arguments = (theirs, os.getpid(), self._log_format)
+        arguments = (theirs, os.getpid(), self._log_format, self._stderr_lock)
         process = self._context.Process(target=_worker_main, args=arguments, name="dbmigrate-fleet-worker", daemon=True)
         process.start()
         theirs.close()
@@ -314,10 +317,11 @@ def _revisions(revisions: list[str] | None) -> str:
 # -- in the worker processes ----------------------------------------------------------------------
 
 
-def _worker_main(connection: multiprocessing.connection.Connection, parent: int, log_format: str) -> None:
+def _worker_main(connection: multiprocessing.connection.Connection, parent: int, log_format: str, lock: Lock) -> None:
     """A worker's life: take a job, run it, send its result back; until told to stop or the pipe closes."""
     _stop_with(parent)
     termination.install()
+    sys.stderr = _WholeLines(sys.stderr, lock)
     configure_logging(log_format)
     # What migrations print goes to stderr as log lines (with the target's name), never to the fleet's stdout.
     printed, printed_to_stderr = PrintedLines(as_log_lines=True), PrintedLines(as_log_lines=True)
@@ -330,6 +334,39 @@ def _worker_main(connection: multiprocessing.connection.Connection, parent: int,
                     printed.flush()
                     printed_to_stderr.flush()
             connection.send(result)
+
+
+class _WholeLines(io.TextIOBase):
+    """The worker's stderr: each line leaves in one piece under a lock the workers share, so lines never mix."""
+
+    def __init__(self, stream: TextIO, lock: Lock) -> None:
+        super().__init__()
+        self._stream, self._lock, self._pending = stream, lock, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def write(self, text: str) -> int:
+        complete, newline, self._pending = (self._pending + text).rpartition("\n")
+        if newline:
+            self._emit(complete + newline)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._emit(self._pending)
+            self._pending = ""
+
+    def _emit(self, text: str) -> None:
+        with self._lock:
+            self._stream.write(text)
+            self._stream.flush()
 
 
 def _stop_with(parent: int) -> None:
