@@ -177,3 +177,10 @@ def summary(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
         raise AssertionError(f"no JSON summary on stdout:\n{result.stdout}\n{result.stderr[-4000:]}") from None
     data["by_name"] = {target["name"]: target for target in data.get("targets", [])}
     return data
+
+
+def sqlite_fleet_file(directory: Path, names: list[str]) -> Path:
+    """A fleet file of SQLite targets ``directory/<name>.db``, in the order of ``names``."""
+    path = directory / "fleet.toml"
+    path.write_text(f'[[targets]]\nurl = "sqlite:///{directory}/{{name}}.db"\nnames = {json.dumps(names)}\n')
+    return path
