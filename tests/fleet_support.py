@@ -18,7 +18,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.conftest import MARIADB_ADMIN, POSTGRES_ADMIN, connect, create_database, dbmigrate_env, drop_database
+from tests.conftest import (
+    MARIADB_ADMIN,
+    POSTGRES_ADMIN,
+    connect,
+    create_database,
+    dbmigrate_env,
+    drop_database,
+    log_events,
+)
 
 # A real password with the characters URLs and shells trip on; the MariaDB targets log in with it.
 SECRET = "Fl33t:p@ss/w%rd?#&+x"
@@ -184,3 +192,12 @@ def sqlite_fleet_file(directory: Path, names: list[str]) -> Path:
     path = directory / "fleet.toml"
     path.write_text(f'[[targets]]\nurl = "sqlite:///{directory}/{{name}}.db"\nnames = {json.dumps(names)}\n')
     return path
+
+
+def applying(log: Path, revision: str) -> set[str]:
+    """The targets whose worker logged (in the JSON log file ``log``) that it is applying ``revision``."""
+    return {
+        str(event.get("target"))
+        for event in log_events(log.read_text())
+        if event.get("event") == "applying revision" and event.get("revision") == revision
+    }

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_HEAD, EXAMPLE_REVISIONS, add_revision, log_events
-from tests.fleet_support import Fleet, fleet_env, run_fleet, summary
+from tests.conftest import EXAMPLE_HEAD, EXAMPLE_REVISIONS, add_revision
+from tests.fleet_support import Fleet, applying, fleet_env, run_fleet, summary
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +54,6 @@ def children(pid: int) -> set[int]:
             if int(fields[1]) == pid:
                 found.add(int(entry.name))
     return found
-
-
-def in_the_slow_step(log: Path) -> set[str]:
-    """The targets whose worker logged that it is applying the slow revision."""
-    return {
-        str(event.get("target"))
-        for event in log_events(log.read_text())
-        if event.get("event") == "applying revision" and event.get("revision") == HEAD
-    }
 
 
 def alive(pid: int) -> bool:
@@ -99,7 +90,7 @@ def test_killed_fleet_run_leaves_named_revisions_and_a_rerun_finishes(
         )
     try:
         deadline = time.monotonic() + 120
-        while not held <= in_the_slow_step(log):
+        while not held <= applying(log, HEAD):
             assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the held targets never reached the slow step"
             time.sleep(0.05)
