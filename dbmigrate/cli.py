@@ -180,6 +180,21 @@ def _fleet_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="With --fleet: start no new target once N have failed [no limit]",
         ),
+        click.option(
+            "--shards",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="With --fleet: split the fleet into N shards by a digest of each target's name",
+        ),
+        click.option(
+            "--shard-index",
+            type=click.IntRange(min=0),
+            envvar="JOB_COMPLETION_INDEX",
+            default=0,
+            show_default=True,
+            help="With --fleet and --shards: run this shard's targets only [JOB_COMPLETION_INDEX]",
+        ),
     ]
     for option in reversed(options):
         command = option(command)

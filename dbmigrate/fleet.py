@@ -15,6 +15,7 @@ import collections
 import contextlib
 import ctypes
 import dataclasses
+import hashlib
 import io
 import multiprocessing
 import multiprocessing.connection
@@ -132,6 +133,14 @@ class FleetResult:
         return "\n".join(lines)
 
 
+def shard_of(name: str, shards: int) -> int:
+    """The shard (0 to ``shards`` - 1) of the target ``name``: a digest of the name alone.
+
+    So a target is in exactly one shard, and stays in it whatever the fleet's size or order.
+    """
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % shards
+
+
 def worst(codes: Iterable[int]) -> int:
     """The exit code that needs the most attention: a signal's (128+), then 5, 2, 1, 4, 3 and 0."""
     return max(codes, key=lambda code: (code >= 128, _SEVERITY.index(code) if code in _SEVERITY else 0, code))
@@ -145,6 +154,8 @@ def run(
     parallel: int = 2,
     canary: int = 0,
     max_failures: int | None = None,
+    shards: int = 1,
+    shard_index: int = 0,
     arguments: Mapping[str, Any] | None = None,
 ) -> FleetResult:
     """Run ``command`` (upgrade, status, check or wait) on every target of the fleet file ``fleet``.
@@ -156,6 +167,8 @@ def run(
     only the rest. ``arguments`` are the command's own (upgrade: ``target``; status: ``check``;
     wait: ``revision``, ``exact``, ``timeout``). ``settings`` (default: resolved from the
     environment and config files) apply to every target; the fleet file's settings win over them.
+    With ``shards`` N, only the targets of shard ``shard_index`` (0 to N-1, see :func:`shard_of`)
+    run: N runs with the indexes 0 to N-1 (a Kubernetes Indexed Job) cover each target once.
     Raises :class:`ConfigurationError` for a bad fleet file or option; a target's failure is in
     its result, and the result's ``exit_code`` is the worst of them.
     """
@@ -164,11 +177,15 @@ def run(
         raise ConfigurationError(f"A fleet runs {', '.join(COMMANDS)}, not {command!r}.")
     if parallel < 1 or canary < 0 or (max_failures is not None and max_failures < 1):
         raise ConfigurationError("--parallel and --max-failures must be 1 or more, --canary 0 or more.")
-    targets = fleet_file.load(Path(fleet), base)
+    if shards < 1 or not 0 <= shard_index < shards:
+        raise ConfigurationError(f"The shard index must be 0 to {shards - 1} for {shards} shard(s), not {shard_index}.")
+    targets = [t for t in fleet_file.load(Path(fleet), base) if shard_of(t.name, shards) == shard_index]
     # Each target's outcome is in the summary: no target writes the termination message or publishes metrics.
     per_target = base.override(termination_log=os.devnull, pushgateway=None, metrics_textfile=None)
     jobs = [_Job(command, target, per_target, dict(arguments or {})) for target in targets]
-    log.info("fleet run starting", command=command, fleet=str(fleet), targets=len(jobs), parallel=parallel)
+    log.info(
+        "fleet run starting", command=command, fleet=str(fleet), targets=len(jobs), parallel=parallel, shard=shard_index
+    )
     results: dict[str, TargetResult] = {}
     stopped: str | None = None
     signal_exit_code: int | None = None
