@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Lock
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,8 +43,18 @@ from dbmigrate.errors import (
 )
 from dbmigrate.fleet_file import Target
 from dbmigrate.masking import redact
-from dbmigrate.observability import PrintedLines, bind, configure_logging, write_termination_message
+from dbmigrate.observability import (
+    PrintedLines,
+    bind,
+    configure_logging,
+    parse_grouping,
+    publish_registry,
+    write_termination_message,
+)
 from dbmigrate.settings import Settings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = structlog.get_logger("dbmigrate.fleet")
 
@@ -210,7 +220,44 @@ def run(
     )
     log.info("fleet run finished", counts=outcome.counts(), exit_code=outcome.exit_code, stopped=stopped)
     write_termination_message(base.termination_log, outcome.summary())
+    if base.pushgateway or base.metrics_textfile is not None:
+        grouping = parse_grouping(base.metrics_grouping) | ({"shard": str(shard_index)} if shards > 1 else {})
+        publish_registry(fleet_metrics(outcome), base.pushgateway, grouping, base.metrics_textfile, "dbmigrate-fleet")
     return outcome
+
+
+def fleet_metrics(result: FleetResult) -> CollectorRegistry:
+    """The fleet run's Prometheus metrics: per target (labelled with its name, never its URL), and totals."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    prefix = "dbmigrate_fleet_"
+    Gauge(prefix + "last_run_timestamp_seconds", "When the fleet run ended", registry=registry).set_to_current_time()
+    Gauge(
+        prefix + "exit_code", "The fleet run's exit code (the worst of its targets')", ["command"], registry=registry
+    ).labels(result.command).set(result.exit_code)
+    exit_code = Gauge(prefix + "target_exit_code", "Each target's exit code", ["target"], registry=registry)
+    duration = Gauge(prefix + "target_duration_seconds", "Time each target took", ["target"], registry=registry)
+    outcome = Gauge(
+        prefix + "target_outcome", "Each target's outcome (value 1)", ["target", "outcome"], registry=registry
+    )
+    for target in result.targets:
+        exit_code.labels(target.name).set(target.exit_code)
+        duration.labels(target.name).set(target.duration_s)
+        outcome.labels(target.name, target.outcome).set(1)
+    totals = Gauge(prefix + "targets", "Targets by state: at_goal, failed, pending", ["state"], registry=registry)
+    for state, count in collections.Counter(_state(target) for target in result.targets).items():
+        totals.labels(state).set(count)
+    return registry
+
+
+def _state(target: TargetResult) -> str:
+    """failed (exit code not 0), pending (not started, or revisions pending), or at_goal."""
+    if target.exit_code != 0:
+        return "failed"
+    if target.outcome == NOT_STARTED or target.outcome.endswith("pending"):
+        return "pending"
+    return "at_goal"
 
 
 @dataclasses.dataclass(frozen=True)
