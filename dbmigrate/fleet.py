@@ -284,6 +284,7 @@ class _Workers:
         self._idle: list[_Worker] = []
         self._busy: dict[int, tuple[_Worker, _Job]] = {}
         self._stderr_lock = self._context.Lock()  # one log line at a time on the shared stderr
+        self._stopping = False
 
     def __enter__(self) -> _Workers:
         self._idle = [self._start() for _ in range(self._count)]
@@ -316,7 +317,13 @@ class _Workers:
         while pending or self._busy:
             while pending and self._idle and (budget is None or failures < budget):
                 worker, job = self._idle.pop(), pending.popleft()
-                worker.connection.send(job)
+                try:
+                    worker.connection.send(job)
+                except OSError:  # it died after its last target: another takes the job
+                    pending.appendleft(job)
+                    worker.process.join(5)
+                    self._release(worker)
+                    continue
                 self._busy[id(worker)] = (worker, job)
             if not self._busy:
                 break
@@ -327,6 +334,7 @@ class _Workers:
 
     def stop(self, results: dict[str, TargetResult]) -> None:
         """Tell the busy workers to stop (SIGTERM: their steps roll back) and record how their targets ended."""
+        self._stopping = True
         for worker, _ in self._busy.values():
             with contextlib.suppress(OSError):
                 worker.process.terminate()
@@ -349,14 +357,21 @@ class _Workers:
             _, job = self._busy.pop(id(worker))
             try:
                 result: TargetResult = worker.connection.recv()
-                self._idle.append(worker)
             except (EOFError, OSError):
                 worker.process.join(5)
                 result = _died(job, worker.process.exitcode)
-                worker.connection.close()
-                self._idle.append(self._start())
+            self._release(worker)
             finished.append((job, result))
         return finished
+
+    def _release(self, worker: _Worker) -> None:
+        """Make a worker that finished a target idle again, or replace it when it is gone (unless stopping)."""
+        if worker.process.is_alive():
+            self._idle.append(worker)
+            return
+        worker.connection.close()
+        if not self._stopping:
+            self._idle.append(self._start())
 
 
 def _died(job: _Job, exitcode: int | None) -> TargetResult:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from dbmigrate import database
 from dbmigrate.errors import ConfigurationError, DatabaseUnavailable
 from dbmigrate.masking import mask_url, redacted_reason, register_secret, url_password
-from dbmigrate.settings import Settings
+from dbmigrate.settings import SCHEMA_NAME, Settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -136,6 +136,7 @@ def _expand(
             if value is not None and PLACEHOLDER in value:
                 raise where.error(f"{key}.{field}", f"holds {PLACEHOLDER} but the entry has no names or names_query")
         _check_name(name, where, f"{key}.name")
+        _check_schema(schema, name, where, f"{key}.schema")
         return [Target(name, url, schema, password_env, password_file, options)]
     if "names" in entry:
         names = entry["names"]
@@ -156,12 +157,7 @@ def _expand(
         target_name = name_template.replace(PLACEHOLDER, name)
         _check_name(target_name, where, f"{key}.name")
         target_schema = schema.replace(PLACEHOLDER, name) if schema is not None else None
-        if target_schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", target_schema):
-            raise where.error(
-                f"{key}.schema",
-                f"gives {target_schema!r} for {name!r}: a schema name here is lower-case letters, digits and _ "
-                "(starting with a letter or _, at most 63 characters)",
-            )
+        _check_schema(target_schema, name, where, f"{key}.schema")
         target_url = url.replace(PLACEHOLDER, urllib.parse.quote(name, safe=""))
         targets.append(Target(target_name, target_url, target_schema, password_env, password_file, options))
     return targets
@@ -274,4 +270,13 @@ def _check_name(name: Any, where: _Where, key: str) -> None:
             key,
             f"gives the name {name!r}: a target's name is letters, digits, '_', '.' and '-' (starting with a letter "
             "or digit, at most 63 characters), so that it is safe in a URL, a schema and a log line",
+        )
+
+
+def _check_schema(schema: str | None, name: str, where: _Where, key: str) -> None:
+    if schema is not None and not SCHEMA_NAME.fullmatch(schema):
+        raise where.error(
+            key,
+            f"gives {schema!r} for {name!r}: a schema name here is lower-case letters, digits and _ (starting with a "
+            "letter or _, at most 63 characters)",
         )

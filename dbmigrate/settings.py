@@ -263,12 +263,13 @@ def _passwords_of(url: str | None) -> list[str]:
     return [str(secret) for secret in found]
 
 
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# A tenant schema: a PostgreSQL name that needs no quoting, so search_path and SQL take it as it is.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def _with_search_path(url: str, schema: str) -> str:
     """A PostgreSQL URL whose connections have ``search_path`` set to ``schema`` alone (libpq's ``options``)."""
-    if not _SCHEMA_NAME.fullmatch(schema):
+    if not SCHEMA_NAME.fullmatch(schema):
         raise ConfigurationError(
             f"The tenant schema {schema!r} is not a plain PostgreSQL name: use lower-case letters, digits and _, "
             "starting with a letter or _, at most 63 characters."
