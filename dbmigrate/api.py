@@ -508,6 +508,8 @@ def _session(settings: Settings | None, options: dict[str, Any], only_reads: str
         with database.transactional_sqlite_ddl():
             control = database.connect(engine, resolved.wait_timeout).execution_options(isolation_level="AUTOCOMMIT")
             caps = database.capabilities(engine)
+            if resolved.tenant_schema is not None:
+                database.require_schema(control, resolved.tenant_schema)
             if caps.is_postgresql:
                 # History rows need not wait for their own fsync: a killed process loses none of them
                 # (the server has them), and the steps themselves still commit durably.

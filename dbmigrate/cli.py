@@ -16,11 +16,12 @@ from typing import Any
 import click
 import structlog
 
-from dbmigrate import api, termination
+from dbmigrate import api, fleet, termination
 from dbmigrate._version import __version__
 from dbmigrate.errors import (
     EXIT_CODES,
     ChecksFailed,
+    ConfigurationError,
     DbmigrateError,
     NotAtHead,
     RepairNeeded,
@@ -58,6 +59,13 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--max-lock-retries",), {"type": int, "help": "Retries of a step that hit its lock timeout [10]"}),
     (("--history-table",), {"help": "Name of dbmigrate's history table [dbmigrate_history]"}),
     (("--table-schema",), {"help": "Schema for dbmigrate's tables [the connection's default]"}),
+    (
+        ("--tenant-schema",),
+        {
+            "help": "PostgreSQL schema per tenant: search_path, version table and dbmigrate's tables in it; "
+            "env.py gets -x tenant=SCHEMA"
+        },
+    ),
     (("--archive-table",), {"help": "Name of dbmigrate's revision archive table [dbmigrate_archive]"}),
     (("--backups-table",), {"help": "Name of dbmigrate's backups registry table [dbmigrate_backups]"}),
     (("--backfills-table",), {"help": "Name of dbmigrate's backfill queue and progress table [dbmigrate_backfills]"}),
@@ -140,6 +148,63 @@ def _data_loss_options(command: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="Let data-loss findings pass (still backed up unless --no-backup) [DBMIGRATE_ALLOW_DATA_LOSS]",
     )(command)
+
+
+def _fleet_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--fleet and the rollout's options, for the commands a fleet runs."""
+    options = [
+        click.option(
+            "--fleet",
+            "fleet_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Run on every target of this fleet file (TOML) instead of one database",
+        ),
+        click.option(
+            "--parallel",
+            type=click.IntRange(min=1),
+            default=2,
+            show_default=True,
+            help="With --fleet: targets at a time, each in a worker process",
+        ),
+        click.option(
+            "--canary",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="With --fleet: run the first K targets first, and start no other if one of them fails",
+        ),
+        click.option(
+            "--max-failures",
+            type=click.IntRange(min=1),
+            default=None,
+            help="With --fleet: start no new target once N have failed [no limit]",
+        ),
+        click.option(
+            "--shards",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="With --fleet: split the fleet into N shards by a digest of each target's name",
+        ),
+        click.option(
+            "--shard-index",
+            type=click.IntRange(min=0),
+            envvar="JOB_COMPLETION_INDEX",
+            default=0,
+            show_default=True,
+            help="With --fleet and --shards: run this shard's targets only [JOB_COMPLETION_INDEX]",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_fleet(command: str, settings: Settings, rollout: dict[str, Any], **arguments: Any) -> tuple[Any, str, int]:
+    """A command on every target of a fleet file: the summary table (or JSON), and the worst exit code."""
+    result = fleet.run(command, rollout.pop("fleet_file"), settings=settings, arguments=arguments, **rollout)
+    return result.as_dict(), result.render_text(), result.exit_code
 
 
 def run_command(render: Callable[..., Any]) -> Callable[..., Any]:
@@ -254,10 +319,18 @@ def main(context: click.Context, /, **options_given_first: Any) -> None:
     help="Refuse revisions the gate cannot analyse offline, instead of watching their statements as they run "
     "[DBMIGRATE_REFUSE_UNANALYSED]",
 )
+@_fleet_options
 @common_options
 @run_command
-def upgrade(settings: Settings, target: str, dry_run: bool) -> tuple[Any, str, int]:
-    """Upgrade the database to TARGET (default: head), refusing unintended data loss."""
+def upgrade(settings: Settings, target: str, dry_run: bool, **rollout: Any) -> tuple[Any, str, int]:
+    """Upgrade the database to TARGET (default: head), refusing unintended data loss.
+
+    With --fleet, every target of the fleet file, skipping those already at TARGET.
+    """
+    if rollout["fleet_file"] is not None:
+        if dry_run:
+            raise ConfigurationError("--dry-run runs on one database: drop --fleet, or --dry-run.")
+        return _run_fleet("upgrade", settings, rollout, target=target)
     result = api.upgrade(target, dry_run=dry_run, settings=settings)
     return result.as_dict(), _render_run(result), 0
 
@@ -333,15 +406,29 @@ def backups_drop(settings: Settings, backup_id: int) -> tuple[Any, str, int]:
 @click.option("--all", "all_revisions", is_flag=True, help="Check every revision, not only the pending ones")
 @click.option("--range", "revision_range", help="LOWER:UPPER: the revisions an upgrade from LOWER to UPPER runs")
 @click.option("--dialect", type=click.Choice(["postgresql", "mysql", "sqlite"]), help="Check for this database kind")
+@_fleet_options
 @functools.partial(common_options, formats=("text", "json", "sarif"))
 @run_command
 def check_command(
-    settings: Settings, all_revisions: bool, revision_range: str | None, dialect: str | None, output_format: str
+    settings: Settings,
+    all_revisions: bool,
+    revision_range: str | None,
+    dialect: str | None,
+    output_format: str,
+    **rollout: Any,
 ) -> tuple[Any, str, int]:
     """Report what revisions would do to a live database: data-loss, blocking and breaking findings.
 
     Exit 4 for an undeclared error finding, or when a step could not be analysed offline to its end.
+    With --fleet, the revisions pending on each target of the fleet file.
     """
+    if rollout["fleet_file"] is not None:
+        if all_revisions or revision_range or dialect or output_format == "sarif":
+            raise ConfigurationError(
+                "check --fleet checks what is pending on each target: drop --all, --range, --dialect and "
+                "--format sarif (they need no database: run them once, without --fleet)."
+            )
+        return _run_fleet("check", settings, rollout)
     report = api.check(revision_range, all_revisions=all_revisions, dialect=dialect, settings=settings)
     refused = any(f.severity == "error" and not f.allowed for f in report.findings)
     code = ChecksFailed.exit_code if refused or report.blind else 0
@@ -379,10 +466,16 @@ def verify_command(
 @click.option(
     "--check", is_flag=True, help="Exit 4 unless the database is at the scripts' heads (or kept ahead by a rollback)"
 )
+@_fleet_options
 @common_options
 @run_command
-def status(settings: Settings, check: bool) -> tuple[Any, str, int]:
-    """Show the current revision, the heads, pending revisions and the last run."""
+def status(settings: Settings, check: bool, **rollout: Any) -> tuple[Any, str, int]:
+    """Show the current revision, the heads, pending revisions and the last run.
+
+    With --fleet, one line per target of the fleet file, read from the targets themselves.
+    """
+    if rollout["fleet_file"] is not None:
+        return _run_fleet("status", settings, rollout, check=check)
     state = api.status(settings=settings)
     code = 0
     if state.needs_repair:
@@ -396,10 +489,16 @@ def status(settings: Settings, check: bool) -> tuple[Any, str, int]:
 @click.option("--revision", help="Wait for this revision instead of the scripts' heads")
 @click.option("--exact", is_flag=True, help="Only the expected revision itself counts, not a newer one")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait in all")
+@_fleet_options
 @common_options
 @run_command
-def wait(settings: Settings, revision: str | None, exact: bool, timeout: float) -> tuple[Any, str, int]:
-    """Wait until the database is reachable and its schema ready for this code (for init containers)."""
+def wait(settings: Settings, revision: str | None, exact: bool, timeout: float, **rollout: Any) -> tuple[Any, str, int]:
+    """Wait until the database is reachable and its schema ready for this code (for init containers).
+
+    With --fleet, until every target of the fleet file is (--timeout applies to each).
+    """
+    if rollout["fleet_file"] is not None:
+        return _run_fleet("wait", settings, rollout, revision=revision, exact=exact, timeout=timeout)
     state = api.wait_until_ready(revision, exact=exact, timeout=timeout, settings=settings)
     return state.as_dict(), state.describe(), 0
 

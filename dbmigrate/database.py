@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 import tenacity
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool, Pool
@@ -91,6 +91,16 @@ def create(url: str, pooled: bool = False) -> Engine:
         hint = f" Install it with: pip install 'dbmigrate[{extra}]'." if extra else ""
         raise ConfigurationError(f"No driver for {mask_url(parsed)}: {redact(str(exc))}.{hint}") from None
     return engine
+
+
+def require_schema(connection: Connection, schema: str) -> None:
+    """Raise :class:`ConfigurationError` unless the PostgreSQL schema ``schema`` exists (a tenant's, provisioned)."""
+    found = connection.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}).scalar()
+    if not found:
+        raise ConfigurationError(
+            f"The tenant schema {schema} does not exist in {mask_url(connection.engine.url)}. Create it when the "
+            f"tenant is provisioned (CREATE SCHEMA {schema}), or fix the tenant's name."
+        )
 
 
 def capabilities(engine: Engine) -> Capabilities:

@@ -279,15 +279,26 @@ def publish_metrics(report: RunReport, pushgateway: str | None, grouping: str | 
     """
     if not pushgateway and textfile is None:
         return
+    publish_registry(run_metrics(report), pushgateway, parse_grouping(grouping), textfile)
+
+
+def publish_registry(
+    registry: CollectorRegistry,
+    pushgateway: str | None,
+    grouping: Mapping[str, str],
+    textfile: Path | None,
+    job: str = "dbmigrate",
+) -> None:
+    """Push ``registry`` to a Pushgateway (as ``job``, grouped by ``grouping``) and/or write it to ``textfile``.
+
+    Failing to publish is logged, never raised: metrics must not fail a migration.
+    """
     from prometheus_client import push_to_gateway, write_to_textfile
 
-    registry = run_metrics(report)
     log = structlog.get_logger("dbmigrate.metrics")
     if pushgateway:
         try:
-            push_to_gateway(
-                pushgateway, job="dbmigrate", registry=registry, grouping_key=parse_grouping(grouping), timeout=10
-            )
+            push_to_gateway(pushgateway, job=job, registry=registry, grouping_key=dict(grouping), timeout=10)
         except OSError as exc:
             log.warning("could not push metrics", pushgateway=pushgateway, error=str(exc))
     if textfile is not None:

@@ -372,8 +372,12 @@ class Runner:
         )
 
     def lock_scope(self) -> Scope:
-        """What the run lock protects: this database's version table (env.py runs first if it is not known yet)."""
-        return Scope(self.engine.url.database, *self.version_table)
+        """What the run lock protects: this database's version table (env.py runs first if it is not known yet).
+
+        A version table env.py leaves unqualified is in the tenant schema, when there is one (search_path).
+        """
+        table, schema = self.version_table
+        return Scope(self.engine.url.database, table, schema or self.settings.tenant_schema)
 
     def locked(self) -> Any:
         """The run lock for this database's version table, waiting up to ``lock_wait_timeout``."""

@@ -9,6 +9,7 @@ that migrates another database, or several) is refused before anything runs.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -53,6 +54,9 @@ def load_config(settings: Settings) -> Config:
     pyproject = path.parent / "pyproject.toml"  # Alembic's [tool.alembic], beside the ini as dbmigrate's own table
     config = Config(str(path), toml_file=str(pyproject) if pyproject.is_file() else None)
     config.output_buffer = io.StringIO()
+    if settings.tenant_schema is not None:
+        # What `alembic -x tenant=SCHEMA` gives env.py: context.get_x_argument(as_dictionary=True)["tenant"].
+        config.cmd_opts = argparse.Namespace(x=[f"tenant={settings.tenant_schema}"])
     if not config.get_alembic_option("script_location") and (path.parent / "env.py").is_file():
         # Flask-Migrate's layout: the ini lives in the scripts directory and names no script_location.
         config.set_main_option("script_location", str(path.parent).replace("%", "%%"))

@@ -52,6 +52,8 @@ class Settings:
     max_lock_retries: int = 10
     history_table: str = "dbmigrate_history"
     table_schema: str | None = None
+    # PostgreSQL schema per tenant: search_path, the version table and dbmigrate's tables in it.
+    tenant_schema: str | None = None
     termination_log: Path = Path("/dev/termination-log")
     log_format: str = "auto"
     app_version: str | None = None
@@ -134,7 +136,26 @@ class Settings:
             password = _read_secret_file(self.database_password_file, "database password")
             register_secret(password)
             url = _with_password(url, password)
+        if self.tenant_schema is not None:
+            url = _with_search_path(url, self.tenant_schema)
         return url
+
+    def override(self, **options: Any) -> Settings:
+        """A copy with ``options`` set, each converted and checked as its flag would be.
+
+        Raises :class:`ConfigurationError` for an unknown option or a value of the wrong type.
+        """
+        fields = {field.name: field for field in dataclasses.fields(self)}
+        unknown = set(options) - set(fields)
+        if unknown:
+            raise ConfigurationError(f"Unknown dbmigrate option(s): {', '.join(sorted(unknown))}.")
+        values: dict[str, Any] = {
+            name: None if value is None else _convert(name, fields[name].type, value) for name, value in options.items()
+        }
+        settings = dataclasses.replace(self, **values)
+        for secret in _passwords_of(settings.database_url):
+            register_secret(secret)
+        return settings
 
 
 def default_runner(environ: Mapping[str, str]) -> str:
@@ -240,6 +261,28 @@ def _passwords_of(url: str | None) -> list[str]:
         value = parsed.query.get(key)
         found.extend([value] if isinstance(value, str) else list(value or ()))
     return [str(secret) for secret in found]
+
+
+# A tenant schema: a PostgreSQL name that needs no quoting, so search_path and SQL take it as it is.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _with_search_path(url: str, schema: str) -> str:
+    """A PostgreSQL URL whose connections have ``search_path`` set to ``schema`` alone (libpq's ``options``)."""
+    if not SCHEMA_NAME.fullmatch(schema):
+        raise ConfigurationError(
+            f"The tenant schema {schema!r} is not a plain PostgreSQL name: use lower-case letters, digits and _, "
+            "starting with a letter or _, at most 63 characters."
+        )
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigurationError(
+            f"A tenant schema ({schema}) needs PostgreSQL, not {parsed.get_backend_name()}: give each tenant a "
+            "database of its own there."
+        )
+    given = parsed.query.get("options")
+    options = " ".join([*([given] if isinstance(given, str) else list(given or ())), f"-csearch_path={schema}"])
+    return parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
 def _with_password(url: str, password: str) -> str:
