@@ -109,10 +109,8 @@ def test_a_deferred_backfill_is_queued_by_upgrade_and_filled_by_backfill_runs(
     runs = [(row["revision"], row["status"]) for row in history_rows(database_url) if row["direction"] == "backfill"]
     assert runs == [("0002_backfill", "paused"), ("0002_backfill", "done")]
     text = metrics.read_text()
-    assert (
-        f'dbmigrate_backfill_rows_done{{backfill="{done["id"]}",revision="0002_backfill",table="items (domain, hits)"}} {ROWS + 1}.0'
-        in text
-    )
+    labels = f'backfill="{done["id"]}",revision="0002_backfill",table="items (domain, hits)"'
+    assert f"dbmigrate_backfill_rows_done{{{labels}}} {ROWS + 1}.0" in text
     assert 'state="done"' in text and "dbmigrate_backfill_batches" in text and "dbmigrate_backfill_lock_retries" in text
     status = json_out(run_dbmigrate("status", "--format", "json", cwd=project, database_url=database_url))
     assert status["backfills"] == []  # type: ignore[index]
