@@ -431,7 +431,9 @@ class Runner:
                             backfills=[item.id for item in unfinished],
                             revisions=planned,
                         )
-                    self.finish_backfills(reverting=() if upgrade else planned, later_steps=retire and bool(planned))
+                    # Where DDL is not transactional, finished triggers go before a later step (those finished now too).
+                    later = upgrade and not self.caps.transactional_ddl and bool(planned)
+                    self.finish_backfills(reverting=() if upgrade else planned, later_steps=later)
             result = _Migration(self, target, upgrade).run()
             if upgrade:
                 self.archive_applied(result.after)
