@@ -485,7 +485,8 @@ def _report(runner: Runner, command: str, outcome: str, exit_code: int) -> RunRe
     try:
         current = runner.read_heads()  # one query: the run already learnt where env.py keeps the version table
         pending = len(_pending(runner, current))
-        steps = [e.as_dict() for e in runner.history.entries(run_id=runner.identity.run_id)]
+        entries = runner.history.entries(run_id=runner.identity.run_id)
+        steps = [e.as_dict() for e in entries if e.direction != hist.BACKFILL]  # backfills have metrics of their own
         runs = runner.history.runs_by_outcome()
         backfills = [item.as_dict() for item in runner.backfills.with_triggers()]
     except (DbmigrateError, SQLAlchemyError):

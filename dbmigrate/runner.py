@@ -481,7 +481,7 @@ class Runner:
             self.history.ensure()
             self.settle_interrupted()
             self.backfills.ensure()
-            return self.finish_backfills(deadline=deadline, command="dbmigrate backfill run")
+            return self.finish_backfills(deadline=deadline, command="dbmigrate backfill run", record=True)
         finally:
             unbind("revision")
 
@@ -492,6 +492,7 @@ class Runner:
         later_steps: bool = False,
         deadline: float | None = None,
         command: str = "dbmigrate upgrade",
+        record: bool = False,
     ) -> list[backfill.Segment]:
         """Run every queued backfill to its end, batch by batch (see :mod:`dbmigrate.backfill`); under the lock.
 
@@ -499,10 +500,12 @@ class Runner:
         ``later_steps`` (an upgrade is about to apply a later revision; MySQL/MariaDB only), finished
         backfills' sync triggers are dropped too. With ``deadline``, stops at the first batch boundary after
         it (the backfill is left paused). A signal cancels the batch in flight: its transaction rolls back,
-        every batch before it stays. Returns what it did to each backfill (each also a history row).
+        every batch before it stays. Returns what it did to each backfill; with ``record`` (a run of its own,
+        not part of a migration's steps) each is a history row too.
         """
+        history = self.history if record else None
         worker = backfill.Worker(
-            self.engine, self.caps, self.settings, self.backfills, self.identity.run_id, self.history, command
+            self.engine, self.caps, self.settings, self.backfills, self.identity.run_id, history, command
         )
         try:
             with termination.cancelling(worker.cancel):
