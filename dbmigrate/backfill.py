@@ -344,7 +344,7 @@ class Backfill:
     lock_retries: int
     error: str | None
     deferred: bool = False
-    busy_ms: int = 0  # time spent in its batches so far, every run together
+    busy_ms: int = 0  # time runs spent on it so far (batches, retries and pauses; not the time between runs)
     queued_at: datetime | None = None
     updated_at: datetime | None = None
     last_run_id: str | None = None
@@ -356,7 +356,8 @@ class Backfill:
 
     @property
     def rate(self) -> float | None:
-        """Rows per second of batch work (pauses and time between runs left out); None before the first batch."""
+        """Rows per second while runs work on it (the pauses between batches in, the time between runs out); None
+        before the first batch."""
         return self.rows_done / (self.busy_ms / 1000) if self.busy_ms and self.rows_done else None
 
     @property
@@ -681,6 +682,7 @@ class Worker:
         size, target = FIRST_BATCH, max(0.001, self.settings.backfill_batch_time)
         backoff, retries = online.retry_backoff(), 0
         started, last_report, done_here = time.monotonic(), time.monotonic(), 0
+        mark = started  # the time since this mark, until a batch commits, is what the batch cost (see Backfill.rate)
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 with connection.begin():
@@ -695,12 +697,12 @@ class Worker:
                     rows_estimated=item.rows_estimated,
                 )
                 return False
-            began = time.monotonic()
+            began, busy = time.monotonic(), 0
             try:
                 with connection.begin():
                     count, upper = _batch(connection, spec, item.last_key, size)
                     if count:
-                        busy = int((time.monotonic() - began) * 1000)
+                        busy = int((time.monotonic() - mark) * 1000)
                         connection.execute(
                             progress.values(
                                 last_key=json.dumps(upper, default=str),
@@ -737,7 +739,8 @@ class Worker:
             segment.rows, segment.batches = segment.rows + count, segment.batches + 1
             done_here += count
             took = max(time.monotonic() - began, 1e-6)
-            item.busy_ms += int(took * 1000)
+            item.busy_ms += busy
+            mark = time.monotonic()
             # Aim the next batch at the target duration, changing its size at most twofold per batch.
             size = int(min(MAX_BATCH, size * 2, max(size / 2, size * target / took, MIN_BATCH)))
             # On a terminal the bar shows progress; elsewhere (a pod's JSON logs) a line every few seconds.
