@@ -166,7 +166,8 @@ def backfill_run(
 
     ``max_duration`` (seconds, or ``"30m"``, ``"1h30m"``) and ``window`` (``"01:00-05:00"``, UTC, may
     cross midnight) bound it: when the time is up it stops at a batch boundary and the backfill in
-    progress is ``paused``; the next run resumes it. Outside ``window`` it does nothing. A batch that
+    progress is ``paused``; the next run resumes it (a run commits one batch at least, however short its
+    budget). Outside ``window`` it does nothing. A batch that
     fails raises as in :func:`upgrade` (progress so far is kept).
     """
     resolved = _settings(settings, options)
@@ -191,7 +192,7 @@ def backfill_run(
     def work(runner: Runner) -> BackfillRun:
         segments = runner.run_backfills(deadline)
         left = runner.backfills.unfinished()
-        if not segments:
+        if not segments and not left:
             outcome, message = "nothing-to-do", "no backfill is queued."
         elif left:
             outcome = "paused"

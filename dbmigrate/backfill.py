@@ -541,8 +541,9 @@ class Worker:
         """Finish every unfinished backfill, oldest first, but those the upgrades of ``reverting`` queued (the
         downgrade about to run cancels them); the ones it worked on (see :attr:`segments` for what it did).
 
-        With ``deadline`` (a :func:`time.monotonic` value) it stops at the first batch boundary after it:
-        the backfill in progress is left ``paused``, those after it as they were; the next run resumes.
+        With ``deadline`` (a :func:`time.monotonic` value) it stops at the first batch boundary after it, once
+        it has committed one batch at least (so every run makes progress): the backfill in progress is left
+        ``paused``, those after it as they were; the next run resumes.
 
         Raises :class:`MigrationFailed` (a batch failed: progress so far is kept), :class:`LockTimeout`
         (a batch could not get its locks after every retry) or :class:`ConnectionLost`.
@@ -555,13 +556,17 @@ class Worker:
         connection = self._connect()
         worked = []
         for item in pending:
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline and self._progressed():
                 log.info("time budget used up: backfill left for the next run", backfill=item.id, state=item.state)
                 break
             worked.append(item)
             if not self._run(connection, item, deadline):
                 break
         return worked
+
+    def _progressed(self) -> bool:
+        """Whether this worker has committed a batch yet (of a backfill it finished or left)."""
+        return any(segment.batches for segment in self.segments)
 
     def drop_finished_triggers(self) -> None:
         """MySQL/MariaDB, before an upgrade applies a later revision: :meth:`Queue.retire` each finished
@@ -684,7 +689,7 @@ class Worker:
         started, last_report, done_here = time.monotonic(), time.monotonic(), 0
         mark = started  # the time since this mark, until a batch commits, is what the batch cost (see Backfill.rate)
         while True:
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline and (segment.batches or self._progressed()):
                 with connection.begin():
                     connection.execute(progress.values(state=PAUSED, updated_at=now()))
                 item.state = PAUSED
