@@ -167,8 +167,9 @@ def backfill_run(
     ``max_duration`` (seconds, or ``"30m"``, ``"1h30m"``) and ``window`` (``"01:00-05:00"``, UTC, may
     cross midnight) bound it: when the time is up it stops at a batch boundary and the backfill in
     progress is ``paused``; the next run resumes it (a run commits one batch at least, however short its
-    budget). Outside ``window`` it does nothing. A batch that
-    fails raises as in :func:`upgrade` (progress so far is kept).
+    budget). Outside ``window`` it does nothing. A batch that fails raises as in :func:`upgrade`
+    (progress so far is kept); :class:`LockTimeout` (exit 3) when another run holds the lock longer
+    than ``lock_wait_timeout``.
     """
     resolved = _settings(settings, options)
     budget = backfill.parse_duration(max_duration) if isinstance(max_duration, str) else max_duration

@@ -647,7 +647,7 @@ class Worker:
             self.bar.end()
             segment.seconds = time.monotonic() - began
             self.segments.append(segment)
-            if self.history is not None and row is not None:
+            if self.history is not None and row is not None:  # both or neither: the pair keeps mypy informed
                 with contextlib.suppress(SQLAlchemyError):  # the connection may be what failed
                     self.history.finish(
                         row,
@@ -659,6 +659,7 @@ class Worker:
                     )
 
     def _batches(self, connection: Connection, item: Backfill, deadline: float | None, segment: Segment) -> bool:
+        """The batches of ``item``, counted in ``segment``: True once it is done, False when paused at ``deadline``."""
         bind(revision=item.revision)
         table, spec = self.queue.table, item.spec
         progress = update(table).where(table.c.id == item.id)
