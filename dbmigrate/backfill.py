@@ -647,7 +647,7 @@ class Worker:
             self.bar.end()
             segment.seconds = time.monotonic() - began
             self.segments.append(segment)
-            if self.history is not None and row is not None:  # both or neither: the pair keeps mypy informed
+            if self.history is not None and row is not None:
                 with contextlib.suppress(SQLAlchemyError):  # the connection may be what failed
                     self.history.finish(
                         row,
