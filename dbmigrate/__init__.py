@@ -8,7 +8,10 @@ Every error is a :class:`DbmigrateError`; its ``exit_code`` is what the CLI exit
 
 from dbmigrate._version import __version__
 from dbmigrate.api import (
+    BackfillRun,
     Status,
+    backfill_run,
+    backfill_status,
     backups,
     downgrade,
     drop_backup,
@@ -43,6 +46,7 @@ from dbmigrate.settings import Settings
 from dbmigrate.verify import VerifyResult
 
 __all__ = [
+    "BackfillRun",
     "Backup",
     "ConfigurationError",
     "DatabaseUnavailable",
@@ -64,6 +68,8 @@ __all__ = [
     "VerifyResult",
     "__version__",
     "backfill",
+    "backfill_run",
+    "backfill_status",
     "backups",
     "downgrade",
     "drop_backup",

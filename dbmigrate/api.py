@@ -148,6 +148,93 @@ def _interrupted(item: backfill.Backfill, lock_free: bool) -> backfill.Backfill:
     return item
 
 
+@dataclasses.dataclass
+class BackfillRun:
+    """What ``backfill run`` did: its work on each backfill, and where every backfill stands after it."""
+
+    run_id: str
+    outcome: str  # done (queue empty), paused (time budget used up), nothing-to-do, outside-window
+    message: str
+    segments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    backfills: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # those not finished yet
+
+    def summary(self) -> str:
+        """One paragraph for humans and for the pod's termination message."""
+        return f"dbmigrate backfill run {self.run_id}: {self.message}" if self.run_id else self.message
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "summary": self.summary()}
+
+
+def backfill_run(
+    max_duration: float | str | None = None,
+    window: str | None = None,
+    *,
+    settings: Settings | None = None,
+    **options: Any,
+) -> BackfillRun:
+    """Work through the queued backfills under the run lock (upgrades and other runs wait), in a time budget.
+
+    ``max_duration`` (seconds, or ``"30m"``, ``"1h30m"``) and ``window`` (``"01:00-05:00"``, UTC, may
+    cross midnight) bound it: when the time is up it stops at a batch boundary and the backfill in
+    progress is ``paused``; the next run resumes it (a run commits one batch at least, however short its
+    budget). Outside ``window`` it does nothing. A batch that fails raises as in :func:`upgrade`
+    (progress so far is kept); :class:`LockTimeout` (exit 3) when another run holds the lock longer
+    than ``lock_wait_timeout``.
+    """
+    resolved = _settings(settings, options)
+    budget = backfill.parse_duration(max_duration) if isinstance(max_duration, str) else max_duration
+    if budget is not None and budget <= 0:
+        raise ConfigurationError(f"max_duration must be more than 0, not {max_duration!r}.")
+    if window is not None:
+        span = backfill.Window.parse(window)
+        at = hist.now()
+        left = span.seconds_left(at)
+        if left is None:
+            result = BackfillRun(
+                "", "outside-window", f"it is {at:%H:%M} UTC, outside the window {span.text} (UTC): nothing done."
+            )
+            log.info("outside the backfill window: nothing done", window=span.text, now_utc=f"{at:%H:%M}")
+            write_termination_message(resolved.termination_log, result.summary())
+            return result
+        budget = left if budget is None else min(budget, left)
+    # The budget counts from the start: a run that waited for the lock has that much less time.
+    deadline = None if budget is None else time.monotonic() + budget
+
+    def work(runner: Runner) -> BackfillRun:
+        segments = runner.run_backfills(deadline)
+        left = runner.backfills.unfinished()
+        if not segments and not left:
+            outcome, message = "nothing-to-do", "no backfill is queued."
+        elif left:
+            outcome = "paused"
+            message = f"the time budget is used up; {len(left)} backfill(s) left for the next run."
+        else:
+            outcome, message = "done", f"{len(segments)} backfill(s) worked on, every one done."
+        return BackfillRun(
+            runner.identity.run_id,
+            outcome,
+            message,
+            [dataclasses.asdict(segment) for segment in segments],
+            [item.as_dict() for item in left],
+        )
+
+    return _locked_run(resolved, "backfill run", work)
+
+
+def backfill_status(*, settings: Settings | None = None, **options: Any) -> list[backfill.Backfill]:
+    """Every backfill ever queued, oldest first, with its progress, rate and estimate; only reads.
+
+    One still marked running while no run holds the lock is shown as ``interrupted``: the next run resumes it.
+    """
+    with _session(settings, options) as runner:
+        items = runner.backfills.all()
+        if not any(item.state == backfill.RUNNING for item in items):
+            return items
+        lock_free = lock_is_free(runner.control, runner.caps, runner.lock_scope(), runner.identity)
+        return [_interrupted(item, lock_free) for item in items]
+
+
 def wait_until_ready(
     revision: str | None = None,
     *,
@@ -173,8 +260,8 @@ def wait_until_ready(
         listener = readiness.Listener(runner.control, runner.caps)
         interval, last_progress = 0.05, -readiness.PROGRESS_INTERVAL
         while True:
-            filling = [item.describe() for item in runner.backfills.unfinished()]
-            state = readiness.assess(current, expected, runner.script, runner.history, exact, filling)
+            filling, deferred = _filling(runner.backfills)
+            state = readiness.assess(current, expected, runner.script, runner.history, exact, filling, deferred)
             now = time.monotonic()
             if state.ready:
                 log.info("schema ready", detail=state.describe())
@@ -226,8 +313,8 @@ def is_ready(
             current = readiness.version_context(connection, "alembic_version", None).get_current_heads()
             history = hist.History(connection, resolved.history_table, resolved.table_schema)
             queue = backfill.Queue(connection, resolved.backfills_table, resolved.table_schema)
-            filling = [item.describe() for item in queue.unfinished()]
-            ready = readiness.assess(current, expected, probe.script, history, exact, filling).ready
+            filling, deferred = _filling(queue)
+            ready = readiness.assess(current, expected, probe.script, history, exact, filling, deferred).ready
     except (DbmigrateError, SQLAlchemyError) as exc:
         denied = _lacking_privilege(resolved, resolved.database_url, "is_ready", exc)
         if denied is not None:
@@ -237,6 +324,15 @@ def is_ready(
         ready = False
     _readiness_cache[key] = (time.monotonic(), ready)
     return ready
+
+
+def _filling(queue: backfill.Queue) -> tuple[list[str], list[str]]:
+    """Unfinished backfills: those that hold readiness back (run by the upgrade), and the deferred ones."""
+    unfinished = queue.unfinished()
+    return (
+        [item.describe() for item in unfinished if not item.deferred],
+        [item.describe() for item in unfinished if item.deferred],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,11 +507,13 @@ def _report(runner: Runner, command: str, outcome: str, exit_code: int) -> RunRe
     try:
         current = runner.read_heads()  # one query: the run already learnt where env.py keeps the version table
         pending = len(_pending(runner, current))
-        steps = [e.as_dict() for e in runner.history.entries(run_id=runner.identity.run_id)]
+        entries = runner.history.entries(run_id=runner.identity.run_id)
+        steps = [e.as_dict() for e in entries if e.direction != hist.BACKFILL]  # backfills have metrics of their own
         runs = runner.history.runs_by_outcome()
+        backfills = [item.as_dict() for item in runner.backfills.with_triggers()]
     except (DbmigrateError, SQLAlchemyError):
         return RunReport(command, runner.identity.run_id, outcome, exit_code)
-    return RunReport(command, runner.identity.run_id, outcome, exit_code, steps, current, pending, runs)
+    return RunReport(command, runner.identity.run_id, outcome, exit_code, steps, current, pending, runs, backfills)
 
 
 def _migrate(
@@ -429,7 +527,7 @@ def _migrate(
     return _locked_run(resolved, command, lambda runner: runner.migrate(target, upgrade))
 
 
-_Result = TypeVar("_Result", RunResult, RollbackResult)
+_Result = TypeVar("_Result", RunResult, RollbackResult, BackfillRun)
 
 
 def _locked_run(settings: Settings, command: str, work: Callable[[Runner], _Result]) -> _Result:

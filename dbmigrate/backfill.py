@@ -12,6 +12,10 @@ batch commits the backfill is done; its trigger stays until the next revision st
 previous application version, which does not write the filled columns, may still be writing until
 then), or until the revision is downgraded.
 
+With ``defer_backfills`` the upgrade leaves the queue to ``dbmigrate backfill run`` (a CronJob, an
+off-peak window): that run takes the same run lock, works in a time budget, and stops at a batch
+boundary when the budget is used up (state ``paused``); the next run resumes there.
+
 Offline (``--sql``, ``--dry-run``, ``check``) it renders a comment saying how it runs and the
 set-based ``UPDATE`` it is equivalent to. Under plain Alembic it runs the same keyset batches in
 the revision's own transaction, with no online protection at all.
@@ -23,8 +27,10 @@ import contextlib
 import contextvars
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -35,17 +41,20 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from alembic import op
 from dbmigrate import database, online
+from dbmigrate import history as hist
+from dbmigrate._version import __version__
 from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, connection_lost
-from dbmigrate.errors import ConnectionLost, LockTimeout, MigrationFailed
+from dbmigrate.errors import ConfigurationError, ConnectionLost, LockTimeout, MigrationFailed
 from dbmigrate.history import backfills_table, create_missing, now
 from dbmigrate.masking import redact
-from dbmigrate.observability import bind
+from dbmigrate.observability import ProgressBar, bind, format_seconds
 from dbmigrate.settings import Settings
 
 log = structlog.get_logger("dbmigrate.backfill")
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+QUEUED, RUNNING, PAUSED, DONE, FAILED, CANCELLED = "queued", "running", "paused", "done", "failed", "cancelled"
 PROGRESS_INTERVAL = 5.0  # seconds between progress log lines
+BAR_INTERVAL = 0.2  # seconds between redraws of the progress bar on a terminal
 FIRST_BATCH = 100  # rows; the batch size then follows the measured duration, between these bounds:
 MIN_BATCH = 10  # a batch's commit costs the same for 1 row as for 10: smaller ones only add commits
 MAX_BATCH = 50_000
@@ -84,6 +93,7 @@ class Queueing:
     run_id: str
     direction: str
     revision: Callable[[], str]
+    deferred: bool = False  # left to `dbmigrate backfill run` rather than run after the step
 
 
 _queueing: contextvars.ContextVar[Queueing | None] = contextvars.ContextVar("dbmigrate_backfill_queue", default=None)
@@ -156,13 +166,17 @@ def backfill(
             "batches": 0,
             "lock_retries": 0,
             "queued_at": now(),
+            "deferred": 1 if queue.deferred else 0,
         },
     )
     backfill_id = int(row.inserted_primary_key[0])  # type: ignore[index]
     triggers = _create_triggers(connection, spec, backfill_id)
     spec = dataclasses.replace(spec, triggers=triggers)
     connection.execute(update(queue.table).where(queue.table.c.id == backfill_id).values(spec=spec.as_json()))
-    log.info("backfill queued: it runs once the step commits", table=spec.describe(), backfill=backfill_id)
+    if queue.deferred:
+        log.info("backfill queued for `dbmigrate backfill run` (deferred)", table=spec.describe(), backfill=backfill_id)
+    else:
+        log.info("backfill queued: it runs once the step commits", table=spec.describe(), backfill=backfill_id)
 
 
 def _sql(expression: str | ColumnElement[Any], dialect: Any) -> str:
@@ -329,12 +343,41 @@ class Backfill:
     batches: int
     lock_retries: int
     error: str | None
+    deferred: bool = False
+    busy_ms: int = 0  # time runs spent on it so far (batches, retries and pauses; not the time between runs)
+    queued_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_run_id: str | None = None
+
+    @property
+    def rows_left(self) -> int | None:
+        """Rows still to do, by the estimate its last run took when it began (None before any run)."""
+        return None if self.rows_estimated is None else max(0, self.rows_estimated - self.rows_done)
+
+    @property
+    def rate(self) -> float | None:
+        """Rows per second while runs work on it (the pauses between batches in, the time between runs out); None
+        before the first batch."""
+        return self.rows_done / (self.busy_ms / 1000) if self.busy_ms and self.rows_done else None
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds of batch work still needed at :attr:`rate` (0 when done, None when unknown)."""
+        if self.state == DONE:
+            return 0.0
+        left, rate = self.rows_left, self.rate
+        return None if left is None or not rate else left / rate
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["spec"] = dataclasses.asdict(self.spec)
         data["table"] = self.spec.describe()
         data["description"] = self.describe()
+        data["rows_left"] = self.rows_left
+        data["rows_per_s"] = round(self.rate, 1) if self.rate is not None else None
+        data["eta_s"] = round(self.eta_s, 1) if self.eta_s is not None else None
+        for name in ("queued_at", "updated_at"):
+            data[name] = data[name].isoformat() + "Z" if data[name] is not None else None
         return data
 
     def describe(self) -> str:
@@ -355,6 +398,12 @@ class Queue:
     def ensure(self) -> None:
         """Create the table if missing; under the run lock."""
         create_missing(self.control, self.table, "backfills")
+
+    def all(self) -> list[Backfill]:
+        """Every backfill ever queued, oldest first (none when the table does not exist)."""
+        if not inspect(self.control).has_table(self.table.name, schema=self.table.schema):
+            return []
+        return [_backfill(row._mapping) for row in self.control.execute(select(self.table).order_by(self.table.c.id))]
 
     def unfinished(self, connection: Connection | None = None) -> list[Backfill]:
         """Every backfill not done yet, oldest first (none when the table does not exist)."""
@@ -428,25 +477,73 @@ def _backfill(row: Any) -> Backfill:
         batches=row["batches"],
         lock_retries=row["lock_retries"],
         error=row["error"],
+        deferred=bool(row["deferred"]),
+        busy_ms=row["busy_ms"] or 0,
+        queued_at=row["queued_at"],
+        updated_at=row["updated_at"],
+        last_run_id=row["last_run_id"],
     )
 
 
-class Worker:
-    """Runs queued backfills to the end on a connection of its own, batch by batch; call under the run lock."""
+@dataclasses.dataclass
+class Segment:
+    """What one run did to one backfill; also its row in the history table (direction ``backfill``)."""
 
-    def __init__(self, engine: Engine, caps: Capabilities, settings: Settings, queue: Queue, run_id: str) -> None:
+    backfill: int
+    revision: str
+    table: str
+    outcome: str = FAILED  # done, paused or failed
+    rows: int = 0
+    batches: int = 0
+    lock_retries: int = 0
+    seconds: float = 0.0
+
+    def note(self, item: Backfill) -> str:
+        """The history row's note: this run's share and where the backfill stands."""
+        estimated = f" of about {item.rows_estimated}" if item.rows_estimated is not None else ""
+        return (
+            f"backfill {self.backfill} of {self.table}: {self.rows} row(s) in {self.batches} batch(es) this run, "
+            f"{self.lock_retries} lock retry(ies); {item.rows_done}{estimated} row(s) done in all"
+        )
+
+
+class Worker:
+    """Runs queued backfills on a connection of its own, batch by batch; call under the run lock.
+
+    Each backfill a run works on gets a history row (direction ``backfill``) when ``history`` is given;
+    ``command`` is what the messages tell the reader to run again to resume.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        caps: Capabilities,
+        settings: Settings,
+        queue: Queue,
+        run_id: str,
+        history: hist.History | None = None,
+        command: str = "dbmigrate upgrade",
+    ) -> None:
         self.engine = engine
         self.caps = caps
         self.settings = settings
         self.queue = queue
         self.run_id = run_id
+        self.history = history
+        self.command = command
         self.connection: Connection | None = None
         self.dbapi: Any = None
         self.server_id: int | None = None
+        self.segments: list[Segment] = []
+        self.bar = ProgressBar.for_terminal(settings.log_format)
 
-    def work_through(self, reverting: Collection[str] = ()) -> list[Backfill]:
+    def work_through(self, reverting: Collection[str] = (), deadline: float | None = None) -> list[Backfill]:
         """Finish every unfinished backfill, oldest first, but those the upgrades of ``reverting`` queued (the
-        downgrade about to run cancels them); the ones it finished.
+        downgrade about to run cancels them); the ones it worked on (see :attr:`segments` for what it did).
+
+        With ``deadline`` (a :func:`time.monotonic` value) it stops at the first batch boundary after it, once
+        it has committed one batch at least (so every run makes progress): the backfill in progress is left
+        ``paused``, those after it as they were; the next run resumes.
 
         Raises :class:`MigrationFailed` (a batch failed: progress so far is kept), :class:`LockTimeout`
         (a batch could not get its locks after every retry) or :class:`ConnectionLost`.
@@ -457,9 +554,19 @@ class Worker:
         if not pending:
             return []
         connection = self._connect()
+        worked = []
         for item in pending:
-            self._run(connection, item)
-        return pending
+            if deadline is not None and time.monotonic() >= deadline and self._progressed():
+                log.info("time budget used up: backfill left for the next run", backfill=item.id, state=item.state)
+                break
+            worked.append(item)
+            if not self._run(connection, item, deadline):
+                break
+        return worked
+
+    def _progressed(self) -> bool:
+        """Whether this worker has committed a batch yet (of a backfill it finished or left)."""
+        return any(segment.batches for segment in self.segments)
 
     def drop_finished_triggers(self) -> None:
         """MySQL/MariaDB, before an upgrade applies a later revision: :meth:`Queue.retire` each finished
@@ -512,7 +619,47 @@ class Worker:
         self.connection, self.dbapi = connection, connection.connection.dbapi_connection
         return connection
 
-    def _run(self, connection: Connection, item: Backfill) -> None:
+    def _run(self, connection: Connection, item: Backfill, deadline: float | None) -> bool:
+        """Work on ``item`` until it is done (True) or ``deadline`` passes (False: paused); its history row too."""
+        segment = Segment(item.id, item.revision, item.spec.describe())
+        started_at, began = now(), time.monotonic()
+        row = None
+        if self.history is not None:
+            row = self.history.start(
+                run_id=self.run_id,
+                revision=item.revision,
+                from_revision="",
+                direction=hist.BACKFILL,
+                runner=self.settings.runner,
+                dbmigrate_version=__version__,
+                app_version=self.settings.app_version,
+                started_at=started_at,
+            )
+        error: str | None = None
+        try:
+            finished = self._batches(connection, item, deadline, segment)
+            segment.outcome = DONE if finished else PAUSED
+            return finished
+        except BaseException as exc:  # recorded, then raised as it was
+            error = str(exc)
+            raise
+        finally:
+            self.bar.end()
+            segment.seconds = time.monotonic() - began
+            self.segments.append(segment)
+            if self.history is not None and row is not None:
+                with contextlib.suppress(SQLAlchemyError):  # the connection may be what failed
+                    self.history.finish(
+                        row,
+                        segment.outcome,
+                        started_at,
+                        error,
+                        note=segment.note(item),
+                        lock_waits=segment.lock_retries,
+                    )
+
+    def _batches(self, connection: Connection, item: Backfill, deadline: float | None, segment: Segment) -> bool:
+        """The batches of ``item``, counted in ``segment``: True once it is done, False when paused at ``deadline``."""
         bind(revision=item.revision)
         table, spec = self.queue.table, item.spec
         progress = update(table).where(table.c.id == item.id)
@@ -529,7 +676,7 @@ class Worker:
                     error=None,
                 )
             )
-        item.rows_estimated = item.rows_done + int(estimate)
+        item.rows_estimated, item.state = item.rows_done + int(estimate), RUNNING
         log.info(
             "backfill resuming" if item.batches else "backfill starting",
             backfill=item.id,
@@ -541,17 +688,33 @@ class Worker:
         size, target = FIRST_BATCH, max(0.001, self.settings.backfill_batch_time)
         backoff, retries = online.retry_backoff(), 0
         started, last_report, done_here = time.monotonic(), time.monotonic(), 0
+        mark = started  # the time since this mark, until a batch commits, is what the batch cost (see Backfill.rate)
         while True:
-            began = time.monotonic()
+            if deadline is not None and time.monotonic() >= deadline and (segment.batches or self._progressed()):
+                with connection.begin():
+                    connection.execute(progress.values(state=PAUSED, updated_at=now()))
+                item.state = PAUSED
+                self.bar.end()
+                log.info(
+                    f"backfill paused: the time budget is used up; the next `{self.command}` resumes it",
+                    backfill=item.id,
+                    table=where,
+                    rows_done=item.rows_done,
+                    rows_estimated=item.rows_estimated,
+                )
+                return False
+            began, busy = time.monotonic(), 0
             try:
                 with connection.begin():
                     count, upper = _batch(connection, spec, item.last_key, size)
                     if count:
+                        busy = int((time.monotonic() - mark) * 1000)
                         connection.execute(
                             progress.values(
                                 last_key=json.dumps(upper, default=str),
                                 rows_done=table.c.rows_done + count,
                                 batches=table.c.batches + 1,
+                                busy_ms=func.coalesce(table.c.busy_ms, 0) + busy,
                                 updated_at=now(),
                             )
                         )
@@ -563,6 +726,8 @@ class Worker:
                     size = max(MIN_BATCH, size // 2)  # smaller batches hold fewer row locks, and wait for fewer
                     delay = float(backoff(_Attempt(retries)))  # type: ignore[arg-type]
                     self._count_lock_retry(item.id)
+                    segment.lock_retries += 1
+                    self.bar.end()
                     log.warning(
                         "backfill batch hit a lock timeout, retrying with a smaller batch",
                         backfill=item.id,
@@ -577,14 +742,21 @@ class Worker:
                 break
             retries = 0
             item.last_key, item.rows_done, item.batches = upper, item.rows_done + count, item.batches + 1
+            segment.rows, segment.batches = segment.rows + count, segment.batches + 1
             done_here += count
             took = max(time.monotonic() - began, 1e-6)
+            item.busy_ms += busy
+            mark = time.monotonic()
             # Aim the next batch at the target duration, changing its size at most twofold per batch.
             size = int(min(MAX_BATCH, size * 2, max(size / 2, size * target / took, MIN_BATCH)))
-            if time.monotonic() - last_report >= PROGRESS_INTERVAL:
+            # On a terminal the bar shows progress; elsewhere (a pod's JSON logs) a line every few seconds.
+            interval = BAR_INTERVAL if self.bar.enabled else PROGRESS_INTERVAL
+            if time.monotonic() - last_report >= interval:
                 last_report = time.monotonic()
                 self._report(item, done_here, last_report - started)
             time.sleep(self.settings.backfill_pause)
+        item.state = DONE
+        self.bar.end()
         log.info(
             "backfill done",
             backfill=item.id,
@@ -593,10 +765,20 @@ class Worker:
             batches=item.batches,
             duration_s=round(time.monotonic() - started, 2),
         )
+        return True
 
     def _report(self, item: Backfill, done_here: int, elapsed: float) -> None:
         rate = done_here / elapsed if elapsed > 0 else 0.0
         left = max(0, (item.rows_estimated or 0) - item.rows_done)
+        if self.bar.enabled:
+            eta = f"ETA {format_seconds(left / rate)}" if rate else "ETA ?"
+            self.bar.show(
+                f"backfill {item.id} {item.spec.table}",
+                item.rows_done,
+                item.rows_estimated or item.rows_done,
+                f"{rate:,.0f} rows/s, {eta}",
+            )
+            return
         log.info(
             "backfill progress",
             backfill=item.id,
@@ -637,13 +819,13 @@ class Worker:
             return LockTimeout(
                 f"Backfill {item.id} of {where} (revision {item.revision}) could not get its locks after "
                 f"{self.settings.max_lock_retries} retries ({reason}); {item.rows_done} row(s) are done and kept. "
-                "Run `dbmigrate upgrade` again later to resume, or raise --max-lock-retries / --lock-timeout."
+                f"Run `{self.command}` again later to resume, or raise --max-lock-retries / --lock-timeout."
             )
         return MigrationFailed(
             f"Backfill {item.id} of {where} (revision {item.revision}) failed in the batch after key "
             f"{item.last_key if item.last_key is not None else '(start)'}: {reason}. The revision's schema change "
             f"is applied and the {item.rows_done} row(s) of earlier batches are kept; the trigger keeps rows the "
-            "application writes in sync meanwhile. Fix the data and run `dbmigrate upgrade` again: it resumes with "
+            f"application writes in sync meanwhile. Fix the data and run `{self.command}` again: it resumes with "
             "that batch. To change the expression instead, downgrade the revision (which cancels the backfill) "
             "and upgrade with the corrected file."
         )
@@ -666,3 +848,51 @@ def _describe(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
     return redact(f"{type(orig).__name__}: {' '.join(lines[:3])}")[:1000] if lines else type(orig).__name__
+
+
+# -- time budgets ------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s?)?")
+_WINDOW = re.compile(r"(?P<h1>\d{1,2}):(?P<m1>\d{2})-(?P<h2>\d{1,2}):(?P<m2>\d{2})")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"30m"``, ``"1h30m"``; :class:`ConfigurationError` for anything else."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not text.strip() or match is None:
+        raise ConfigurationError(f"--max-duration takes seconds or a duration such as 30m or 1h30m, not {text!r}.")
+    hours, minutes, seconds = (float(match[name] or 0) for name in ("h", "m", "s"))
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ConfigurationError(f"--max-duration must be more than 0, not {text!r}.")
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A daily time window in UTC, ``HH:MM-HH:MM``; one whose end is earlier than its start crosses midnight."""
+
+    start: int  # minutes after midnight, UTC
+    end: int
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """:class:`ConfigurationError` unless ``text`` is two different times of day, ``01:00-05:00``."""
+        match = _WINDOW.fullmatch(text.strip())
+        if match is None or int(match["h1"]) > 23 or int(match["h2"]) > 24 or int(match["m1"]) > 59:
+            raise ConfigurationError(f"--window takes HH:MM-HH:MM in UTC, such as 01:00-05:00, not {text!r}.")
+        if int(match["m2"]) > 59 or (int(match["h2"]) == 24 and int(match["m2"])):
+            raise ConfigurationError(f"--window takes HH:MM-HH:MM in UTC, such as 01:00-05:00, not {text!r}.")
+        start = int(match["h1"]) * 60 + int(match["m1"])
+        end = (int(match["h2"]) * 60 + int(match["m2"])) % 1440
+        if start == end:
+            raise ConfigurationError(f"--window {text!r} starts where it ends; leave it out to run at any time.")
+        return cls(start, end, text.strip())
+
+    def seconds_left(self, at: datetime) -> float | None:
+        """Seconds from ``at`` (UTC) to the window's end, or None when ``at`` is outside the window."""
+        minute = at.hour * 60 + at.minute + (at.second + at.microsecond / 1e6) / 60
+        length = (self.end - self.start) % 1440
+        into = (minute - self.start) % 1440
+        return None if into >= length else (length - into) * 60

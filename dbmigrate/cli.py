@@ -29,7 +29,7 @@ from dbmigrate.errors import (
     VerificationFailed,
 )
 from dbmigrate.masking import redact
-from dbmigrate.observability import PrintedLines, configure_logging, write_termination_message
+from dbmigrate.observability import PrintedLines, configure_logging, format_seconds, write_termination_message
 from dbmigrate.runner import RunResult
 from dbmigrate.settings import Settings
 
@@ -319,6 +319,13 @@ def main(context: click.Context, /, **options_given_first: Any) -> None:
     help="Refuse revisions the gate cannot analyse offline, instead of watching their statements as they run "
     "[DBMIGRATE_REFUSE_UNANALYSED]",
 )
+@click.option(
+    "--defer-backfills",
+    is_flag=True,
+    default=None,
+    help="Apply the schema and queue the revisions' backfills for `dbmigrate backfill run` instead of running "
+    "them now [DBMIGRATE_DEFER_BACKFILLS]",
+)
 @_fleet_options
 @common_options
 @run_command
@@ -400,6 +407,53 @@ def backups_drop(settings: Settings, backup_id: int) -> tuple[Any, str, int]:
     """Delete backup BACKUP_ID's copy of the data for good."""
     backup = api.drop_backup(backup_id, settings=settings)
     return backup.as_dict(), f"Dropped {backup.backup_table}.", 0
+
+
+@main.group("backfill", cls=_Group, epilog=EPILOG)
+def backfill_group() -> None:
+    """Backfills that revisions queued: run them in a time budget, show their progress."""
+
+
+@backfill_group.command("run", epilog=EPILOG)
+@click.option(
+    "--max-duration", help="Stop at the first batch boundary after this long: seconds, or 30m, 1h30m [no limit]"
+)
+@click.option(
+    "--window",
+    help="Work only inside this daily window, HH:MM-HH:MM in UTC (22:00-04:00 crosses midnight); outside it do "
+    "nothing and exit 0",
+)
+@common_options
+@run_command
+def backfill_run(settings: Settings, max_duration: str | None, window: str | None) -> tuple[Any, str, int]:
+    """Work through the queued backfills under the run lock; paused when the time is up, resumed next run."""
+    result = api.backfill_run(max_duration, window, settings=settings)
+    return result.as_dict(), result.summary(), 0
+
+
+@backfill_group.command("status", epilog=EPILOG)
+@common_options
+@run_command
+def backfill_status(settings: Settings) -> tuple[Any, str, int]:
+    """Show every backfill: revision, table, rows done and left, rate, ETA, last run, state."""
+    items = api.backfill_status(settings=settings)
+    if not items:
+        return [], "No backfills: no revision has queued one.", 0
+    lines = [
+        f"{'id':>4} {'state':<11} {'revision':<20} {'table':<24} {'done':>10} {'left':>10} {'rows/s':>8} "
+        f"{'ETA':>7}  last run"
+    ]
+    for item in items:
+        left, rate, eta = item.rows_left, item.rate, item.eta_s
+        last = f"{item.last_run_id} at {item.updated_at:%Y-%m-%d %H:%M:%S}" if item.updated_at else "never"
+        lines.append(
+            f"{item.id:>4} {item.state:<11} {item.revision:<20} {item.spec.describe():<24} {item.rows_done:>10} "
+            f"{'?' if left is None else left:>10} {'?' if rate is None else f'{rate:.0f}':>8} "
+            f"{'?' if eta is None else format_seconds(eta):>7}  {last}"
+        )
+        if item.error:
+            lines.append(f"     error: {item.error}")
+    return [item.as_dict() for item in items], "\n".join(lines), 0
 
 
 @main.command("check", epilog=EPILOG)

@@ -39,6 +39,7 @@ from dbmigrate.masking import redact
 RUNNING, APPLIED, FAILED, PARTIAL, REPAIRED = "running", "applied", "failed", "partial", "repaired"
 KEPT = "kept"  # a rollback that kept the newer schema on purpose
 ROLLBACK = "rollback"  # the direction of a rollback's decision row
+BACKFILL = "backfill"  # the direction of the row of one run's work on one backfill (its status: done, paused, failed)
 
 # One step's statements are kept within MySQL's TEXT (65,535 bytes), the newest first; each is cut
 # at _MAX_STATEMENT_CHARS, its full length noted, so that a reader knows the text is not whole.
@@ -146,6 +147,9 @@ def backfills_table(name: str, schema: str | None) -> Table:
         # The sync trigger outlives the last batch: rows the previous application version writes during the
         # rollout that follows stay in sync. The next upgrade that applies a later revision drops it.
         Column("trigger_dropped_at", _Timestamp),
+        # Added later, so nullable (see create_missing).
+        Column("deferred", Integer),  # 1: queued by an upgrade that left it to `dbmigrate backfill run`
+        Column("busy_ms", Integer),  # time spent in its batches, every run together: its rate is rows_done / busy
         schema=schema,
     )
 
@@ -360,20 +364,23 @@ class History:
         return list(reversed(self.entries(run_id=newest[0].run_id)))
 
     def runs_by_outcome(self) -> dict[str, int]:
-        """How many runs ended with each status (the status of each run's last row)."""
+        """How many runs ended with each status (the status of each run's last step; backfill rows are not steps)."""
         if not self.exists():
             return {}
-        last_ids = select(func.max(self.table.c.id)).group_by(self.table.c.run_id).scalar_subquery()
+        steps = select(func.max(self.table.c.id)).where(self.table.c.direction != BACKFILL)
+        last_ids = steps.group_by(self.table.c.run_id).scalar_subquery()
         query = (
             select(self.table.c.status, func.count()).where(self.table.c.id.in_(last_ids)).group_by(self.table.c.status)
         )
         return {status: int(count) for status, count in self.connection.execute(query)}
 
     def unresolved_partials(self) -> list[Entry]:
-        """Partial steps with no later row for the same revision: the database needs repair."""
+        """Partial steps with no later step of the same revision: the database needs repair."""
         unresolved = []
         for entry in self.entries(status=PARTIAL):
-            later = select(self.table.c.id).where(self.table.c.revision == entry.revision, self.table.c.id > entry.id)
+            later = select(self.table.c.id).where(
+                self.table.c.revision == entry.revision, self.table.c.id > entry.id, self.table.c.direction != BACKFILL
+            )
             if self.connection.execute(later.limit(1)).first() is None:
                 unresolved.append(entry)
         return unresolved

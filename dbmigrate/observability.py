@@ -199,6 +199,55 @@ def write_termination_message(path: Path, message: str) -> bool:
     return True
 
 
+def format_seconds(seconds: float) -> str:
+    """A duration as people read it: ``45s``, ``3m20s``, ``2h05m``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def render_bar(label: str, done: int, total: int, detail: str, width: int = 30) -> str:
+    """One line: ``label [#####.....]  50% 500/1000 detail``."""
+    fraction = min(1.0, done / total) if total > 0 else 0.0
+    filled = int(fraction * width)
+    return f"{label} [{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} {done}/{total} {detail}"
+
+
+class ProgressBar:
+    """A progress bar redrawn in place on a terminal; does nothing unless stderr is a terminal with text logs.
+
+    Written to the process's real stderr (a command's output is redirected while it runs); :meth:`end`
+    closes the line before anything else is logged.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.enabled = stream is not None
+        self._open = False
+
+    @classmethod
+    def for_terminal(cls, log_format: str) -> ProgressBar:
+        stream = sys.__stderr__
+        terminal = stream is not None and stream.isatty() and log_format != "json"
+        return cls(stream if terminal else None)
+
+    def show(self, label: str, done: int, total: int, detail: str) -> None:
+        if self.stream is None:
+            return
+        self.stream.write("\r" + redact(render_bar(label, done, total, detail)) + "\033[K")
+        self.stream.flush()
+        self._open = True
+
+    def end(self) -> None:
+        if self.stream is not None and self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+
 @dataclasses.dataclass(frozen=True)
 class RunReport:
     """What one run did, as the metrics describe it."""
@@ -211,6 +260,7 @@ class RunReport:
     current: Sequence[str] = ()
     pending: int | None = None
     runs_by_outcome: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    backfills: Sequence[Mapping[str, Any]] = ()  # those whose sync trigger is still installed (as_dict of each)
 
 
 def run_metrics(report: RunReport) -> CollectorRegistry:
@@ -269,7 +319,36 @@ def run_metrics(report: RunReport) -> CollectorRegistry:
     )
     for name, count in report.runs_by_outcome.items():
         runs.labels(name).set(count)
+    if report.backfills:
+        _backfill_metrics(report.backfills, registry)
     return registry
+
+
+def _backfill_metrics(backfills: Sequence[Mapping[str, Any]], registry: CollectorRegistry) -> None:
+    from prometheus_client import Gauge
+
+    labels = ["backfill", "revision", "table"]
+    gauges = {
+        field: Gauge(f"dbmigrate_backfill_{field}", help_, labels, registry=registry)
+        for field, help_ in (
+            ("rows_done", "Rows each backfill has filled so far"),
+            ("rows_estimated", "Rows each backfill has to fill in all, as estimated when its last run began"),
+            ("batches", "Batches each backfill has committed"),
+            ("lock_retries", "Batches of each backfill retried after a lock timeout"),
+        )
+    }
+    state = Gauge(
+        "dbmigrate_backfill_state",
+        "Each backfill's state (value 1): queued, running, paused, done, failed",
+        [*labels, "state"],
+        registry=registry,
+    )
+    for item in backfills:
+        values = (str(item["id"]), str(item["revision"]), str(item["table"]))
+        for field, gauge in gauges.items():
+            if item.get(field) is not None:
+                gauge.labels(*values).set(item[field])
+        state.labels(*values, str(item["state"])).set(1)
 
 
 def publish_metrics(report: RunReport, pushgateway: str | None, grouping: str | None, textfile: Path | None) -> None:

@@ -45,6 +45,8 @@ class Readiness:
     ahead: bool
     run_in_progress: str
     filling: tuple[str, ...] = ()  # backfills not finished yet: the schema is there, its data not yet
+    # Deferred backfills not finished yet: they do not hold readiness back (the code must not need their data).
+    deferred: tuple[str, ...] = ()
 
     def describe(self) -> str:
         current = ", ".join(self.current) or "base"
@@ -52,7 +54,10 @@ class Readiness:
         if self.filling and not self.pending:
             return text_ + ", data still being filled: " + "; ".join(self.filling)
         if self.ready:
-            return text_ + (" (ahead, on a chain descending from it)" if self.ahead else "") + ": ready"
+            text_ += (" (ahead, on a chain descending from it)" if self.ahead else "") + ": ready"
+            if self.deferred:
+                text_ += "; data still being filled by deferred backfill(s): " + "; ".join(self.deferred)
+            return text_
         text_ += f", {self.pending} revision(s) pending"
         if self.run_in_progress:
             text_ += f", {self.run_in_progress}"
@@ -64,6 +69,7 @@ class Readiness:
             "current": list(self.current),
             "expected": list(self.expected),
             "filling": list(self.filling),
+            "deferred": list(self.deferred),
         }
 
 
@@ -81,9 +87,14 @@ def assess(
     history: hist.History,
     exact: bool,
     filling: Sequence[str] = (),
+    deferred: Sequence[str] = (),
 ) -> Readiness:
     """Compare the database's revisions with the expected ones; not ready either while ``filling`` names
-    backfills that have not finished (their revision's step is applied, its data not filled yet)."""
+    backfills that have not finished (their revision's step is applied, its data not filled yet).
+
+    ``deferred`` names unfinished backfills an upgrade left to ``dbmigrate backfill run``: the schema is
+    ready without them, and the answer says that their data is still being filled.
+    """
     current_set, expected_set = set(current), set(expected)
     ancestry = ancestors(current, script, history)
     if current_set == expected_set:
@@ -96,7 +107,9 @@ def assess(
     pending = 0 if ready else _count_pending(script, current, expected)
     ready = ready and not filling
     running = "" if ready else _run_in_progress(history)
-    return Readiness(ready, tuple(sorted(current)), tuple(sorted(expected)), pending, ahead, running, tuple(filling))
+    return Readiness(
+        ready, tuple(sorted(current)), tuple(sorted(expected)), pending, ahead, running, tuple(filling), tuple(deferred)
+    )
 
 
 def ancestors(current: Iterable[str], script: ScriptDirectory, history: hist.History) -> set[str]:

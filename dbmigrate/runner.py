@@ -418,9 +418,26 @@ class Runner:
             # A killed run's backfills finish before anything else is applied (those a downgrade reverts, cancelled).
             # Where DDL is not transactional, finished backfills' triggers go before the next step, on their own.
             retire = upgrade and not self.caps.transactional_ddl and bool(self.backfills.trigger_tables())
-            if retire or self.backfills.unfinished():
+            unfinished = self.backfills.unfinished()
+            if retire or unfinished:
                 planned = [scripts.step_revision(s) for s in self._plan(target, upgrade)]
-                self.finish_backfills(reverting=() if upgrade else planned, later_steps=retire and bool(planned))
+                if unfinished and self.settings.defer_backfills and not planned:
+                    log.info(
+                        "backfills stay queued for `dbmigrate backfill run`: nothing to apply",
+                        backfills=[item.id for item in unfinished],
+                    )
+                else:
+                    if unfinished and self.settings.defer_backfills:
+                        # A later revision may rely on the data (a NOT NULL, a unique index) or change the table
+                        # under the backfill: the queue is worked through first, online, batch by batch.
+                        log.info(
+                            "finishing queued backfills before applying a later revision",
+                            backfills=[item.id for item in unfinished],
+                            revisions=planned,
+                        )
+                    # Where DDL is not transactional, finished triggers go before a later step (those finished now too).
+                    later = upgrade and not self.caps.transactional_ddl and bool(planned)
+                    self.finish_backfills(reverting=() if upgrade else planned, later_steps=later)
             result = _Migration(self, target, upgrade).run()
             if upgrade:
                 self.archive_applied(result.after)
@@ -458,18 +475,45 @@ class Runner:
     def _plan(self, target: str, upgrade: bool) -> list[RevisionStep]:
         return scripts.plan(self.script, target, self.current_heads(), upgrade)
 
-    def finish_backfills(self, *, reverting: Collection[str] = (), later_steps: bool = False) -> None:
+    def run_backfills(self, deadline: float | None) -> list[backfill.Segment]:
+        """``dbmigrate backfill run``: work through the queue until it is empty or ``deadline`` (a
+        :func:`time.monotonic` value) passes, then stop at a batch boundary; call while holding :meth:`locked`.
+
+        Sync triggers stay: the next upgrade that applies a later revision drops those of finished backfills.
+        """
+        try:
+            self.history.ensure()
+            self.settle_interrupted()
+            self.backfills.ensure()
+            return self.finish_backfills(deadline=deadline, command="dbmigrate backfill run", record=True)
+        finally:
+            unbind("revision")
+
+    def finish_backfills(
+        self,
+        *,
+        reverting: Collection[str] = (),
+        later_steps: bool = False,
+        deadline: float | None = None,
+        command: str = "dbmigrate upgrade",
+        record: bool = False,
+    ) -> list[backfill.Segment]:
         """Run every queued backfill to its end, batch by batch (see :mod:`dbmigrate.backfill`); under the lock.
 
         Those the upgrades of ``reverting`` queued are left to the downgrade, which cancels them. With
         ``later_steps`` (an upgrade is about to apply a later revision; MySQL/MariaDB only), finished
-        backfills' sync triggers are dropped too. A signal cancels the batch in flight: its transaction rolls
-        back, every batch before it stays.
+        backfills' sync triggers are dropped too. With ``deadline``, stops at the first batch boundary after
+        it (the backfill is left paused). A signal cancels the batch in flight: its transaction rolls back,
+        every batch before it stays. Returns what it did to each backfill; with ``record`` (a run of its own,
+        not part of a migration's steps) each is a history row too.
         """
-        worker = backfill.Worker(self.engine, self.caps, self.settings, self.backfills, self.identity.run_id)
+        history = self.history if record else None
+        worker = backfill.Worker(
+            self.engine, self.caps, self.settings, self.backfills, self.identity.run_id, history, command
+        )
         try:
             with termination.cancelling(worker.cancel):
-                worker.work_through(reverting)
+                worker.work_through(reverting, deadline)
                 if later_steps:
                     worker.drop_finished_triggers()
         except Terminated as exc:
@@ -481,6 +525,7 @@ class Runner:
             raise
         finally:
             worker.close()
+        return worker.segments
 
     def _rollback_target(self, to: str) -> str:
         if to != "code-head":
@@ -602,8 +647,14 @@ def interrupted_status(entry: hist.Entry, applied: set[str]) -> tuple[str, str]:
     """How to record a step whose run died: ('applied', 'failed' or 'partial', explanation).
 
     ``applied`` is every revision the database holds now: a step whose version update committed
-    before the run died is done, whatever its history row says.
+    before the run died is done, whatever its history row says. A backfill's row is failed: its batch
+    in flight rolled back, and the next run resumes after the last committed one.
     """
+    if entry.direction == hist.BACKFILL:
+        return hist.FAILED, (
+            f"The run ({entry.run_id} on {entry.runner}) was interrupted during this backfill; its batch in flight "
+            "was rolled back, and the next run resumes after the last committed batch."
+        )
     if (entry.revision in applied) == (entry.direction == "upgrade"):
         return hist.APPLIED, (
             f"The run ({entry.run_id} on {entry.runner}) was interrupted after this step committed; "
@@ -790,7 +841,7 @@ class _Migration:
                         runner.config, runner.script, self._steps, connection=connection, on_configure=self._configure
                     )
                 self._flush_deferred()
-                if self.external_transaction:  # env.py's transaction has committed only now
+                if self.external_transaction and not self.settings.defer_backfills:  # env.py's has committed only now
                     runner.finish_backfills()
                 break
             except _TablesNeeded:
@@ -838,7 +889,11 @@ class _Migration:
             return scripts.step_revision(self.current)
 
         return backfill.Queueing(
-            self.runner.backfills.table, self.runner.identity.run_id, self.result.direction, revision
+            self.runner.backfills.table,
+            self.runner.identity.run_id,
+            self.result.direction,
+            revision,
+            self.settings.defer_backfills,
         )
 
     # -- the gate ---------------------------------------------------------------------------------
@@ -1298,9 +1353,18 @@ class _Migration:
         else:
             self._record(step, hist.APPLIED)
         self.current = None
-        # The step has committed and released its locks: its backfills run now, before the next step.
+        # The step has committed and released its locks: its backfills run now, before the next step. Deferred,
+        # they wait for `dbmigrate backfill run`, unless a later step follows in this run: that one may rely on
+        # the data or change the table under the backfill, so the queue is worked through first all the same.
         later = self.upgrade and self.upcoming is not None and not self.caps.transactional_ddl
-        self.runner.finish_backfills(later_steps=later)
+        if not self.settings.defer_backfills:
+            self.runner.finish_backfills(later_steps=later)
+        elif self.upcoming is not None and self.runner.backfills.unfinished():
+            log.info(
+                "finishing queued backfills before applying a later revision",
+                revision=scripts.step_revision(self.upcoming),
+            )
+            self.runner.finish_backfills(later_steps=later)
 
     def _flush_deferred(self) -> None:
         if self.external_transaction:

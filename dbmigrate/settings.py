@@ -69,6 +69,8 @@ class Settings:
     backfills_table: str = "dbmigrate_backfills"
     backfill_batch_time: float = 0.1
     backfill_pause: float = 0.05
+    # Queued backfills left to `dbmigrate backfill run` (a CronJob, an off-peak window): upgrade changes the schema.
+    defer_backfills: bool = False
     archive_key: str | None = None
     pushgateway: str | None = None
     metrics_grouping: str | None = None

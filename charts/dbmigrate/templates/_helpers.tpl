@@ -391,7 +391,8 @@ The path of the mounted database Secret file (urlFile and passwordFile). Takes a
 {{/*
 The environment of every container: the runner identity, dbmigrate's settings, the database URL
 (from a Secret, never a plain value) and extraEnv. A scope with archiveKey (the hook Jobs) also gets
-the archive's signing key. Takes a scope.
+the archive's signing key; one with deferBackfills (the migration Job) DBMIGRATE_DEFER_BACKFILLS.
+Takes a scope.
 */}}
 {{- define "dbmigrate.env" -}}
 {{- include "dbmigrate.validate" . -}}
@@ -444,6 +445,10 @@ the archive's signing key. Takes a scope.
   "historyTable" "DBMIGRATE_HISTORY_TABLE"
   "tableSchema" "DBMIGRATE_TABLE_SCHEMA"
 }}
+{{- if .deferBackfills }}
+- name: DBMIGRATE_DEFER_BACKFILLS
+  value: "true"
+{{- end }}
 {{- range $key, $envName := $names }}
 {{- $value := get $settings $key }}
 {{- if and (not (kindIs "invalid" $value)) (ne (toString $value) "") }}
@@ -707,29 +712,39 @@ metadata:
     {{- . | nindent 4 }}
   {{- end }}
 spec:
-  backoffLimit: {{ $job.backoffLimit }}
-  {{- with $job.activeDeadlineSeconds }}
-  activeDeadlineSeconds: {{ . }}
-  {{- end }}
-  {{- if ne (toString $job.ttlSecondsAfterFinished) "" }}
-  ttlSecondsAfterFinished: {{ $job.ttlSecondsAfterFinished }}
-  {{- end }}
-  {{- if and $job.podFailurePolicy.enabled $job.podFailurePolicy.failJobOnExitCodes }}
-  podFailurePolicy:
-    rules:
-      - action: FailJob
-        onExitCodes:
-          containerName: {{ .containerName }}
-          operator: In
-          values:
-            {{- toYaml $job.podFailurePolicy.failJobOnExitCodes | nindent 12 }}
-      - action: Ignore
-        onPodConditions:
-          - type: DisruptionTarget
-            status: "True"
-  {{- end }}
-  template:
-    {{- include "dbmigrate.jobPodTemplate" . | nindent 4 }}
+  {{- include "dbmigrate.jobSpec" . | nindent 2 }}
+{{- end -}}
+
+{{/*
+A Job's spec (the hook Jobs', the backfill CronJob's jobTemplate): backoffLimit, activeDeadlineSeconds,
+ttlSecondsAfterFinished, podFailurePolicy from .job, and the pod template. Takes the scope of
+"dbmigrate.hookJob" with resources set.
+*/}}
+{{- define "dbmigrate.jobSpec" -}}
+{{- $job := .job -}}
+backoffLimit: {{ $job.backoffLimit }}
+{{- with $job.activeDeadlineSeconds }}
+activeDeadlineSeconds: {{ . }}
+{{- end }}
+{{- if and (hasKey $job "ttlSecondsAfterFinished") (ne (toString $job.ttlSecondsAfterFinished) "") }}
+ttlSecondsAfterFinished: {{ $job.ttlSecondsAfterFinished }}
+{{- end }}
+{{- if and $job.podFailurePolicy.enabled $job.podFailurePolicy.failJobOnExitCodes }}
+podFailurePolicy:
+  rules:
+    - action: FailJob
+      onExitCodes:
+        containerName: {{ .containerName }}
+        operator: In
+        values:
+          {{- toYaml $job.podFailurePolicy.failJobOnExitCodes | nindent 10 }}
+    - action: Ignore
+      onPodConditions:
+        - type: DisruptionTarget
+          status: "True"
+{{- end }}
+template:
+  {{- include "dbmigrate.jobPodTemplate" . | nindent 2 }}
 {{- end -}}
 
 {{/*
@@ -800,6 +815,22 @@ The migration Job's scope: fills a scope made with "dbmigrate.scope" (job.yaml a
 {{- $_ := set . "argocd" true -}}
 {{- $_ := set . "containerName" "migrate" -}}
 {{- $_ := set . "args" $migration.args -}}
+{{- $_ := set . "deferBackfills" $migration.deferBackfills -}}
+{{- end -}}
+
+{{/*
+The backfill CronJob's arguments, as JSON: backfill run [--max-duration <d>] [--window <w>] <extraArgs>.
+Takes the backfill.cronJob values.
+*/}}
+{{- define "dbmigrate.backfillArgs" -}}
+{{- $args := list "backfill" "run" -}}
+{{- with .maxDuration -}}
+{{- $args = concat $args (list "--max-duration" (toString .)) -}}
+{{- end -}}
+{{- with .window -}}
+{{- $args = concat $args (list "--window" .) -}}
+{{- end -}}
+{{- concat $args (.extraArgs | default list) | toJson -}}
 {{- end -}}
 
 {{/*
