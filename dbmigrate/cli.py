@@ -30,7 +30,7 @@ from dbmigrate.errors import (
 from dbmigrate.masking import redact
 from dbmigrate.observability import PrintedLines, configure_logging, write_termination_message
 from dbmigrate.runner import RunResult
-from dbmigrate.settings import Settings
+from dbmigrate.settings import WHEN_AHEAD, Settings
 
 log = structlog.get_logger("dbmigrate.cli")
 
@@ -56,6 +56,13 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         {"type": float, "help": "Seconds to wait for long transactions on a step's tables [60]"},
     ),
     (("--max-lock-retries",), {"type": int, "help": "Retries of a step that hit its lock timeout [10]"}),
+    (
+        ("--deadline",),
+        {
+            "type": float,
+            "help": "Seconds this process may run in all, from its start; every wait stops in time, exit 3 [0: none]",
+        },
+    ),
     (("--history-table",), {"help": "Name of dbmigrate's history table [dbmigrate_history]"}),
     (("--table-schema",), {"help": "Schema for dbmigrate's tables [the connection's default]"}),
     (("--archive-table",), {"help": "Name of dbmigrate's revision archive table [dbmigrate_archive]"}),
@@ -253,6 +260,13 @@ def main(context: click.Context, /, **options_given_first: Any) -> None:
     default=None,
     help="Refuse revisions the gate cannot analyse offline, instead of watching their statements as they run "
     "[DBMIGRATE_REFUSE_UNANALYSED]",
+)
+@click.option(
+    "--when-ahead",
+    type=click.Choice(WHEN_AHEAD),
+    default=None,
+    help="A database ahead of these scripts (an older image deployed): refuse (exit 2), keep its schema, or "
+    "rollback as `dbmigrate rollback --schema auto` does [refuse; DBMIGRATE_WHEN_AHEAD]",
 )
 @common_options
 @run_command

@@ -59,6 +59,7 @@ from dbmigrate.rollback import (
     refuse_tampered,
     with_archived,
 )
+from dbmigrate.scripts import DatabaseAhead
 from dbmigrate.settings import Settings
 
 if TYPE_CHECKING:
@@ -126,6 +127,15 @@ class StepResult:
 
 
 @dataclasses.dataclass
+class Ahead:
+    """An upgrade found the database ahead of its scripts and, by ``when_ahead``, rolled back to them."""
+
+    decision: str  # "kept" or "downgraded"
+    reason: str
+    from_archive: list[str]
+
+
+@dataclasses.dataclass
 class RunResult:
     """What a run did: where the database was, where it is, and every step on the way."""
 
@@ -137,11 +147,14 @@ class RunResult:
     steps: list[StepResult] = dataclasses.field(default_factory=list)
     sql: list[dict[str, str]] = dataclasses.field(default_factory=list)
     dry_run: bool = False
+    ahead: Ahead | None = None
 
     @property
     def outcome(self) -> str:
         if self.dry_run:
             return "dry-run"
+        if self.ahead is not None:
+            return self.ahead.decision
         if not self.steps:
             return "nothing-to-do"
         return self.steps[-1].status
@@ -155,6 +168,9 @@ class RunResult:
             return (
                 f"dbmigrate {self.direction} --dry-run: {count} revision(s) would run, from {before} to {self.target}."
             )
+        if self.ahead is not None:
+            decided = _decided(self.ahead.decision, before, after, self.ahead.reason)
+            return f"dbmigrate upgrade run {self.run_id}: {decided}"
         if not self.steps:
             return f"dbmigrate {self.direction} run {self.run_id}: nothing to do, the database is at {after}."
         applied = sum(1 for s in self.steps if s.status == hist.APPLIED)
@@ -195,16 +211,21 @@ class RollbackResult:
 
     def summary(self) -> str:
         before, after = ", ".join(self.before) or "base", ", ".join(self.after) or "base"
-        if self.decision == "nothing-to-do":
-            return f"dbmigrate rollback run {self.run_id}: nothing to do, the database is at {after}."
-        verb = "kept the schema at" if self.decision == "kept" else f"downgraded from {before} to"
-        return f"dbmigrate rollback run {self.run_id}: {verb} {after}: {self.reason}"
+        return f"dbmigrate rollback run {self.run_id}: {_decided(self.decision, before, after, self.reason)}"
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["outcome"] = self.outcome
         data["before"], data["after"] = list(self.before), list(self.after)
         return data
+
+
+def _decided(decision: str, before: str, after: str, reason: str) -> str:
+    """A rollback's decision and its reason, in one sentence."""
+    if decision == "nothing-to-do":
+        return f"nothing to do, the database is at {after}."
+    verb = "kept the schema at" if decision == "kept" else f"downgraded from {before} to"
+    return f"{verb} {after}: {reason}"
 
 
 def new_identity(settings: Settings) -> Identity:
@@ -410,6 +431,8 @@ class Runner:
             self.history.ensure()
             self.settle_interrupted()
             self.refuse_if_needs_repair()
+            if upgrade and self._reverts(target):
+                return self._revert(target)
             self.backfills.ensure()
             # A killed run's backfills finish before anything else is applied (those a downgrade reverts, cancelled).
             # Where DDL is not transactional, finished backfills' triggers go before the next step, on their own.
@@ -424,11 +447,32 @@ class Runner:
         finally:
             unbind("revision")
 
-    def rollback(self, to: str, policy: str) -> RollbackResult:
+    def _reverts(self, target: str) -> bool:
+        """Whether this upgrade to ``target`` is a revert that ``when_ahead`` lets roll back instead of refusing:
+        the database stands at revisions these scripts lack, and no rollback kept it there on purpose yet (then
+        the upgrade has nothing to do)."""
+        if self.settings.when_ahead == "refuse" or target not in ("head", "heads"):
+            return False
+        current = self.current_heads()
+        return bool(scripts.unknown_revisions(self.script, current)) and self.kept_ahead(current) is None
+
+    def _revert(self, target: str) -> RunResult:
+        """The database is ahead of these scripts (an older image was deployed: a GitOps revert, a
+        ``helm upgrade`` to an older tag): roll back to their head as ``dbmigrate rollback`` does, with
+        ``--schema auto`` (when_ahead ``rollback``) or ``never`` (``keep``). Its history row says so."""
+        policy = "never" if self.settings.when_ahead == "keep" else "auto"
+        rolled = self.rollback("code-head", policy, revert=True)
+        steps = rolled.downgrade.steps if rolled.downgrade is not None else []
+        ahead = Ahead(rolled.decision, rolled.reason, rolled.from_archive)
+        return RunResult(self.identity.run_id, "upgrade", target, rolled.before, rolled.after, steps, ahead=ahead)
+
+    def rollback(self, to: str, policy: str, *, revert: bool = False) -> RollbackResult:
         """Take the database back to ``to`` (``code-head``: these scripts' head) without losing data.
 
         Revisions newer than these scripts come from the archive. ``policy`` (auto, always, never)
-        decides whether the schema is downgraded or kept; call while holding :meth:`locked`.
+        decides whether the schema is downgraded or kept; call while holding :meth:`locked`. With
+        ``revert`` (an upgrade that found the database ahead), the database must be ahead of ``to``
+        on its own chain, else :class:`DatabaseAhead` (exit 2); the history row says it was ahead.
         """
         if policy not in POLICIES:
             raise ConfigurationError(f"--schema is one of {', '.join(POLICIES)}, not {policy!r}.")
@@ -445,7 +489,8 @@ class Runner:
             with with_archived(code_scripts, archived) as merged:
                 self.script = merged
                 try:
-                    return self._roll_back(current, target, policy, [entry.revision for entry in archived])
+                    note = self._ahead_of(current, target) if revert else ""
+                    return self._roll_back(current, target, policy, [entry.revision for entry in archived], note)
                 finally:
                     self.script = code_scripts
         finally:
@@ -489,7 +534,27 @@ class Runner:
             )
         return code_heads[0] if code_heads else "base"
 
-    def _roll_back(self, current: tuple[str, ...], target: str, policy: str, archived: list[str]) -> RollbackResult:
+    def _ahead_of(self, current: tuple[str, ...], target: str) -> str:
+        """Why an upgrade to ``target`` rolls back instead: the database is ahead of it on its own chain (the
+        scripts, with the archived revisions, lead from ``current`` down to it). Raises :class:`DatabaseAhead`
+        when it is not."""
+        below = {r.revision for r in self.script.revision_map.iterate_revisions(current, "base") if r is not None}
+        at = ", ".join(current)
+        if target not in below:
+            raise DatabaseAhead(
+                f"The database is at revision {at}, which does not descend from these scripts' head {target}: it "
+                "was migrated on another branch of revisions, not just further along this one, so an upgrade "
+                "cannot roll it back. Deploy the image that has revision(s) "
+                f"{at}, or downgrade the database to {target}'s chain with that image (dbmigrate downgrade)."
+            )
+        return (
+            f"upgrade --when-ahead {self.settings.when_ahead}: the database was at {at}, ahead of these scripts' "
+            f"head {target} on its own chain (an older image was deployed); "
+        )
+
+    def _roll_back(
+        self, current: tuple[str, ...], target: str, policy: str, archived: list[str], note: str = ""
+    ) -> RollbackResult:
         result = RollbackResult(self.identity.run_id, target, current, current, "nothing-to-do", "", archived)
         revisions = [scripts.step_revision(s) for s in scripts.plan(self.script, target, current, upgrade=False)]
         if not revisions:
@@ -502,7 +567,8 @@ class Runner:
 
             report = check_steps(self.config, self.script, revisions[::-1], "upgrade", self.caps.name)
             breaking = [f for f in report.findings if f.category == "breaking"]
-        downgrade, result.reason = decide(policy, revisions, target, breaking)
+        downgrade, reason = decide(policy, revisions, target, breaking)
+        result.reason = note + reason
         log.info(
             "rollback decision",
             decision="downgrade" if downgrade else "keep the schema",
