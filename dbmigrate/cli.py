@@ -16,7 +16,7 @@ from typing import Any
 import click
 import structlog
 
-from dbmigrate import api, termination
+from dbmigrate import api, deadline, termination
 from dbmigrate._version import __version__
 from dbmigrate.errors import (
     EXIT_CODES,
@@ -246,6 +246,7 @@ def main(context: click.Context, /, **options_given_first: Any) -> None:
     it; given in both places, the one after the command wins.
     """
     termination.install()
+    deadline.count_from_process_start()
     context.obj = options_given_first
 
 

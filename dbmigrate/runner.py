@@ -32,10 +32,12 @@ from alembic import context as alembic_context
 from dbmigrate import backfill, database, online, readiness, scripts, termination
 from dbmigrate import history as hist
 from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, connection_lost, track_statements
+from dbmigrate.deadline import Deadline
 from dbmigrate.errors import (
     ConfigurationError,
     ConnectionLost,
     DbmigrateError,
+    DeadlineReached,
     EnvironmentRefused,
     LockTimeout,
     MigrationFailed,
@@ -72,6 +74,7 @@ log = structlog.get_logger("dbmigrate.runner")
 # default 30 s grace period. After a lost connection, how long to try to reconnect for the history row.
 SESSION_END_TIMEOUT = 15.0
 RECONNECT_TIMEOUT = 10.0
+LOCK_WAIT = "lock-wait"  # the direction of the history row of a run stopped while it waited for the run lock
 
 # What ends a session under a run, for the messages that say so.
 LOST_CAUSES = (
@@ -248,8 +251,10 @@ class Runner:
         control: Connection,
         version: str,
         identity: Identity,
+        deadline: Deadline,
     ) -> None:
         self.settings = settings
+        self.deadline = deadline
         self.config = config
         self.script = script
         self.engine = engine
@@ -396,10 +401,44 @@ class Runner:
         """What the run lock protects: this database's version table (env.py runs first if it is not known yet)."""
         return Scope(self.engine.url.database, *self.version_table)
 
-    def locked(self) -> Any:
-        """The run lock for this database's version table, waiting up to ``lock_wait_timeout``."""
-        timeout = self.settings.lock_wait_timeout
-        return run_lock(self.control, self.caps, self.lock_scope(), self.identity, timeout, self.running_step)
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The run lock for this database's version table, waiting up to ``lock_wait_timeout`` (and no longer than
+        the run's deadline: then a history row says so, when the table exists)."""
+        with contextlib.ExitStack() as stack:
+            try:
+                with self.deadline.within(self.settings.lock_wait_timeout, "waiting for another run's lock") as limit:
+                    lock = run_lock(self.control, self.caps, self.lock_scope(), self.identity, limit, self.running_step)
+                    stack.enter_context(lock)
+            except DeadlineReached as exc:
+                exc.message += f" The lock is held by {self.running_step() or 'another run'}."
+                self._record_stop(LOCK_WAIT, exc)
+                raise
+            yield
+
+    def _record_stop(self, direction: str, exc: DbmigrateError) -> None:
+        """A failed history row for a run stopped before any step, at the database's revision.
+
+        Only when the history table exists (it is created under the run lock), and not on SQLite, where the run
+        holding the lock may hold the database's single write lock too: the row would wait for it.
+        """
+        try:
+            if self.caps.name == "sqlite" or not self.history.exists():
+                return
+            heads = ",".join(self.read_heads()) or "base"
+            row = self.history.start(
+                run_id=self.identity.run_id,
+                revision=heads,
+                from_revision=heads,
+                direction=direction,
+                runner=self.identity.runner,
+                dbmigrate_version=self.version,
+                app_version=self.settings.app_version,
+                status=hist.FAILED,
+            )
+            self.history.finish(row, hist.FAILED, error=str(exc))
+        except SQLAlchemyError as error:
+            log.warning("could not record the stop in history", error=describe(error))
 
     def running_step(self) -> str:
         """What the lock holder is applying, from its 'running' history row (empty if unknown)."""
@@ -822,6 +861,7 @@ class _Migration:
         self.refusal: str | None = None  # why the current step was refused while it ran
         self.long_transactions = online.LongTransactionWatch(runner.control) if self.caps.is_postgresql else None
         self._retries: dict[str, int] = {}
+        self.out_of_time = False  # a lock-timeout retry would have ended past the run's deadline
 
     def run(self) -> RunResult:
         runner = self.runner
@@ -1169,9 +1209,8 @@ class _Migration:
         if revision in self.tables and self.upgrade:
             self.tables[revision] |= self.runner.backfills.trigger_tables()  # the step drops their triggers first
         if self.tables.get(revision):
-            online.wait_for_lock_holders(
-                self.runner.control, self.tables[revision], own, self.settings.lock_conflict_wait, waits
-            )
+            conflict_wait = self.runner.deadline.cap(self.settings.lock_conflict_wait)
+            online.wait_for_lock_holders(self.runner.control, self.tables[revision], own, conflict_wait, waits)
         if revision not in self.rows and not self.external_transaction:
             self._start_row(step)
         self.notes[revision] = []
@@ -1504,8 +1543,11 @@ class _Migration:
         retries = self._retries.get(revision, 0)
         if retries >= self.settings.max_lock_retries:
             return False
-        self._retries[revision] = retries + 1
         delay = float(backoff(_RetryState(retries + 1)))
+        if delay + self.settings.lock_timeout >= self.runner.deadline.left():
+            self.out_of_time = True  # another attempt would end past the deadline
+            return False
+        self._retries[revision] = retries + 1
         self.waits.setdefault(revision, online.LockWaits()).add(delay)
         row = self.rows.get(revision)
         if row is not None:
@@ -1658,6 +1700,11 @@ class _Migration:
                 + repair_message(entry)
             )
         self.runner.backups.discard(self.taken.pop(revision, []))  # rolled back: nothing was lost
+        if online.is_lock_timeout(exc, self.caps) and self.out_of_time:
+            what = f"retrying revision {revision}, which could not get its table locks ({reason})"
+            stop = self.runner.deadline.reached(what)
+            self._record_despite_faults(step, hist.FAILED, stop.message)
+            return stop
         if online.is_lock_timeout(exc, self.caps):
             self._record_despite_faults(
                 step, hist.FAILED, f"lock not acquired after {self._attempts(revision)} attempt(s): {reason}"
