@@ -412,12 +412,12 @@ class Runner:
                     stack.enter_context(lock)
             except DeadlineReached as exc:
                 exc.message += f" The lock is held by {self.running_step() or 'another run'}."
-                self._record_stop(LOCK_WAIT, exc)
+                self._record_stop(exc)
                 raise
             yield
 
-    def _record_stop(self, direction: str, exc: DbmigrateError) -> None:
-        """A failed history row for a run stopped before any step, at the database's revision.
+    def _record_stop(self, exc: DbmigrateError) -> None:
+        """A failed history row for a run stopped while it waited for the run lock, at the database's revision.
 
         Only when the history table exists (it is created under the run lock), and not on SQLite, where the run
         holding the lock may hold the database's single write lock too: the row would wait for it.
@@ -430,7 +430,7 @@ class Runner:
                 run_id=self.identity.run_id,
                 revision=heads,
                 from_revision=heads,
-                direction=direction,
+                direction=LOCK_WAIT,
                 runner=self.identity.runner,
                 dbmigrate_version=self.version,
                 app_version=self.settings.app_version,
