@@ -50,7 +50,9 @@ class Deadline:
 
     def __init__(self, seconds: float, started: float | None = None) -> None:
         self.seconds = seconds
-        self.started = started if started is not None else (_count_from or time.monotonic())
+        if started is None:
+            started = _count_from if _count_from is not None else time.monotonic()
+        self.started = started
 
     def left(self) -> float:
         """Seconds left; infinite without a deadline, 0 or less once it has passed."""
