@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dbmigrate import backfill, database, readiness, scripts
 from dbmigrate import history as hist
 from dbmigrate._version import __version__
+from dbmigrate.deadline import Deadline
 from dbmigrate.errors import (
     ConfigurationError,
     ConnectionLost,
@@ -247,14 +248,17 @@ def wait_until_ready(
 
     A database ahead of it on a chain descending from it counts as ready unless ``exact``.
     Raises :class:`NotReady` (exit 3) after ``timeout`` seconds, the wait for the database included,
-    and :class:`RepairNeeded` (exit 5) at once when a partial step blocks every later upgrade.
+    :class:`DeadlineReached` (exit 3) when the run's ``deadline`` comes first, and :class:`RepairNeeded`
+    (exit 5) at once when a partial step blocks every later upgrade.
     Only reads, takes no lock and creates nothing: the application's own database user will do, with
     SELECT on the version table and dbmigrate's history and backfills tables (and LISTEN on PostgreSQL).
     A missing table is "not ready yet"; a missing grant raises :class:`PermissionDenied` (exit 2) at once.
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     resolved = dataclasses.replace(_settings(settings, options), wait_timeout=timeout)
     with _session(resolved, {}, only_reads="wait") as runner:
+        ends = min(started + timeout, time.monotonic() + runner.deadline.left())
+        cut = ends < started + timeout  # the run's deadline comes first
         expected = [revision] if revision else list(scripts.heads(runner.script))
         current = runner.current_heads()
         listener = readiness.Listener(runner.control, runner.caps)
@@ -272,7 +276,9 @@ def wait_until_ready(
                     f"The schema will not become ready by itself ({state.describe()}), so waiting stops here. "
                     + repair_message(partials[0])
                 )
-            if now >= deadline:
+            if now >= ends and cut:
+                raise runner.deadline.reached(f"waiting for the schema ({state.describe()})")
+            if now >= ends:
                 raise NotReady(
                     f"The schema was not ready within {timeout:g}s: {state.describe()}. Check the "
                     "migration Job (dbmigrate status, dbmigrate history), or raise --timeout."
@@ -280,7 +286,7 @@ def wait_until_ready(
             if now - last_progress >= readiness.PROGRESS_INTERVAL:
                 last_progress = now
                 log.info("waiting for the schema", detail=state.describe())
-            woke = listener.wait(min(interval, deadline - now))
+            woke = listener.wait(min(interval, ends - now))
             if woke:
                 log.info("notified: a migration run finished")
             interval = 0.05 if woke else min(interval * 2, readiness.MAX_POLL_INTERVAL)
@@ -602,9 +608,11 @@ def _session(settings: Settings | None, options: dict[str, Any], only_reads: str
     url = resolved.resolved_url(scripts.ini_url(config))
     scripts.point_at(config, url)
     engine = database.create(url)
+    deadline = Deadline(resolved.deadline)
     try:
         with database.transactional_sqlite_ddl():
-            control = database.connect(engine, resolved.wait_timeout).execution_options(isolation_level="AUTOCOMMIT")
+            with deadline.within(resolved.wait_timeout, "waiting for the database to accept connections") as limit:
+                control = database.connect(engine, limit).execution_options(isolation_level="AUTOCOMMIT")
             caps = database.capabilities(engine)
             if resolved.tenant_schema is not None:
                 database.require_schema(control, resolved.tenant_schema)
@@ -612,7 +620,7 @@ def _session(settings: Settings | None, options: dict[str, Any], only_reads: str
                 # History rows need not wait for their own fsync: a killed process loses none of them
                 # (the server has them), and the steps themselves still commit durably.
                 control.exec_driver_sql("SET synchronous_commit = off")
-            runner = Runner(resolved, config, script, engine, caps, control, __version__, identity)
+            runner = Runner(resolved, config, script, engine, caps, control, __version__, identity, deadline)
             try:
                 yield runner
             except (DbmigrateError, SQLAlchemyError) as exc:

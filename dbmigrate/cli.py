@@ -16,7 +16,7 @@ from typing import Any
 import click
 import structlog
 
-from dbmigrate import api, fleet, termination
+from dbmigrate import api, deadline, fleet, termination
 from dbmigrate._version import __version__
 from dbmigrate.errors import (
     EXIT_CODES,
@@ -31,7 +31,7 @@ from dbmigrate.errors import (
 from dbmigrate.masking import redact
 from dbmigrate.observability import PrintedLines, configure_logging, format_seconds, write_termination_message
 from dbmigrate.runner import RunResult
-from dbmigrate.settings import Settings
+from dbmigrate.settings import WHEN_AHEAD, Settings
 
 log = structlog.get_logger("dbmigrate.cli")
 
@@ -57,6 +57,13 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         {"type": float, "help": "Seconds to wait for long transactions on a step's tables [60]"},
     ),
     (("--max-lock-retries",), {"type": int, "help": "Retries of a step that hit its lock timeout [10]"}),
+    (
+        ("--deadline",),
+        {
+            "type": float,
+            "help": "Seconds this process may run in all, from its start; every wait stops in time, exit 3 [0: none]",
+        },
+    ),
     (("--history-table",), {"help": "Name of dbmigrate's history table [dbmigrate_history]"}),
     (("--table-schema",), {"help": "Schema for dbmigrate's tables [the connection's default]"}),
     (
@@ -304,6 +311,7 @@ def main(context: click.Context, /, **options_given_first: Any) -> None:
     it; given in both places, the one after the command wins.
     """
     termination.install()
+    deadline.count_from_process_start()
     context.obj = options_given_first
 
 
@@ -325,6 +333,13 @@ def main(context: click.Context, /, **options_given_first: Any) -> None:
     default=None,
     help="Apply the schema and queue the revisions' backfills for `dbmigrate backfill run` instead of running "
     "them now [DBMIGRATE_DEFER_BACKFILLS]",
+)
+@click.option(
+    "--when-ahead",
+    type=click.Choice(WHEN_AHEAD),
+    default=None,
+    help="A database ahead of these scripts (an older image deployed): refuse (exit 2), keep its schema, or "
+    "rollback as `dbmigrate rollback --schema auto` does [refuse; DBMIGRATE_WHEN_AHEAD]",
 )
 @_fleet_options
 @common_options

@@ -51,6 +51,13 @@ class LockTimeout(DbmigrateError):
     exit_code = 3
 
 
+class DeadlineReached(DbmigrateError):
+    """The run's deadline (``--deadline``) came while it waited: it stopped on its own, before Kubernetes would
+    kill the pod."""
+
+    exit_code = 3
+
+
 class NotReady(DbmigrateError):
     """``wait``: the database did not reach the expected revision in time."""
 
@@ -126,7 +133,7 @@ EXIT_CODES: dict[int, str] = {
     2: "usage or configuration error (bad URL, broken scripts, multiple heads, unknown revision), or the database "
     "user lacks a privilege the command needs",
     3: "database unreachable or connection lost (a rerun continues), credentials refused, a lock not acquired, "
-    "or (wait) the schema not ready in time",
+    "(wait) the schema not ready in time, or the run's --deadline reached",
     4: "a check or verification found problems (for example status --check: not at head; check could not analyse "
     "part of the range offline; a statement would have lost data a revision does not declare)",
     5: "the database needs repair: a step was partially applied; status names the fix",

@@ -269,8 +269,11 @@ class History:
         app_version: str | None,
         within: Connection | None = None,
         started_at: datetime | None = None,
+        status: str = RUNNING,
     ) -> int:
         """Record that a step is starting (at ``started_at``, default now); returns the row id to finish it with.
+
+        A row that is never 'running' (a run stopped before its first step) starts with its final ``status``.
 
         With ``within``, the row is written in that connection's open transaction and exists only
         once it commits.
@@ -282,7 +285,7 @@ class History:
                 "revision": revision,
                 "from_revision": from_revision or None,
                 "direction": direction,
-                "status": RUNNING,
+                "status": status,
                 "started_at": started_at or now(),
                 "attempts": 1,
                 "lock_waits": 0,

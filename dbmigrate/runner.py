@@ -32,10 +32,12 @@ from alembic import context as alembic_context
 from dbmigrate import backfill, database, online, readiness, scripts, termination
 from dbmigrate import history as hist
 from dbmigrate.database import WRITE_TRANSACTIONS, Capabilities, connection_lost, track_statements
+from dbmigrate.deadline import Deadline
 from dbmigrate.errors import (
     ConfigurationError,
     ConnectionLost,
     DbmigrateError,
+    DeadlineReached,
     EnvironmentRefused,
     LockTimeout,
     MigrationFailed,
@@ -59,6 +61,7 @@ from dbmigrate.rollback import (
     refuse_tampered,
     with_archived,
 )
+from dbmigrate.scripts import DatabaseAhead
 from dbmigrate.settings import Settings
 
 if TYPE_CHECKING:
@@ -71,6 +74,7 @@ log = structlog.get_logger("dbmigrate.runner")
 # default 30 s grace period. After a lost connection, how long to try to reconnect for the history row.
 SESSION_END_TIMEOUT = 15.0
 RECONNECT_TIMEOUT = 10.0
+LOCK_WAIT = "lock-wait"  # the direction of the history row of a run stopped while it waited for the run lock
 
 # What ends a session under a run, for the messages that say so.
 LOST_CAUSES = (
@@ -126,6 +130,15 @@ class StepResult:
 
 
 @dataclasses.dataclass
+class Ahead:
+    """An upgrade found the database ahead of its scripts and, by ``when_ahead``, rolled back to them."""
+
+    decision: str  # "kept" or "downgraded"
+    reason: str
+    from_archive: list[str]
+
+
+@dataclasses.dataclass
 class RunResult:
     """What a run did: where the database was, where it is, and every step on the way."""
 
@@ -137,11 +150,14 @@ class RunResult:
     steps: list[StepResult] = dataclasses.field(default_factory=list)
     sql: list[dict[str, str]] = dataclasses.field(default_factory=list)
     dry_run: bool = False
+    ahead: Ahead | None = None
 
     @property
     def outcome(self) -> str:
         if self.dry_run:
             return "dry-run"
+        if self.ahead is not None:
+            return self.ahead.decision
         if not self.steps:
             return "nothing-to-do"
         return self.steps[-1].status
@@ -155,6 +171,9 @@ class RunResult:
             return (
                 f"dbmigrate {self.direction} --dry-run: {count} revision(s) would run, from {before} to {self.target}."
             )
+        if self.ahead is not None:
+            decided = _decided(self.ahead.decision, before, after, self.ahead.reason)
+            return f"dbmigrate upgrade run {self.run_id}: {decided}"
         if not self.steps:
             return f"dbmigrate {self.direction} run {self.run_id}: nothing to do, the database is at {after}."
         applied = sum(1 for s in self.steps if s.status == hist.APPLIED)
@@ -195,16 +214,21 @@ class RollbackResult:
 
     def summary(self) -> str:
         before, after = ", ".join(self.before) or "base", ", ".join(self.after) or "base"
-        if self.decision == "nothing-to-do":
-            return f"dbmigrate rollback run {self.run_id}: nothing to do, the database is at {after}."
-        verb = "kept the schema at" if self.decision == "kept" else f"downgraded from {before} to"
-        return f"dbmigrate rollback run {self.run_id}: {verb} {after}: {self.reason}"
+        return f"dbmigrate rollback run {self.run_id}: {_decided(self.decision, before, after, self.reason)}"
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["outcome"] = self.outcome
         data["before"], data["after"] = list(self.before), list(self.after)
         return data
+
+
+def _decided(decision: str, before: str, after: str, reason: str) -> str:
+    """A rollback's decision and its reason, in one sentence."""
+    if decision == "nothing-to-do":
+        return f"nothing to do, the database is at {after}."
+    verb = "kept the schema at" if decision == "kept" else f"downgraded from {before} to"
+    return f"{verb} {after}: {reason}"
 
 
 def new_identity(settings: Settings) -> Identity:
@@ -227,8 +251,10 @@ class Runner:
         control: Connection,
         version: str,
         identity: Identity,
+        deadline: Deadline,
     ) -> None:
         self.settings = settings
+        self.deadline = deadline
         self.config = config
         self.script = script
         self.engine = engine
@@ -379,10 +405,44 @@ class Runner:
         table, schema = self.version_table
         return Scope(self.engine.url.database, table, schema or self.settings.tenant_schema)
 
-    def locked(self) -> Any:
-        """The run lock for this database's version table, waiting up to ``lock_wait_timeout``."""
-        timeout = self.settings.lock_wait_timeout
-        return run_lock(self.control, self.caps, self.lock_scope(), self.identity, timeout, self.running_step)
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The run lock for this database's version table, waiting up to ``lock_wait_timeout`` (and no longer than
+        the run's deadline: then a history row says so, when the table exists)."""
+        with contextlib.ExitStack() as stack:
+            try:
+                with self.deadline.within(self.settings.lock_wait_timeout, "waiting for another run's lock") as limit:
+                    lock = run_lock(self.control, self.caps, self.lock_scope(), self.identity, limit, self.running_step)
+                    stack.enter_context(lock)
+            except DeadlineReached as exc:
+                exc.message += f" The lock is held by {self.running_step() or 'another run'}."
+                self._record_stop(exc)
+                raise
+            yield
+
+    def _record_stop(self, exc: DbmigrateError) -> None:
+        """A failed history row for a run stopped while it waited for the run lock, at the database's revision.
+
+        Only when the history table exists (it is created under the run lock), and not on SQLite, where the run
+        holding the lock may hold the database's single write lock too: the row would wait for it.
+        """
+        try:
+            if self.caps.name == "sqlite" or not self.history.exists():
+                return
+            heads = ",".join(self.read_heads()) or "base"
+            row = self.history.start(
+                run_id=self.identity.run_id,
+                revision=heads,
+                from_revision=heads,
+                direction=LOCK_WAIT,
+                runner=self.identity.runner,
+                dbmigrate_version=self.version,
+                app_version=self.settings.app_version,
+                status=hist.FAILED,
+            )
+            self.history.finish(row, hist.FAILED, error=str(exc))
+        except SQLAlchemyError as error:
+            log.warning("could not record the stop in history", error=describe(error))
 
     def running_step(self) -> str:
         """What the lock holder is applying, from its 'running' history row (empty if unknown)."""
@@ -414,6 +474,8 @@ class Runner:
             self.history.ensure()
             self.settle_interrupted()
             self.refuse_if_needs_repair()
+            if upgrade and self._reverts(target):
+                return self._revert(target)
             self.backfills.ensure()
             # A killed run's backfills finish before anything else is applied (those a downgrade reverts, cancelled).
             # Where DDL is not transactional, finished backfills' triggers go before the next step, on their own.
@@ -445,11 +507,32 @@ class Runner:
         finally:
             unbind("revision")
 
-    def rollback(self, to: str, policy: str) -> RollbackResult:
+    def _reverts(self, target: str) -> bool:
+        """Whether this upgrade to ``target`` is a revert that ``when_ahead`` lets roll back instead of refusing:
+        the database stands at revisions these scripts lack, and no rollback kept it there on purpose yet (then
+        the upgrade has nothing to do)."""
+        if self.settings.when_ahead == "refuse" or target not in ("head", "heads"):
+            return False
+        current = self.current_heads()
+        return bool(scripts.unknown_revisions(self.script, current)) and self.kept_ahead(current) is None
+
+    def _revert(self, target: str) -> RunResult:
+        """The database is ahead of these scripts (an older image was deployed: a GitOps revert, a
+        ``helm upgrade`` to an older tag): roll back to their head as ``dbmigrate rollback`` does, with
+        ``--schema auto`` (when_ahead ``rollback``) or ``never`` (``keep``). Its history row says so."""
+        policy = "never" if self.settings.when_ahead == "keep" else "auto"
+        rolled = self.rollback("code-head", policy, revert=True)
+        steps = rolled.downgrade.steps if rolled.downgrade is not None else []
+        ahead = Ahead(rolled.decision, rolled.reason, rolled.from_archive)
+        return RunResult(self.identity.run_id, "upgrade", target, rolled.before, rolled.after, steps, ahead=ahead)
+
+    def rollback(self, to: str, policy: str, *, revert: bool = False) -> RollbackResult:
         """Take the database back to ``to`` (``code-head``: these scripts' head) without losing data.
 
         Revisions newer than these scripts come from the archive. ``policy`` (auto, always, never)
-        decides whether the schema is downgraded or kept; call while holding :meth:`locked`.
+        decides whether the schema is downgraded or kept; call while holding :meth:`locked`. With
+        ``revert`` (an upgrade that found the database ahead), the database must be ahead of ``to``
+        on its own chain, else :class:`DatabaseAhead` (exit 2); the history row says it was ahead.
         """
         if policy not in POLICIES:
             raise ConfigurationError(f"--schema is one of {', '.join(POLICIES)}, not {policy!r}.")
@@ -466,7 +549,8 @@ class Runner:
             with with_archived(code_scripts, archived) as merged:
                 self.script = merged
                 try:
-                    return self._roll_back(current, target, policy, [entry.revision for entry in archived])
+                    note = self._ahead_of(current, target) if revert else ""
+                    return self._roll_back(current, target, policy, [entry.revision for entry in archived], note)
                 finally:
                     self.script = code_scripts
         finally:
@@ -538,7 +622,27 @@ class Runner:
             )
         return code_heads[0] if code_heads else "base"
 
-    def _roll_back(self, current: tuple[str, ...], target: str, policy: str, archived: list[str]) -> RollbackResult:
+    def _ahead_of(self, current: tuple[str, ...], target: str) -> str:
+        """Why an upgrade to ``target`` rolls back instead: the database is ahead of it on its own chain (the
+        scripts, with the archived revisions, lead from ``current`` down to it). Raises :class:`DatabaseAhead`
+        when it is not."""
+        below = {r.revision for r in self.script.revision_map.iterate_revisions(current, "base") if r is not None}
+        at = ", ".join(current)
+        if target not in below:
+            raise DatabaseAhead(
+                f"The database is at revision {at}, which does not descend from these scripts' head {target}: it "
+                "was migrated on another branch of revisions, not just further along this one, so an upgrade "
+                "cannot roll it back. Deploy the image that has revision(s) "
+                f"{at}, or downgrade the database to {target}'s chain with that image (dbmigrate downgrade)."
+            )
+        return (
+            f"upgrade --when-ahead {self.settings.when_ahead}: the database was at {at}, ahead of these scripts' "
+            f"head {target} on its own chain (an older image was deployed); "
+        )
+
+    def _roll_back(
+        self, current: tuple[str, ...], target: str, policy: str, archived: list[str], note: str = ""
+    ) -> RollbackResult:
         result = RollbackResult(self.identity.run_id, target, current, current, "nothing-to-do", "", archived)
         revisions = [scripts.step_revision(s) for s in scripts.plan(self.script, target, current, upgrade=False)]
         if not revisions:
@@ -551,7 +655,8 @@ class Runner:
 
             report = check_steps(self.config, self.script, revisions[::-1], "upgrade", self.caps.name)
             breaking = [f for f in report.findings if f.category == "breaking"]
-        downgrade, result.reason = decide(policy, revisions, target, breaking)
+        downgrade, reason = decide(policy, revisions, target, breaking)
+        result.reason = note + reason
         log.info(
             "rollback decision",
             decision="downgrade" if downgrade else "keep the schema",
@@ -811,6 +916,7 @@ class _Migration:
         self.refusal: str | None = None  # why the current step was refused while it ran
         self.long_transactions = online.LongTransactionWatch(runner.control) if self.caps.is_postgresql else None
         self._retries: dict[str, int] = {}
+        self.out_of_time = False  # a lock-timeout retry would have ended past the run's deadline
 
     def run(self) -> RunResult:
         runner = self.runner
@@ -1162,9 +1268,8 @@ class _Migration:
         if revision in self.tables and self.upgrade:
             self.tables[revision] |= self.runner.backfills.trigger_tables()  # the step drops their triggers first
         if self.tables.get(revision):
-            online.wait_for_lock_holders(
-                self.runner.control, self.tables[revision], own, self.settings.lock_conflict_wait, waits
-            )
+            conflict_wait = self.runner.deadline.cap(self.settings.lock_conflict_wait)
+            online.wait_for_lock_holders(self.runner.control, self.tables[revision], own, conflict_wait, waits)
         if revision not in self.rows and not self.external_transaction:
             self._start_row(step)
         self.notes[revision] = []
@@ -1506,8 +1611,11 @@ class _Migration:
         retries = self._retries.get(revision, 0)
         if retries >= self.settings.max_lock_retries:
             return False
-        self._retries[revision] = retries + 1
         delay = float(backoff(_RetryState(retries + 1)))
+        if delay + self.settings.lock_timeout >= self.runner.deadline.left():
+            self.out_of_time = True  # another attempt would end past the deadline
+            return False
+        self._retries[revision] = retries + 1
         self.waits.setdefault(revision, online.LockWaits()).add(delay)
         row = self.rows.get(revision)
         if row is not None:
@@ -1660,6 +1768,11 @@ class _Migration:
                 + repair_message(entry)
             )
         self.runner.backups.discard(self.taken.pop(revision, []))  # rolled back: nothing was lost
+        if online.is_lock_timeout(exc, self.caps) and self.out_of_time:
+            what = f"retrying revision {revision}, which could not get its table locks ({reason})"
+            stop = self.runner.deadline.reached(what)
+            self._record_despite_faults(step, hist.FAILED, stop.message)
+            return stop
         if online.is_lock_timeout(exc, self.caps):
             self._record_despite_faults(
                 step, hist.FAILED, f"lock not acquired after {self._attempts(revision)} attempt(s): {reason}"

@@ -148,8 +148,9 @@ def ensure_known(script: ScriptDirectory, current: Sequence[str]) -> None:
         raise DatabaseAhead(
             f"The database is at revision {', '.join(unknown)}, which these migration scripts do not "
             f"contain (their heads: {', '.join(heads(script)) or 'none'}): the database is ahead of this "
-            "code, migrated by a newer release. Deploy that release's image, or roll the database back "
-            "with the newer image's scripts (dbmigrate downgrade REVISION)."
+            "code, migrated by a newer release. Deploy that release's image, or roll the database back to "
+            "this code with `dbmigrate rollback` (or `dbmigrate upgrade --when-ahead rollback`), which runs the "
+            "newer revisions from dbmigrate's archive."
         )
 
 

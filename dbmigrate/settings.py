@@ -33,6 +33,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "DBMIGRATE_"
+# What an upgrade does with a database ahead of its scripts (an older image deployed): refuse it (exit 2), keep
+# the newer schema, or roll back as `dbmigrate rollback --schema auto` does. The first is the default.
+WHEN_AHEAD = ("refuse", "keep", "rollback")
 _LIST_SEPARATORS = re.compile(r"[\s,]+")
 
 
@@ -50,6 +53,9 @@ class Settings:
     statement_timeout: float = 3600.0
     lock_conflict_wait: float = 60.0
     max_lock_retries: int = 10
+    # Seconds this process may run in all (0: no limit): every wait is cut to what is left, then exit 3.
+    deadline: float = 0.0
+    when_ahead: str = WHEN_AHEAD[0]
     history_table: str = "dbmigrate_history"
     table_schema: str | None = None
     # PostgreSQL schema per tenant: search_path, the version table and dbmigrate's tables in it.
@@ -112,6 +118,10 @@ class Settings:
         if ranks.get("database_url_file", -1) >= ranks.get("database_url", -1) >= 0:
             values.pop("database_url")
         settings = cls(**values)
+        if settings.when_ahead not in WHEN_AHEAD:
+            raise ConfigurationError(
+                f"Option when_ahead must be one of {', '.join(WHEN_AHEAD)}, not {settings.when_ahead!r}."
+            )
         for secret in _passwords_of(settings.database_url):
             register_secret(secret)
         if settings.archive_key:

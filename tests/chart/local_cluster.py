@@ -7,7 +7,8 @@ directory (``emptyDir``, ``secret`` items, the termination-message file), rewrit
 the environment and arguments to those directories, and starts ``command + args`` in the image's
 working directory. An image is a directory holding what the image holds in its working directory (a
 copy of the example project, alembic.ini and alembic/), looked up by the container's image reference.
-``dbmigrate`` resolves to this virtualenv's CLI through ``PATH``, as it resolves to the image's on a node.
+``dbmigrate`` resolves to this virtualenv's CLI through ``PATH`` (running this checkout's package), as it
+resolves to the image's on a node.
 """
 
 from __future__ import annotations
@@ -412,6 +413,8 @@ class Node:
         env = {
             "PATH": f"{VENV_BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin",
             "HOSTNAME": pod_name,
+            # The image's dbmigrate is this checkout's, whichever checkout the virtualenv installed.
+            "PYTHONPATH": str(REPO),
             **{key: local(value) for key, value in IMAGE_ENV.items()},
         }
         for source in container.get("envFrom", []):

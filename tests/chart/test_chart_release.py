@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests.chart.local_cluster import (
     REPO,
@@ -74,7 +75,7 @@ def events(process_events: list[dict[str, Any]], name: str) -> list[dict[str, An
     return [e for e in process_events if e.get("event") == name]
 
 
-def test_an_application_release_installs_upgrades_while_pods_wait_and_rolls_back(
+def test_an_application_release_installs_upgrades_while_pods_wait_rolls_back_and_reverts(
     tmp_path: Path, postgres_url: str, node: Node
 ) -> None:
     umbrella = build_umbrella(tmp_path)
@@ -141,6 +142,7 @@ def test_an_application_release_installs_upgrades_while_pods_wait_and_rolls_back
     test_pod = upgrade.one("Pod", "-test")
     (tested,) = node.run_pod(test_pod.name, pod_spec(test_pod))
     assert tested.returncode == 0, tested.describe()
+    written = write_as_the_newer_application(postgres_url)
 
     # --- helm rollback shop 1: no hook runs; pods of 0.1.0 run on the newer, compatible schema ----------------
     rollback = render(umbrella, version("0.1.0"), upgrade=True)
@@ -151,13 +153,62 @@ def test_an_application_release_installs_upgrades_while_pods_wait_and_rolls_back
     assert old_pod.wait(timeout=60) == 0, old_pod.describe()
     assert current_revisions(postgres_url) == {NEW_REVISIONS[1]}
 
-    # --- helm upgrade back to 0.1.0 runs the hook: the older image refuses the newer schema (exit 2),
-    # and the Job's podFailurePolicy fails the Job at once instead of retrying.
-    ((job, run),) = node.run_hooks(rollback, "pre-upgrade")
-    assert run.returncode == 2, run.describe()
-    assert pod_failure_action(job, "migrate", run.returncode) == "FailJob"
-    assert NEW_REVISIONS[1] in run.termination_message()
+    # --- a revert: Argo CD or Flux syncs the older tag (or `helm upgrade --set global.image.tag=0.1.0`), which runs
+    # the hook with the older image. It finds the database ahead on its own chain and, as `dbmigrate rollback
+    # --schema auto` would, keeps the newer schema that the older code can run on.
+    rows_before = history_rows(postgres_url)
+    revert = render(umbrella, version("0.1.0"), upgrade=True)
+    ((job, run),) = node.run_hooks(revert, "pre-upgrade")
+    assert run.returncode == 0, run.describe()
+    assert job.body["spec"]["template"]["spec"]["containers"][0]["image"] == "example-app:0.1.0"
+    assert f"kept the schema at {NEW_REVISIONS[1]}" in run.termination_message()
     assert current_revisions(postgres_url) == {NEW_REVISIONS[1]}
+    rows = history_rows(postgres_url)
+    assert rows[: len(rows_before)] == rows_before
+    (decision,) = rows[len(rows_before) :]
+    assert (decision["direction"], decision["status"], decision["app_version"]) == ("rollback", "kept", "0.1.0")
+    assert f"the database was at {NEW_REVISIONS[1]}, ahead of these scripts' head {EXAMPLE_HEAD}" in str(
+        decision["note"]
+    )
+    assert customers_and_notes(postgres_url) == written
+    deployment = revert.one("Deployment")
+    spec = pod_spec(deployment)
+    reverted_pod = node.start(pod_name_for(deployment.name), spec, spec["initContainers"][0])
+    assert reverted_pod.wait(timeout=60) == 0, reverted_pod.describe()
+    assert events(reverted_pod.events(), "schema ready")
+
+    # --- and forward again to 0.2.0: nothing to do, nothing lost.
+    forward = render(umbrella, version("0.2.0"), upgrade=True)
+    ((job, run),) = node.run_hooks(forward, "pre-upgrade")
+    assert run.returncode == 0, run.describe()
+    assert "nothing to do" in run.termination_message()
+    assert history_rows(postgres_url) == rows
+    assert customers_and_notes(postgres_url) == written
+    deployment = forward.one("Deployment")
+    spec = pod_spec(deployment)
+    forward_pod = node.start(pod_name_for(deployment.name), spec, spec["initContainers"][0])
+    assert forward_pod.wait(timeout=60) == 0, forward_pod.describe()
+    assert events(forward_pod.events(), "schema ready")
+
+
+def write_as_the_newer_application(url: str) -> list[tuple[object, ...]]:
+    """Rows the 0.2.0 application writes into its new column and table; returns what :func:`customers_and_notes`
+    reads back."""
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE customers SET nickname = 'n' || id WHERE id <= 10"))
+        connection.execute(sa.text("INSERT INTO customer_notes (id, note) VALUES (1, 'prefers email')"))
+    engine.dispose()
+    return customers_and_notes(url)
+
+
+def customers_and_notes(url: str) -> list[tuple[object, ...]]:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        customers = connection.execute(sa.text("SELECT id, nickname FROM customers ORDER BY id")).all()
+        notes = connection.execute(sa.text("SELECT id, note FROM customer_notes ORDER BY id")).all()
+    engine.dispose()
+    return [tuple(row) for row in [*customers, *notes]]
 
 
 @pytest.mark.parametrize("source", ["existingSecret", "secret", "urlFile", "passwordFile"])

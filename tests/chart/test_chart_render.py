@@ -366,6 +366,21 @@ NO_IMAGE: dict[str, Any] = {"image": {"repository": "", "tag": ""}}
             {"rollback": {"enabled": True, "activeDeadlineSeconds": 100}},
             "does not fit in rollback.activeDeadlineSeconds (100)",
         ),
+        # dbmigrate's own deadline is activeDeadlineSeconds minus deadlineMargin: the waits must fit in that.
+        (
+            {"settings": {"lockWaitTimeout": 260}},
+            "settings.lockWaitTimeout (260) does not fit in migration.activeDeadlineSeconds (270) minus "
+            "migration.deadlineMargin (15), 255 s: dbmigrate would stop at its deadline before that wait is over",
+        ),
+        (
+            {"settings": {"waitTimeout": 100, "lockWaitTimeout": 150}, "migration": {"deadlineMargin": 20}},
+            "settings.waitTimeout + settings.lockWaitTimeout (100 + 150) do not fit in "
+            "migration.activeDeadlineSeconds (270) minus migration.deadlineMargin (20), 250 s",
+        ),
+        (
+            {"migration": {"activeDeadlineSeconds": 10, "deadlineMargin": 10}},
+            "migration.deadlineMargin (10) leaves no time in migration.activeDeadlineSeconds (10)",
+        ),
         # Helm 4 fails a release whose hook Job the TTL controller deleted first.
         (
             {"migration": {"ttlSecondsAfterFinished": 600}},
@@ -447,6 +462,7 @@ def test_deadlines_without_a_limit_check_nothing_and_a_database_url_without_pass
     assert "activeDeadlineSeconds" not in spec
     env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
     assert env["DBMIGRATE_STATEMENT_TIMEOUT"]["value"] == "0"
+    assert "DBMIGRATE_DEADLINE" not in env
     assert env["REPLICA_URL"]["value"] == "postgresql://app@replica:5432/shop"
 
 
@@ -481,7 +497,8 @@ def test_the_migration_job_is_a_pre_install_and_pre_upgrade_hook(renders: dict[s
     assert container["workingDir"] == "/app"
     env = {e["name"]: e for e in container["env"]}
     assert env["DATABASE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "shop-database", "key": "DATABASE_URL"}}
-    # The default waits, each below the deadline of 270 s (dbmigrate's own defaults would not fit).
+    # The default waits, each below dbmigrate's own deadline: 15 s before the Job's 270 s (dbmigrate's own
+    # defaults would not fit); a revert to an older image rolls back instead of failing the Job.
     assert {name: e.get("value") for name, e in env.items() if name.startswith("DBMIGRATE_")} == {
         "DBMIGRATE_APP_VERSION": "0.1.0",
         "DBMIGRATE_LOG_FORMAT": "json",
@@ -489,6 +506,8 @@ def test_the_migration_job_is_a_pre_install_and_pre_upgrade_hook(renders: dict[s
         "DBMIGRATE_LOCK_WAIT_TIMEOUT": "120",
         "DBMIGRATE_STATEMENT_TIMEOUT": "180",
         "DBMIGRATE_LOCK_CONFLICT_WAIT": "30",
+        "DBMIGRATE_DEADLINE": "255",
+        "DBMIGRATE_WHEN_AHEAD": "rollback",
     }
     # Service-mesh sidecars would outlive dbmigrate and keep the Job from completing.
     annotations = spec["template"]["metadata"]["annotations"]
@@ -496,6 +515,7 @@ def test_the_migration_job_is_a_pre_install_and_pre_upgrade_hook(renders: dict[s
     assert rendered.one("Pod", "-test").annotations["sidecar.istio.io/inject"] == "false"
     assert "shop-dbmigrate-migrate" in rendered.notes and "helm test shop" in rendered.notes
     assert "before the Job's deadline of 270 s" in rendered.notes
+    assert "after 255 s, its own deadline (exit 3)" in rendered.notes
 
 
 def test_the_chart_created_secret_is_a_hook_that_runs_before_the_job(renders: dict[str, Rendered]) -> None:
@@ -675,6 +695,8 @@ def test_image_command_args_and_pod_settings_are_overridable(renders: dict[str, 
         "DBMIGRATE_MAX_LOCK_RETRIES": "4",
         "DBMIGRATE_HISTORY_TABLE": "shop_migrations",
         "DBMIGRATE_TABLE_SCHEMA": "ops",
+        "DBMIGRATE_DEADLINE": "1685",
+        "DBMIGRATE_WHEN_AHEAD": "rollback",
     }  # lockWaitTimeout is empty: dbmigrate's default, no variable (it fits the deadline of 1700)
     assert env["SHOP_MODE"]["value"] == "migrate"
     assert env["SHOP_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "shop-api"
@@ -729,9 +751,14 @@ def test_the_umbrella_release_migrates_before_the_deployment_and_its_pods_wait(r
     assert wait["workingDir"] == "/app"
     job_container = pod_spec(job)["containers"][0]
     # The same settings as the Job, but the application's own credential: the Job's never reaches its pods.
+    # What only a Job's run needs stays there.
+    job_only = {"DBMIGRATE_DEADLINE", "DBMIGRATE_WHEN_AHEAD"}
     wait_env = {e["name"]: e for e in wait["env"]}
     assert wait_env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "shop-app-database", "key": "DATABASE_URL"}
-    assert wait_env == {**{e["name"]: e for e in job_container["env"]}, "DATABASE_URL": wait_env["DATABASE_URL"]}
+    assert wait_env == {
+        **{e["name"]: e for e in job_container["env"] if e["name"] not in job_only},
+        "DATABASE_URL": wait_env["DATABASE_URL"],
+    }
     assert {e["valueFrom"]["secretKeyRef"]["name"] for e in job_container["env"] if "secretKeyRef" in str(e)} == {
         "shop-database"
     }
@@ -935,3 +962,23 @@ def test_the_readme_generator_refuses_an_undocumented_value() -> None:
     edited = (CHART / "values.yaml").read_text().replace("  lockWaitTimeout: 120", "  lockWaitTimeout: 100")
     readme = (CHART / "README.md").read_text()
     assert generate_readme.readme_with_table(readme, edited) != readme  # drift is visible
+
+
+def test_each_hook_job_stops_by_its_own_deadline_and_only_the_migration_job_rolls_back_when_ahead() -> None:
+    rendered = render_chart(
+        {
+            "migration": {"activeDeadlineSeconds": 1700, "deadlineMargin": 30, "whenAhead": "refuse"},
+            "rollback": {"enabled": True, "activeDeadlineSeconds": 1600},
+            "settings": {"statementTimeout": 1500},
+        }
+    )
+
+    def environment(job: str) -> dict[str, str | None]:
+        (container,) = pod_spec(rendered.one("Job", job))["containers"]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    migrate, rollback = environment("-migrate"), environment("-rollback")
+    assert (migrate["DBMIGRATE_DEADLINE"], migrate["DBMIGRATE_WHEN_AHEAD"]) == ("1670", "refuse")
+    assert rollback["DBMIGRATE_DEADLINE"] == "1585" and "DBMIGRATE_WHEN_AHEAD" not in rollback
+    (test_container,) = pod_spec(rendered.one("Pod", "-test"))["containers"]
+    assert not {"DBMIGRATE_DEADLINE", "DBMIGRATE_WHEN_AHEAD"} & {e["name"] for e in test_container["env"]}

@@ -289,20 +289,39 @@ The seconds a setting stands for: its value, or dbmigrate's default when it is e
 {{- end -}}
 
 {{/*
-Fails the render when one of dbmigrate's waits does not fit inside a hook Job's
-activeDeadlineSeconds: Kubernetes would end the run (DeadlineExceeded), kill the pod and lose its
-logs, instead of dbmigrate exiting with its own code, history row and termination message. Takes
-(list <settings> <deadline value name> <deadline>).
+The seconds dbmigrate may run in a Job (DBMIGRATE_DEADLINE): its activeDeadlineSeconds minus its
+deadlineMargin, so that dbmigrate stops on its own (exit 3, a history row, a termination message)
+before Kubernetes kills the pod (DeadlineExceeded) and its logs with it; empty without a deadline.
+Takes the Job's values.
+*/}}
+{{- define "dbmigrate.deadline" -}}
+{{- if ne (toString .activeDeadlineSeconds) "" -}}
+{{- sub (int .activeDeadlineSeconds) (int .deadlineMargin) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Fails the render when one of dbmigrate's waits does not fit inside a hook Job's deadline
+(activeDeadlineSeconds minus deadlineMargin): dbmigrate would stop at the deadline, in the middle of
+a wait that was meant to take longer. Takes (list <settings> <job name> <job values>).
 */}}
 {{- define "dbmigrate.validateDeadline" -}}
 {{- $settings := index . 0 -}}
-{{- $deadlineName := index . 1 -}}
-{{- $deadline := index . 2 | toString -}}
-{{- if and (kindIs "string" (index . 2)) (ne $deadline "") -}}
+{{- $job := index . 1 -}}
+{{- $values := index . 2 -}}
+{{- $deadlineName := printf "%s.activeDeadlineSeconds" $job -}}
+{{- $deadline := $values.activeDeadlineSeconds | toString -}}
+{{- if and (kindIs "string" $values.activeDeadlineSeconds) (ne $deadline "") -}}
 {{- fail (printf "%s must be whole seconds (e.g. 1700) or empty, not %q" $deadlineName $deadline) -}}
 {{- end -}}
 {{- if ne $deadline "" -}}
-{{- $deadlineSeconds := float64 $deadline -}}
+{{- $margin := int $values.deadlineMargin -}}
+{{- $limit := include "dbmigrate.deadline" $values -}}
+{{- if le (int $limit) 0 -}}
+{{- fail (printf "%s.deadlineMargin (%d) leaves no time in %s (%s): dbmigrate stops that many seconds before the deadline; lower %s.deadlineMargin or raise %s" $job $margin $deadlineName $deadline $job $deadlineName) -}}
+{{- end -}}
+{{- $within := printf "%s (%s) minus %s.deadlineMargin (%d), %s s" $deadlineName $deadline $job $margin $limit -}}
+{{- $deadlineSeconds := float64 $limit -}}
 {{- range $key := list "waitTimeout" "lockWaitTimeout" "statementTimeout" "lockConflictWait" -}}
 {{- $seconds := include "dbmigrate.settingSeconds" (list $settings $key) -}}
 {{- $shown := $seconds -}}
@@ -310,16 +329,16 @@ logs, instead of dbmigrate exiting with its own code, history row and terminatio
 {{- $shown = printf "empty: dbmigrate's default %s" $seconds -}}
 {{- end -}}
 {{- if and (eq $key "statementTimeout") (eq (float64 $seconds) 0.0) -}}
-{{- fail (printf "settings.statementTimeout (0: no limit) does not fit in %s (%s): a statement would run until Kubernetes kills the pod; set it below %s" $deadlineName $deadline $deadline) -}}
+{{- fail (printf "settings.statementTimeout (0: no limit) does not fit in %s: a statement would run until Kubernetes kills the pod; set it below %s" $within $limit) -}}
 {{- end -}}
 {{- if ge (float64 $seconds) $deadlineSeconds -}}
-{{- fail (printf "settings.%s (%s) does not fit in %s (%s): Kubernetes would kill the run before dbmigrate gives up and reports it; lower settings.%s or raise %s (and helm --timeout)" $key $shown $deadlineName $deadline $key $deadlineName) -}}
+{{- fail (printf "settings.%s (%s) does not fit in %s: dbmigrate would stop at its deadline before that wait is over; lower settings.%s or raise %s (and helm --timeout)" $key $shown $within $key $deadlineName) -}}
 {{- end -}}
 {{- end -}}
 {{- $wait := include "dbmigrate.settingSeconds" (list $settings "waitTimeout") -}}
 {{- $lockWait := include "dbmigrate.settingSeconds" (list $settings "lockWaitTimeout") -}}
 {{- if ge (addf $wait $lockWait) $deadlineSeconds -}}
-{{- fail (printf "settings.waitTimeout + settings.lockWaitTimeout (%s + %s) do not fit in %s (%s): both waits come before the first step; lower them or raise %s" $wait $lockWait $deadlineName $deadline $deadlineName) -}}
+{{- fail (printf "settings.waitTimeout + settings.lockWaitTimeout (%s + %s) do not fit in %s: both waits come before the first step; lower them or raise %s" $wait $lockWait $within $deadlineName) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -361,13 +380,13 @@ Helm 4's TTL limit. Takes a scope.
 {{- end -}}
 {{- end -}}
 {{- if $values.migration.enabled -}}
-{{- include "dbmigrate.validateDeadline" (list $values.settings "migration.activeDeadlineSeconds" $values.migration.activeDeadlineSeconds) -}}
+{{- include "dbmigrate.validateDeadline" (list $values.settings "migration" $values.migration) -}}
 {{- end -}}
 {{- if and $values.rollback.enabled (not $values.migration.hook.enabled) -}}
 {{- fail "rollback.enabled needs Helm hooks: the rollback Job is a pre-rollback hook, and migration.hook.enabled=false renders without hooks" -}}
 {{- end -}}
 {{- if $values.rollback.enabled -}}
-{{- include "dbmigrate.validateDeadline" (list $values.settings "rollback.activeDeadlineSeconds" $values.rollback.activeDeadlineSeconds) -}}
+{{- include "dbmigrate.validateDeadline" (list $values.settings "rollback" $values.rollback) -}}
 {{- end -}}
 {{- if hasPrefix "v4." .root.Capabilities.HelmVersion.Version -}}
 {{- range $job := list "migration" "rollback" -}}
@@ -391,8 +410,9 @@ The path of the mounted database Secret file (urlFile and passwordFile). Takes a
 {{/*
 The environment of every container: the runner identity, dbmigrate's settings, the database URL
 (from a Secret, never a plain value) and extraEnv. A scope with archiveKey (the hook Jobs) also gets
-the archive's signing key; one with deferBackfills (the migration Job) DBMIGRATE_DEFER_BACKFILLS.
-Takes a scope.
+the archive's signing key, one with a job its deadline, one with deferBackfills (the migration Job)
+DBMIGRATE_DEFER_BACKFILLS, one with whenAhead (the migration Job) what an upgrade does with a
+database ahead of the image. Takes a scope.
 */}}
 {{- define "dbmigrate.env" -}}
 {{- include "dbmigrate.validate" . -}}
@@ -455,6 +475,16 @@ Takes a scope.
 - name: {{ $envName }}
   value: {{ $value | toString | quote }}
 {{- end }}
+{{- end }}
+{{- with .job }}
+{{- with include "dbmigrate.deadline" . }}
+- name: DBMIGRATE_DEADLINE
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- with .whenAhead }}
+- name: DBMIGRATE_WHEN_AHEAD
+  value: {{ . | quote }}
 {{- end }}
 {{- with .metrics }}
 {{- include "dbmigrate.metricsEnv" $ }}
@@ -816,6 +846,7 @@ The migration Job's scope: fills a scope made with "dbmigrate.scope" (job.yaml a
 {{- $_ := set . "containerName" "migrate" -}}
 {{- $_ := set . "args" $migration.args -}}
 {{- $_ := set . "deferBackfills" $migration.deferBackfills -}}
+{{- $_ := set . "whenAhead" $migration.whenAhead -}}
 {{- end -}}
 
 {{/*
