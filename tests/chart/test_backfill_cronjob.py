@@ -52,8 +52,9 @@ def test_the_cronjob_runs_backfill_run_like_the_migration_job_never_two_at_once(
     assert backfill["args"] == ["backfill", "run", "--max-duration", "3h", "--window", "01:00-05:00"]
     for field in ("image", "command", "workingDir", "securityContext", "volumeMounts"):
         assert backfill[field] == migrate[field], field
-    shared = {name: value for name, value in env_of(migrate).items() if name != "DBMIGRATE_ARCHIVE_KEY"}
-    assert env_of(backfill) == shared
+    job_only = {"DBMIGRATE_ARCHIVE_KEY", "DBMIGRATE_WHEN_AHEAD", "DBMIGRATE_DEADLINE"}
+    shared = {name: value for name, value in env_of(migrate).items() if name not in job_only}
+    assert env_of(backfill) == {**shared, "DBMIGRATE_DEADLINE": str(12600 - 15)}, "its own deadline, with a margin"
     for field in ("securityContext", "serviceAccountName", "volumes", "automountServiceAccountToken"):
         assert pod_spec(cron)[field] == pod_spec(job)[field], field
     failure = spec["jobTemplate"]["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]
