@@ -646,8 +646,9 @@ def repair_message(entry: hist.Entry) -> str:
         f"The database needs repair: revision {entry.revision} ({entry.direction}, run {entry.run_id}) was partially "
         f"applied: statements that commit on their own ({_why_they_commit(committed, in_doubt)}) cannot be rolled "
         f"back. Statements that committed{earlier}: {listed or 'none confirmed'}.{doubt}{full_text} "
-        f"Either undo them by hand and run `dbmigrate repair --reverted` (the revision then runs again on the next "
-        f"upgrade), or finish the rest of the revision by hand and run `dbmigrate repair --applied` (which stamps it)."
+        "Repair it with `dbmigrate repair`: `dbmigrate repair --reverted` once those statements are undone by hand "
+        "(the revision then runs again on the next upgrade), or `dbmigrate repair --applied` once the rest of the "
+        "revision is finished by hand (which stamps it)."
     )
 
 
@@ -903,24 +904,25 @@ class _Migration:
             first = unbacked[0]
             raise UnsafeMigration(
                 f"Refusing to {self.result.direction}: revision {first.revision} ({first.file}:{first.line}) "
-                f"{first.rule}: {first.message} Backups are off (--no-backup), and losing data without a backup "
-                "needs --allow-data-loss as well. Nothing was applied. Run without --no-backup to have dbmigrate "
-                "copy the data aside first."
+                f"{first.rule}: {first.message} Backups are off (--no-backup). Nothing was applied. Run without "
+                "--no-backup to have dbmigrate copy the data aside first (losing it without a copy takes "
+                "--allow-data-loss as well)."
             )
         if refused:
+            from dbmigrate.checks.rules import RULES, alternative
+
             first = refused[0]
-            advice = (
-                _DECLARE_THE_LOSS
-                + (
-                    ": either way dbmigrate copies the data aside before the step, and `dbmigrate rollback` or "
+            advice = first.suggestion
+            if first.category == "data-loss" and RULES[first.rule].safe_way:  # dbmigrate's own way first
+                advice = (
+                    _DECLARE_THE_LOSS
+                    + ": either way dbmigrate copies the data aside before the step, and `dbmigrate rollback` or "
                     "`dbmigrate backups restore` brings it back"
                     if self.settings.backup
-                    else ""
-                )
-                + f"; otherwise: {first.suggestion}"
-                if first.category == "data-loss"
-                else first.suggestion
-            )
+                    else "Run without --no-backup, so that dbmigrate copies the data aside before the step, and "
+                    + _DECLARE_THE_LOSS[0].lower()
+                    + _DECLARE_THE_LOSS[1:]
+                ) + (". " + alternative(first.rule, first.table, first.column))
             raise UnsafeMigration(
                 f"Refusing to upgrade: revision {first.revision} ({first.file}:{first.line}) {first.rule} "
                 f"{first.category}: {first.message} Nothing was applied. {advice}"

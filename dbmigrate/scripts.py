@@ -144,8 +144,9 @@ def ensure_known(script: ScriptDirectory, current: Sequence[str]) -> None:
         raise DatabaseAhead(
             f"The database is at revision {', '.join(unknown)}, which these migration scripts do not "
             f"contain (their heads: {', '.join(heads(script)) or 'none'}): the database is ahead of this "
-            "code, migrated by a newer release. Deploy that release's image, or roll the database back "
-            "with the newer image's scripts (dbmigrate downgrade REVISION)."
+            "code, migrated by a newer release. To run this code, run `dbmigrate rollback` with it: it takes the "
+            "database back to these scripts from the revisions archived in the database, keeping the newer schema "
+            "when this code can run on it and copying aside what a downgrade drops. Or deploy that release's image."
         )
 
 
