@@ -539,7 +539,6 @@ class Runner:
         if scripts.unknown_revisions(self.script, heads):
             return  # the database is ahead of these scripts: the newer image archived its revisions
         revisions = [r.revision for r in self.script.revision_map.iterate_revisions(heads, "base") if r is not None]
-        self.archive.ensure()
         stored = self.archive.store(self.script, revisions, self.identity.run_id)
         if stored:
             log.info("revision scripts archived", revisions=stored)
@@ -760,7 +759,8 @@ class _Migration:
 
     def run(self) -> RunResult:
         runner = self.runner
-        self.result.before = runner.current_heads()
+        # One query: env.py already ran once for this command, to name the version table the lock protects.
+        self.result.before = runner.read_heads()
         kept = runner.kept_ahead(self.result.before) if self.upgrade else None
         if kept is not None and scripts.unknown_revisions(runner.script, self.result.before):
             log.info(
