@@ -394,10 +394,17 @@ class Queue:
     def __init__(self, control: Connection, name: str, schema: str | None) -> None:
         self.control = control
         self.table = backfills_table(name, schema)
+        self._exists = False  # once there, the table stays for the rest of the command: ask the catalog until then
 
     def ensure(self) -> None:
         """Create the table if missing; under the run lock."""
         create_missing(self.control, self.table, "backfills")
+        self._exists = True
+
+    def _there(self, connection: Connection) -> bool:
+        if not self._exists:
+            self._exists = inspect(connection).has_table(self.table.name, schema=self.table.schema)
+        return self._exists
 
     def all(self) -> list[Backfill]:
         """Every backfill ever queued, oldest first (none when the table does not exist)."""
@@ -408,7 +415,7 @@ class Queue:
     def unfinished(self, connection: Connection | None = None) -> list[Backfill]:
         """Every backfill not done yet, oldest first (none when the table does not exist)."""
         connection = connection if connection is not None else self.control
-        if not inspect(connection).has_table(self.table.name, schema=self.table.schema):
+        if not self._there(connection):
             return []
         query = select(self.table).where(self.table.c.state.not_in([DONE, CANCELLED])).order_by(self.table.c.id)
         return [_backfill(row._mapping) for row in connection.execute(query)]
@@ -416,7 +423,7 @@ class Queue:
     def with_triggers(self, connection: Connection | None = None) -> list[Backfill]:
         """Every backfill whose sync trigger is still installed (finished ones included), oldest first."""
         connection = connection if connection is not None else self.control
-        if not inspect(connection).has_table(self.table.name, schema=self.table.schema):
+        if not self._there(connection):
             return []
         query = select(self.table).where(self.table.c.trigger_dropped_at.is_(None)).order_by(self.table.c.id)
         return [_backfill(row._mapping) for row in connection.execute(query)]

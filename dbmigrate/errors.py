@@ -1,7 +1,7 @@
 """The exception hierarchy: every error dbmigrate raises is a :class:`DbmigrateError`.
 
 Each class carries the process exit code the CLI uses for it, so that an exit code means one
-thing everywhere (see the README's table). Messages say what happened, what it means and the
+thing everywhere (see docs/concepts/exit-codes.md). Messages say what happened, what it means and the
 command that fixes it; they never contain a password.
 """
 

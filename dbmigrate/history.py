@@ -29,7 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from dbmigrate.database import connection_lost
@@ -400,19 +400,63 @@ def create_missing(connection: Connection, table: Table, what: str) -> None:
     """
     for attempt in range(2):
         try:
-            table.create(connection, checkfirst=True)
+            present = _column_names(connection, table)  # one catalog query tells both: the usual run finds all
+            if present is None:
+                table.create(connection, checkfirst=True)
             for index in table.indexes:
-                index.create(connection, checkfirst=True)
-            _add_missing_columns(connection, table)
+                if present is None or not _index_exists(connection, table, index.name):
+                    index.create(connection, checkfirst=True)
+            if present is not None:
+                _add_missing_columns(connection, table, present)
             return
         except SQLAlchemyError as exc:
             if attempt or connection_lost(exc) is not None:
                 raise _cannot_create(table, what, exc) from None
 
 
-def _add_missing_columns(connection: Connection, table: Table) -> None:
+def _column_names(connection: Connection, table: Table) -> set[str] | None:
+    """The names of ``table``'s columns in the database; None when the table is not there.
+
+    One plain query where a failed statement harms nothing (not inside a PostgreSQL transaction): a
+    fresh process pays for compiling the inspector's catalog queries, several times a plain
+    alembic run's own queries.
+    """
+    autocommit = connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    if autocommit or connection.dialect.name != "postgresql":
+        name = connection.dialect.identifier_preparer.format_table(table)
+        try:
+            result = connection.exec_driver_sql(f"SELECT * FROM {name} WHERE 1 = 0")
+        except SQLAlchemyError as exc:
+            if connection_lost(exc) is not None:
+                raise
+            return None  # not there (or not readable: creating it then says why)
+        names = set(result.keys())
+        result.close()
+        return names
+    try:
+        return {column["name"] for column in inspect(connection).get_columns(table.name, schema=table.schema)}
+    except NoSuchTableError:
+        return None
+
+
+def _index_exists(connection: Connection, table: Table, name: str | None) -> bool:
+    """Whether the index is there, by one plain catalog query where there is one; False: let SQLAlchemy check."""
+    if name is None:
+        return False
+    quote = connection.dialect.identifier_preparer.quote
+    if connection.dialect.name == "postgresql":
+        qualified = f"{quote(table.schema)}.{quote(name)}" if table.schema else quote(name)
+        return (
+            connection.exec_driver_sql("SELECT to_regclass(%(name)s) IS NOT NULL", {"name": qualified}).scalar() is True
+        )
+    if connection.dialect.name == "sqlite" and table.schema is None:
+        found = connection.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,))
+        return found.first() is not None
+    return False
+
+
+def _add_missing_columns(connection: Connection, table: Table, present: set[str]) -> None:
     # Columns added after a table's first release are nullable: ADD COLUMN needs no default on any backend.
-    present = {column["name"] for column in inspect(connection).get_columns(table.name, schema=table.schema)}
     preparer = connection.dialect.identifier_preparer
     for column in table.columns:
         if column.name not in present:

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import os
 import re
 import tempfile
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -158,24 +159,32 @@ class Archive:
         """Create the table, or add the columns that one created by an earlier dbmigrate lacks."""
         create_missing(self.connection, self.table, "archive")
 
-    def read(self) -> tuple[dict[str, ArchivedRevision], Manifest]:
-        """Every entry by revision, and the manifest as far as the key vouches for it."""
-        inspector = inspect(self.connection)
-        if not inspector.has_table(self.table.name, schema=self.table.schema):
-            return {}, Manifest.verify(None, self.key)
-        # An archive created by an earlier dbmigrate lacks the newer columns until the next upgrade adds them.
-        present = {column["name"] for column in inspector.get_columns(self.table.name, schema=self.table.schema)}
-        query = select(*(column for column in self.table.c if column.name in present))
+    def read(self, ensured: bool = False) -> tuple[dict[str, ArchivedRevision], Manifest]:
+        """Every entry by revision, and the manifest as far as the key vouches for it.
+
+        ``ensured``: :meth:`ensure` ran in this command, so the table and all its columns are there.
+        """
+        query = select(self.table)
+        if not ensured:
+            inspector = inspect(self.connection)
+            if not inspector.has_table(self.table.name, schema=self.table.schema):
+                return {}, Manifest.verify(None, self.key)
+            # An archive created by an earlier dbmigrate lacks the newer columns until the next upgrade adds them.
+            present = {column["name"] for column in inspector.get_columns(self.table.name, schema=self.table.schema)}
+            query = select(*(column for column in self.table.c if column.name in present))
         entries = {row.revision: _archived(row._mapping) for row in self.connection.execute(query)}
         return entries, Manifest.verify(entries.pop(MANIFEST, None), self.key)
 
     def store(self, script: ScriptDirectory, revisions: Iterable[str], run_id: str) -> int:
         """Archive the scripts of ``revisions`` (applied, known to ``script``) not archived as they are now.
 
+        Creates the table, or adds its newer columns, first.
+
         With a key, the manifest is signed anew over the entries written and the stored ones that
         verify; entries and manifest commit together. Returns how many entries were written.
         """
-        stored, manifest = self.read()
+        self.ensure()
+        stored, manifest = self.read(ensured=True)
         written = [
             entry
             for revision in revisions
@@ -201,9 +210,10 @@ class Archive:
         found = script.get_revision(revision)
         if found is None or found.path is None:
             return None
-        source = Path(found.path).read_text(encoding="utf-8")
+        with open(found.path, encoding="utf-8") as file:  # once per applied revision, every upgrade: no pathlib
+            source = file.read()
         digest = hashlib.sha256(source.encode()).hexdigest()
-        filename = Path(found.path).name
+        filename = os.path.basename(found.path)
         if stored is not None and self._intact(stored, digest, filename, manifest):
             return None
         trusted = (manifest.listings or {}).get(revision)

@@ -693,7 +693,6 @@ class Runner:
         if scripts.unknown_revisions(self.script, heads):
             return  # the database is ahead of these scripts: the newer image archived its revisions
         revisions = [r.revision for r in self.script.revision_map.iterate_revisions(heads, "base") if r is not None]
-        self.archive.ensure()
         stored = self.archive.store(self.script, revisions, self.identity.run_id)
         if stored:
             log.info("revision scripts archived", revisions=stored)
@@ -806,8 +805,9 @@ def repair_message(entry: hist.Entry) -> str:
         f"The database needs repair: revision {entry.revision} ({entry.direction}, run {entry.run_id}) was partially "
         f"applied: statements that commit on their own ({_why_they_commit(committed, in_doubt)}) cannot be rolled "
         f"back. Statements that committed{earlier}: {listed or 'none confirmed'}.{doubt}{full_text} "
-        f"Either undo them by hand and run `dbmigrate repair --reverted` (the revision then runs again on the next "
-        f"upgrade), or finish the rest of the revision by hand and run `dbmigrate repair --applied` (which stamps it)."
+        "Repair it with `dbmigrate repair`: `dbmigrate repair --reverted` once those statements are undone by hand "
+        "(the revision then runs again on the next upgrade), or `dbmigrate repair --applied` once the rest of the "
+        "revision is finished by hand (which stamps it)."
     )
 
 
@@ -920,7 +920,8 @@ class _Migration:
 
     def run(self) -> RunResult:
         runner = self.runner
-        self.result.before = runner.current_heads()
+        # One query: env.py already ran once for this command, to name the version table the lock protects.
+        self.result.before = runner.read_heads()
         kept = runner.kept_ahead(self.result.before) if self.upgrade else None
         if kept is not None and scripts.unknown_revisions(runner.script, self.result.before):
             log.info(
@@ -1068,24 +1069,25 @@ class _Migration:
             first = unbacked[0]
             raise UnsafeMigration(
                 f"Refusing to {self.result.direction}: revision {first.revision} ({first.file}:{first.line}) "
-                f"{first.rule}: {first.message} Backups are off (--no-backup), and losing data without a backup "
-                "needs --allow-data-loss as well. Nothing was applied. Run without --no-backup to have dbmigrate "
-                "copy the data aside first."
+                f"{first.rule}: {first.message} Backups are off (--no-backup). Nothing was applied. Run without "
+                "--no-backup to have dbmigrate copy the data aside first (losing it without a copy takes "
+                "--allow-data-loss as well)."
             )
         if refused:
+            from dbmigrate.checks.rules import RULES, alternative
+
             first = refused[0]
-            advice = (
-                _DECLARE_THE_LOSS
-                + (
-                    ": either way dbmigrate copies the data aside before the step, and `dbmigrate rollback` or "
+            advice = first.suggestion
+            if first.category == "data-loss" and RULES[first.rule].safe_way:  # dbmigrate's own way first
+                advice = (
+                    _DECLARE_THE_LOSS
+                    + ": either way dbmigrate copies the data aside before the step, and `dbmigrate rollback` or "
                     "`dbmigrate backups restore` brings it back"
                     if self.settings.backup
-                    else ""
-                )
-                + f"; otherwise: {first.suggestion}"
-                if first.category == "data-loss"
-                else first.suggestion
-            )
+                    else "Run without --no-backup, so that dbmigrate copies the data aside before the step, and "
+                    + _DECLARE_THE_LOSS[0].lower()
+                    + _DECLARE_THE_LOSS[1:]
+                ) + (". " + alternative(first.rule, first.table, first.column))
             raise UnsafeMigration(
                 f"Refusing to upgrade: revision {first.revision} ({first.file}:{first.line}) {first.rule} "
                 f"{first.category}: {first.message} Nothing was applied. {advice}"

@@ -148,9 +148,10 @@ def ensure_known(script: ScriptDirectory, current: Sequence[str]) -> None:
         raise DatabaseAhead(
             f"The database is at revision {', '.join(unknown)}, which these migration scripts do not "
             f"contain (their heads: {', '.join(heads(script)) or 'none'}): the database is ahead of this "
-            "code, migrated by a newer release. Deploy that release's image, or roll the database back to "
-            "this code with `dbmigrate rollback` (or `dbmigrate upgrade --when-ahead rollback`), which runs the "
-            "newer revisions from dbmigrate's archive."
+            "code, migrated by a newer release. To run this code, run `dbmigrate rollback` with it (or deploy it "
+            "with `dbmigrate upgrade --when-ahead rollback`): it takes the database back to these scripts from the "
+            "revisions archived in the database, keeping the newer schema when this code can run on it and copying "
+            "aside what a downgrade drops. Or deploy that release's image."
         )
 
 

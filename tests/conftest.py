@@ -1,6 +1,6 @@
 """Fixtures that build real databases: a fresh PostgreSQL or MariaDB database, or a SQLite file, per test.
 
-The servers are the ones every development and CI machine runs (README, "Tests"): PostgreSQL on
+The servers are the ones every development and CI machine runs (README and docs/development.md, "Tests"): PostgreSQL on
 127.0.0.1:5432 (user postgres) and MariaDB on 127.0.0.1:3306 (user root). Point elsewhere with
 DBMIGRATE_TEST_POSTGRES_URL / DBMIGRATE_TEST_MARIADB_URL (an admin URL; the database part is replaced).
 """

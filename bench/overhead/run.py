@@ -16,7 +16,22 @@ rendering every pending revision offline costs, which the upgrade gate must do b
 Their sum over plain alembic is the floor of the upgrade ratio for any run that checks its plan
 offline and then applies it one transaction per revision, before any history row is written.
 
-Run from the repository root: ``.venv/bin/python bench/overhead/run.py``. Only 127.0.0.1 is used
+The deploy users feel comes first (``--parts deploy``): 1, 3 and 5 pending revisions of the same
+project, cold processes, ``dbmigrate upgrade TARGET`` against ``alembic upgrade TARGET`` interleaved
+in one run, several repetitions, medians:
+
+* the usual deploy: each tool upgrades a copy (``CREATE DATABASE ... TEMPLATE``) of a database it
+  migrated itself to 5 revisions below the head, so dbmigrate's own tables, history and archive
+  exist; target: 3 pending <= 1.2;
+* the first deploy: each tool upgrades an empty database by 1, 3 or 5 revisions (dbmigrate creates
+  its tables); reported, no target;
+* ``dbmigrate status`` against ``alembic current`` on the usual deploy's databases, after it;
+  target <= 1.2.
+
+Each figure is printed with the load average around it: the machine's other work moves wall times.
+
+Run from the repository root: ``.venv/bin/python bench/overhead/run.py`` (``--parts deploy`` or
+``--parts full`` for one half). Only 127.0.0.1 is used
 by default; a password, if the server wants one, comes from PGPASSWORD and is never printed.
 """
 
@@ -41,7 +56,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import generated_project
 from installed import byte_compile_dbmigrate
-from postgres_server import Server, add_server_arguments, drop_database, recreate_database
+from postgres_server import Server, add_server_arguments, admin_execute, drop_database, recreate_database
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -51,6 +66,9 @@ STATUS_REPS = 11
 COMMAND_TIMEOUT_S = 300.0
 TARGET_UPGRADE = 1.15
 TARGET_STATUS = 1.2
+TARGET_DEPLOY = 1.2  # 3 pending revisions, the usual deploy
+DEPLOY_PENDING = (1, 3, 5)
+DEPLOY_REPS = 7
 PER_REVISION = "alembic-per-revision"
 
 REVISION_TEMPLATE = '''\
@@ -123,10 +141,11 @@ ALEMBIC_ARGS = {
 }
 
 
-def command(tool: str, action: str, ini: Path) -> list[str]:
+def command(tool: str, action: str, ini: Path, target: str | None = None) -> list[str]:
     if tool.startswith("alembic"):
-        return [str(VENV_BIN / "alembic"), "-c", str(ini), *ALEMBIC_ARGS[action]]
-    return [str(VENV_BIN / "dbmigrate"), action, "-c", str(ini), "--log-format", "json"]
+        args = ALEMBIC_ARGS[action] if target is None else [action, target]
+        return [str(VENV_BIN / "alembic"), "-c", str(ini), *args]
+    return [str(VENV_BIN / "dbmigrate"), action, *([target] if target else []), "-c", str(ini), "--log-format", "json"]
 
 
 @dataclasses.dataclass
@@ -135,6 +154,10 @@ class Timings:
 
     wall: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     cpu: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    load: list[float] = dataclasses.field(default_factory=list)  # 1-minute load average at each process
+
+    def loads(self) -> str:
+        return f"load {min(self.load):.1f} to {max(self.load):.1f}" if self.load else "load not recorded"
 
 
 def timed(argv: list[str], url: str, tool: str, timings: Timings) -> None:
@@ -150,6 +173,7 @@ def timed(argv: list[str], url: str, tool: str, timings: Timings) -> None:
         raise RuntimeError(f"{Path(argv[0]).name} {argv[1]} exited with {done.returncode}: {tail}")
     # CPU time barely moves with other load on the machine, so it backs up the noisier wall times.
     timings.wall.setdefault(tool, []).append(elapsed)
+    timings.load.append(os.getloadavg()[0])
     timings.cpu.setdefault(tool, []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
 
 
@@ -189,6 +213,56 @@ def bench_status(server: Server, ini: Path, reps: int, database: str) -> Timings
     return timings
 
 
+def bench_deploy(server: Server, ini: Path, revisions: int, reps: int) -> dict[str, Timings]:
+    """1, 3 and 5 pending revisions, on the usual deploy's database and on the first deploy's, and status.
+
+    Keys: ``usual N``, ``first N`` and ``status``. Each tool's usual database is a copy of a template
+    the same tool migrated to ``revisions - 5``, so every repetition starts from the same state.
+    """
+    base = revisions - max(DEPLOY_PENDING)
+    suffix = os.getpid()
+    templates = {"alembic": f"bench_oh_tpl_a_{suffix}", "dbmigrate": f"bench_oh_tpl_d_{suffix}"}
+    scratch = f"bench_oh_deploy_{suffix}"
+    results: dict[str, Timings] = {"status": Timings()}
+    try:
+        for tool, template in templates.items():
+            recreate_database(server, template)
+            timed(command(tool, "upgrade", ini, f"r{base:04d}"), server.url(template), tool, Timings())
+        for pending in DEPLOY_PENDING:
+            for kind in ("usual", "first"):
+                timings = results[f"{kind} {pending}"] = Timings()
+                target = f"r{base + pending:04d}" if kind == "usual" else f"r{pending:04d}"
+                for rep in range(reps):
+                    for tool in order(rep):
+                        template = f" TEMPLATE {templates[tool]}" if kind == "usual" else ""
+                        admin_execute(
+                            server,
+                            [f"DROP DATABASE IF EXISTS {scratch} WITH (FORCE)", f"CREATE DATABASE {scratch}{template}"],
+                        )
+                        timed(command(tool, "upgrade", ini, target), server.url(scratch), tool, timings)
+                        if version_of(server, scratch) != target:
+                            raise RuntimeError(f"{tool} did not reach {target}")
+                        if kind == "usual" and pending == 3:
+                            action = "status" if tool == "dbmigrate" else "current"
+                            timed(command(tool, action, ini), server.url(scratch), tool, results["status"])
+                print(f"  deploy   {kind:<5} {pending} pending  " + _medians(timings), flush=True)
+    finally:
+        for name in (*templates.values(), scratch):
+            drop_database(server, name)
+    return results
+
+
+def _medians(timings: Timings) -> str:
+    return (
+        ", ".join(
+            f"{tool} wall {statistics.median(timings.wall[tool]):.3f} s "
+            f"cpu {statistics.median(timings.cpu[tool]):.3f} s"
+            for tool in sorted(timings.wall)
+        )
+        + f" ({timings.loads()})"
+    )
+
+
 def bench_render(server: Server, ini: Path, reps: int) -> Timings:
     """``alembic upgrade head --sql`` (rendering every revision offline) against ``alembic heads``."""
     timings = Timings()
@@ -208,7 +282,7 @@ def verdict(
     goal = f" (target <= {target:g}: {'met' if ratio <= target else 'MISSED'})" if target is not None else ""
     print(
         f"{name}: wall median {ours} {wall:.3f} s / {theirs} {their_wall:.3f} s = {ratio:.2f}{goal}; "
-        f"cpu median {cpu:.3f} s / {their_cpu:.3f} s = {cpu / their_cpu:.2f}"
+        f"cpu median {cpu:.3f} s / {their_cpu:.3f} s = {cpu / their_cpu:.2f}; {timings.loads()}"
     )
 
 
@@ -230,6 +304,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--revisions", type=int, default=REVISIONS)
     parser.add_argument("--upgrade-reps", type=int, default=UPGRADE_REPS)
     parser.add_argument("--status-reps", type=int, default=STATUS_REPS)
+    parser.add_argument("--deploy-reps", type=int, default=DEPLOY_REPS)
+    parser.add_argument("--parts", choices=("all", "deploy", "full"), default="all", help="deploy: 1, 3, 5 pending")
     parser.add_argument("--keep-project", type=Path, help="copy the generated Alembic project here")
     return parser.parse_args(argv)
 
@@ -249,6 +325,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.keep_project:
             shutil.copytree(ini.parent, args.keep_project, dirs_exist_ok=True)
         inis = {"alembic": ini, "dbmigrate": ini, PER_REVISION: per_revision_project(ini, Path(tmp) / "per_revision")}
+        if args.parts in ("all", "deploy"):
+            deploy = bench_deploy(server, ini, args.revisions, args.deploy_reps)
+            for pending in DEPLOY_PENDING:
+                for kind in ("usual", "first"):
+                    target = TARGET_DEPLOY if (kind, pending) == ("usual", 3) else None
+                    verdict(
+                        f"deploy, {kind}, {pending} pending (dbmigrate upgrade / alembic upgrade)",
+                        deploy[f"{kind} {pending}"],
+                        target,
+                    )
+            verdict("deploy, status after it (dbmigrate status / alembic current)", deploy["status"], TARGET_STATUS)
+        if args.parts == "deploy":
+            print(f"load average at the end {os.getloadavg()[0]:.2f}")
+            return 0
         try:
             upgrade = bench_upgrade(server, inis, args.upgrade_reps, f"r{args.revisions:04d}", migrated)
             status = bench_status(server, ini, args.status_reps, migrated)

@@ -84,7 +84,7 @@ def _report(
                     raises.category,
                     raises.severity,
                     raises.message.format_map({"direction": step.direction, "error": step.error.reason}),
-                    raises.suggestion,
+                    raises.advice,
                     file,
                     step.error.line or 1,
                 )
@@ -111,7 +111,7 @@ def _findings(step: StepStatements, dialect: str, root: Path, configured_non_tra
                     invalid.category,
                     invalid.severity,
                     invalid.message.format_map(names),
-                    invalid.suggestion,
+                    invalid.advice,
                     file,
                     line,
                 )
@@ -153,7 +153,7 @@ def _needing_no_transaction(step: StepStatements, dialect: str, file: str) -> It
                 rule.category,
                 rule.severity,
                 rule.message.format_map(names),
-                rule.suggestion.format_map(names),
+                rule.advice.format_map(names),
                 file,
                 statement.line,
             )

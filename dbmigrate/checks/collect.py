@@ -78,7 +78,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.mock import MockConnection
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
-from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.sql import operators, sqltypes
 from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.sql.ddl import ExecutableDDLElement
@@ -345,7 +344,9 @@ def _stopped(exc: Exception, path: Path, recorder: _Recorder) -> StepError:
             "cannot offer (offline, statements are recorded, not sent to a database); what the step does after "
             "it was not checked",
         )
-    if isinstance(exc, orm_exc.ObjectDeletedError):
+    # Not imported for this: the ORM (a third of SQLAlchemy's import time) is loaded only by revisions that use it.
+    orm_exc = sys.modules.get("sqlalchemy.orm.exc")
+    if orm_exc is not None and isinstance(exc, orm_exc.ObjectDeletedError):
         return StepError(
             line,
             f"{at} reads back an object the Session wrote (after a commit it loads it again), and offline nothing "

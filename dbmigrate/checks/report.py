@@ -142,7 +142,7 @@ class Report:
                 "id": rule_id,
                 "name": RULES[rule_id].name,
                 "shortDescription": {"text": RULES[rule_id].summary},
-                "help": {"text": RULES[rule_id].suggestion.replace("{", "").replace("}", "")},
+                "help": {"text": RULES[rule_id].advice.replace("{", "").replace("}", "")},
                 "properties": {"category": RULES[rule_id].category},
                 "defaultConfiguration": {"level": RULES[rule_id].severity},
             }

@@ -65,6 +65,16 @@ class Rule:
     summary: str
     message: str
     suggestion: str
+    # dbmigrate's own safe way, named before ``suggestion`` (the way without it) wherever dbmigrate offers one.
+    safe_way: str = ""
+
+    @property
+    def advice(self) -> str:
+        """What to do instead: dbmigrate's own safe way first, then the way without it."""
+        return f"{self.safe_way} {self.suggestion}" if self.safe_way else self.suggestion
+
+
+_DECLARE = 'declare the loss in the revision (# dbmigrate: allow-data-loss reason="..."): dbmigrate then copies '
 
 
 _RULE_LIST = [
@@ -75,8 +85,9 @@ _RULE_LIST = [
         "error",
         "A table with its rows is dropped.",
         "DROP TABLE {table} deletes the table and every row in it; no downgrade can bring the rows back.",
-        "Back up or archive the rows first (or rename the table and drop it in a later release), and declare the "
-        'loss in the revision: # dbmigrate: allow-data-loss reason="...".',
+        "To keep the rows in the database instead, rename the table and drop it in a later release.",
+        "If the rows may go, " + _DECLARE + "the table aside before the step (unless --no-backup), and puts the "
+        "rows back when the revision is downgraded (or with dbmigrate backups restore).",
     ),
     Rule(
         "DL002",
@@ -85,8 +96,9 @@ _RULE_LIST = [
         "error",
         "A column with its values is dropped.",
         "Dropping {table}.{column} deletes its value in every row; no downgrade can bring the values back.",
-        'Declare the loss in the revision (# dbmigrate: allow-data-loss reason="..."); dbmigrate then copies '
-        "the values aside before the step (unless --no-backup). Or keep the column until no code reads it.",
+        "Or keep the column until no code reads it.",
+        "If the values may go, " + _DECLARE + "them aside before the step (unless --no-backup), and puts them "
+        "back when the revision is downgraded (or with dbmigrate backups restore).",
     ),
     Rule(
         "DL003",
@@ -95,8 +107,8 @@ _RULE_LIST = [
         "error",
         "A table is emptied with TRUNCATE.",
         "TRUNCATE {table} deletes every row of the table (and takes an exclusive lock while doing it).",
-        "Delete only the rows that must go, with a WHERE clause, in batches; declare intended loss with "
-        '# dbmigrate: allow-data-loss reason="...".',
+        "Otherwise delete only the rows that must go, with a WHERE clause, in batches.",
+        "If every row may go, " + _DECLARE + "the table aside before the step (unless --no-backup).",
     ),
     Rule(
         "DL004",
@@ -105,8 +117,8 @@ _RULE_LIST = [
         "error",
         "DELETE without WHERE removes every row.",
         "DELETE FROM {table} has no WHERE clause: it deletes every row of the table.",
-        "Add a WHERE clause naming the rows to delete, and delete in batches; declare intended loss with "
-        '# dbmigrate: allow-data-loss reason="...".',
+        "Otherwise add a WHERE clause naming the rows to delete, and delete in batches.",
+        "If every row may go, " + _DECLARE + "the table aside before the step (unless --no-backup).",
     ),
     Rule(
         "DL005",
@@ -115,8 +127,9 @@ _RULE_LIST = [
         "error",
         "UPDATE without WHERE overwrites a column in every row.",
         "UPDATE {table} without a WHERE clause overwrites {column} in every row; the previous values are gone.",
-        "Restrict the UPDATE with a WHERE clause (for a backfill: WHERE {column} IS NULL), or write the new values "
-        "into a new column.",
+        "Otherwise restrict the UPDATE with a WHERE clause (for a backfill: WHERE {column} IS NULL), or write the "
+        "new values into a new column.",
+        "If the previous values may go, " + _DECLARE + "them aside before the step (unless --no-backup).",
     ),
     Rule(
         "DL006",
@@ -125,10 +138,10 @@ _RULE_LIST = [
         "error",
         "A column's type change narrows it or loses part of its values.",
         "Changing the type of {table}.{column} from {old_type} to {new_type} loses data: {loss}.",
-        "Widen the type instead if the new one only has to hold the existing values. Otherwise add a new column "
-        "of the new type, backfill it in batches with an explicit conversion (deciding what happens to values "
-        "that do not fit), switch the application over, and drop the old column in a later release. If the loss "
-        'is intended, declare it: # dbmigrate: allow-data-loss reason="...".',
+        "Otherwise widen the type instead if the new one only has to hold the existing values, or add a new "
+        "column of the new type, backfill it in batches with an explicit conversion (deciding what happens to "
+        "values that do not fit), switch the application over, and drop the old column in a later release.",
+        "If the loss is intended, " + _DECLARE + "the column's values aside before the step (unless --no-backup).",
     ),
     Rule(
         "DL007",
@@ -137,7 +150,8 @@ _RULE_LIST = [
         "error",
         "A schema with everything in it is dropped.",
         "DROP SCHEMA {schema} drops the schema and, with CASCADE, every table and row in it.",
-        'Back up the schema first and declare the loss in the revision: # dbmigrate: allow-data-loss reason="...".',
+        "dbmigrate does not copy a dropped schema aside: back it up first (pg_dump --schema {schema}), then "
+        'declare the loss in the revision: # dbmigrate: allow-data-loss reason="...".',
     ),
     Rule(
         "BL001",
@@ -307,7 +321,12 @@ class Match:
 
     @property
     def suggestion(self) -> str:
-        return self.rule.suggestion.format_map(_Names(self.names))
+        return self.rule.advice.format_map(_Names(self.names))
+
+
+def alternative(rule_id: str, table: str | None, column: str | None) -> str:
+    """A rule's way without dbmigrate's own, for a message that has named dbmigrate's already."""
+    return RULES[rule_id].suggestion.format_map(_Names({"table": table or "", "column": column or ""}))
 
 
 class _Names(dict[str, str]):

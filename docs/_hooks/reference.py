@@ -242,7 +242,7 @@ def rules_markdown() -> str:
             f"**{rule.category}**, {rule.severity}. {rule.summary}",
             "",
             f"- *Finding:* {_escape(rule.message)}",
-            f"- *Instead:* {_escape(rule.suggestion)}",
+            f"- *Instead:* {_escape(rule.advice)}",
             "",
         ]
     return "\n".join(out)
