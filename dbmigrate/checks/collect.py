@@ -23,6 +23,11 @@ Covered:
     (1, 2, ...), and the ORM's own UPDATE or DELETE by primary key (of an object it holds, or a
     bulk UPDATE by primary key) matches one row per key, as the ORM checks. Models may be
     declarative, typed (``DeclarativeBase``) or automapped from tables the revision declares;
+  * loops: a statement caused by a line inside a ``for`` or ``while`` loop (or a comprehension) of
+    the revision file is marked :attr:`Statement.in_loop`, read from the file's source. Offline a
+    loop over query results runs once or not at all, so what it repeats online is known by that;
+  * ``dbmigrate.backfill()``: what it renders offline is marked :attr:`Statement.online_backfill`
+    (online it fills in batches after the step commits, not in the step);
   * ``batch_alter_table`` on SQLite, ``recreate="auto"`` (the default) or ``"always"``: offline there
     is no table to reflect, so the batch is rendered as the plain ``ALTER TABLE`` statements it
     stands for (its intent), as ``recreate="never"`` would (with ``copy_from`` too: the table copy

@@ -485,6 +485,8 @@ _LOCKING_DDL = re.compile(
 )
 _DATA_CHANGE = re.compile(r"(?:UPDATE|DELETE|INSERT|SELECT|WITH)\b", re.IGNORECASE)
 _SELECT = re.compile(r"\bSELECT\b", re.IGNORECASE)
+# VALIDATE CONSTRAINT takes SHARE UPDATE EXCLUSIVE: the application's reads and writes go on.
+_VALIDATES = re.compile(r"\bVALIDATE\s+CONSTRAINT\b", re.IGNORECASE)
 
 
 def _data_change_hits(
@@ -507,7 +509,7 @@ def _data_change_hits(
         comments = _LEADING_COMMENTS.match(part)
         body = part[comments.end() if comments else 0 :].strip()
         locking = _LOCKING_DDL.match(body)
-        if locking:
+        if locking and _VALIDATES.search(body) is None:
             table = _unquoted(locking["table"])
             if dialect == "postgres" and in_transaction and new.locked is None and not new.has_table(table):
                 new.locked = table

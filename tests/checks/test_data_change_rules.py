@@ -259,3 +259,18 @@ def test_an_autocommit_block_releases_the_locks_taken_before_it(check_revision: 
 
     assert rules(report) == ["BL008"]
     assert "until the statement ends" in report.findings[0].message
+
+
+def test_validating_a_constraint_locks_out_no_query_so_a_later_fill_is_only_long(
+    check_revision: CheckRevision,
+) -> None:
+    report = check_revision(
+        """
+        def upgrade() -> None:
+            op.execute("ALTER TABLE orders VALIDATE CONSTRAINT ck_amount_positive")
+            op.execute("UPDATE orders SET amount_cents = 0 WHERE amount_cents < 0")
+        """,
+        "postgresql",
+    )
+
+    assert rules(report) == ["BL008"]
