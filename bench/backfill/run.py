@@ -64,12 +64,13 @@ class WayResult:
     way: str
     round_no: int
     latencies_ms: list[float]
+    worst_at_s: float  # when the slowest transaction began, seconds after the load started
     failed: int
     migration_s: float | None
     migration_exit: int | None
     unfilled: int | None  # rows whose new column is still NULL (None: no column)
     stale: int | None  # rows whose new column no longer matches abalance * 100 (updated after the fill)
-    backfill_s: float | None  # dbmigrate's backfill, from its log
+    backfill: tuple[float, float] | None  # dbmigrate's backfill: began, ended (s after the load started)
     load_ended_first: bool
 
     def percentile(self, fraction: float) -> float:
@@ -149,8 +150,9 @@ def run_migration(way: str, server: Server, database: str, log_path: Path, timeo
     return code, time.monotonic() - began
 
 
-def backfill_seconds(log_path: Path) -> float | None:
-    """The backfill's duration from dbmigrate's JSON log (``backfill done``), if it finished."""
+def backfill_window(log_path: Path, start_wall: float) -> tuple[float, float] | None:
+    """When dbmigrate's backfill started and ended (``backfill starting``/``done`` in its JSON log), in
+    seconds after ``start_wall``; None if it did not finish."""
     starts = dones = None
     for line in log_path.read_text().splitlines():
         try:
@@ -162,22 +164,29 @@ def backfill_seconds(log_path: Path) -> float | None:
             starts = stamp
         elif record.get("event") == "backfill done":
             dones = stamp
-    return dones - starts if starts is not None and dones is not None else None
+    return (starts - start_wall, dones - start_wall) if starts is not None and dones is not None else None
 
 
-def read_latencies(log_dir: Path) -> tuple[list[float], int]:
-    """pgbench's per-transaction log (client, tx, latency_us, script, epoch_s, epoch_us[, lag_us]); failures."""
-    latencies, failed = [], 0
+def read_latencies(log_dir: Path, start_wall: float) -> tuple[list[float], float, int]:
+    """pgbench's per-transaction log (client, tx, latency_us, script, epoch_s, epoch_us[, lag_us]).
+
+    The latencies (ms), when the slowest began (s after ``start_wall``) and how many failed.
+    """
+    latencies: list[float] = []
+    worst, worst_at, failed = -1.0, 0.0, 0
     for path in sorted(log_dir.glob("tx.*")):
         for line in path.read_text().splitlines():
             fields = line.split()
             if len(fields) < 6:
                 continue
-            if fields[2].isdigit():
-                latencies.append(int(fields[2]) / 1000)
-            else:
+            if not fields[2].isdigit():
                 failed += 1  # skipped (late beyond --latency-limit) or failed
-    return latencies, failed
+                continue
+            latency = int(fields[2]) / 1000
+            latencies.append(latency)
+            if latency > worst:  # the log stamps a transaction's end
+                worst, worst_at = latency, int(fields[4]) + int(fields[5]) / 1e6 - latency / 1000 - start_wall
+    return latencies, worst_at, failed
 
 
 def filled_state(server: Server, database: str) -> tuple[int | None, int | None]:
@@ -205,28 +214,29 @@ def run_way(
     copy_database(server, template, database)
     try:
         load = start_load(server, database, args.rows, args.load_seconds, log_dir)
-        load_started = time.monotonic()
+        load_started, start_wall = time.monotonic(), time.time()
         code = duration = backfill = None
         if way != "none":
             time.sleep(MIGRATION_AT_S)
             timeout = args.load_seconds + MIGRATION_GRACE_S
             code, duration = run_migration(way, server, database, log_dir / "migration.log", timeout)
             if way == "dbmigrate":
-                backfill = backfill_seconds(log_dir / "migration.log")
+                backfill = backfill_window(log_dir / "migration.log", start_wall)
         load_ended_first = way != "none" and time.monotonic() - load_started > args.load_seconds
         finish_load(load, args.load_seconds)
-        latencies, failed = read_latencies(log_dir)
+        latencies, worst_at, failed = read_latencies(log_dir, start_wall)
         unfilled, stale = filled_state(server, database)
         return WayResult(
             way=way,
             round_no=round_no,
             latencies_ms=latencies,
+            worst_at_s=worst_at,
             failed=failed,
             migration_s=duration,
             migration_exit=code,
             unfilled=unfilled,
             stale=stale,
-            backfill_s=backfill,
+            backfill=backfill,
             load_ended_first=load_ended_first,
         )
     finally:
@@ -245,20 +255,24 @@ def finish_load(load: subprocess.Popen[bytes], seconds: int) -> None:
 
 def report(results: list[WayResult]) -> bool:
     """Print every way of every round and the ratios; True when both migrations applied and filled every row."""
-    print(f"{'round':>5} {'way':<10} {'tx':>6} {'p50 ms':>8} {'p99.9 ms':>9} {'max ms':>9}  migration")
+    print(f"{'round':>5} {'way':<10} {'tx':>6} {'p50 ms':>8} {'p99.9 ms':>9} {'max ms':>9} {'max at s':>8}  migration")
     for r in results:
         if r.migration_exit is None:
             outcome = "-"
         else:
-            outcome = f"exit {r.migration_exit}, {r.migration_s:.2f} s, rows NULL: {r.unfilled}, stale: {r.stale}"
-            if r.backfill_s is not None:
-                outcome += f", backfill {r.backfill_s:.2f} s"
+            outcome = (
+                f"exit {r.migration_exit}, {r.migration_s:.2f} s from {MIGRATION_AT_S:g} s, rows NULL: {r.unfilled}, "
+                f"stale: {r.stale}"
+            )
+            if r.backfill is not None:
+                began, ended = r.backfill
+                outcome += f", backfill {ended - began:.2f} s ({began:.1f} to {ended:.1f} s)"
             if r.load_ended_first:
                 outcome += " (THE LOAD ENDED BEFORE THE MIGRATION: raise --load-seconds)"
         failed = f", {r.failed} failed" if r.failed else ""
         print(
             f"{r.round_no:>5} {r.way:<10} {len(r.latencies_ms):>6} {r.percentile(0.5):>8.1f} "
-            f"{r.p999_ms:>9.1f} {r.max_ms:>9.1f}  {outcome}{failed}"
+            f"{r.p999_ms:>9.1f} {r.max_ms:>9.1f} {r.worst_at_s:>8.2f}  {outcome}{failed}"
         )
     print_ratios(results)
     return all(
