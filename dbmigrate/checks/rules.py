@@ -5,7 +5,15 @@ statements; see ``parsed.py``), except plain single statements whose shape decid
 (``CREATE TABLE name (``, ``CREATE INDEX ... ON table``, ``ALTER TABLE ... ADD COLUMN name type``,
 ``INSERT``): those are read without the parser, with the same outcome. Objects the same step
 created earlier (tables, columns) are new: dropping, filling or constraining them touches no
-existing data and no running code, so they produce no finding.
+existing data and no running code, so they produce no finding; except a new column of an existing
+table once the step fills it: every existing row then holds a value, and constraining it NOT NULL
+scans them all and shuts out the code that does not write it (BL005, BR006).
+
+Data changes in the step (BL007, BL008, see ``_data_change_hits``): on PostgreSQL a long UPDATE,
+DELETE or INSERT ... SELECT on an existing table, or a loop of queries, after DDL locked an existing
+table in the step's transaction holds that lock throughout (BL007); elsewhere, and without such a
+lock, a long one holds its own row locks until the step commits (BL008). What ``dbmigrate.backfill()``
+renders is filled after the step and is no finding; a loop outside a transaction is batches.
 
 Type changes need the column's existing type: the ``existing_type=`` an ``alter_column`` call was
 given (autogenerate always writes it), else the type an earlier ``create_table``/``add_column``/
@@ -32,7 +40,8 @@ Dialect decisions (InnoDB online DDL is not PostgreSQL's locking):
     character set) or appending ENUM values copies the table (ALGORITHM=COPY), so BL002 applies;
     without it, BL002 applies only when ``alter_column`` was given ``type_``. Making a column NOT
     NULL rebuilds the table in place with writes allowed: no BL005. MariaDB's extra instant changes
-    are not modelled (MySQL's rules are applied).
+    are not modelled (MySQL's rules are applied). Each DDL statement commits on its own, so no DDL
+    lock outlives it: BL007 does not apply, BL008 does.
   * SQLite: one writer locks the whole database for any write, so there is no online DDL to lose:
     blocking rules do not apply (a batch's table recreate blocks nothing more); data-loss (DL006
     included: the type the revision declares no longer holds the values, though SQLite does not
