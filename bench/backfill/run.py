@@ -328,6 +328,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         help="how long pgbench runs in every way; it must outlast both migrations [150 per million rows, at least 40]",
     )
+    parser.add_argument(
+        "--ways", nargs="+", choices=WAYS, default=list(WAYS), help="which ways to run (the ratios need all three)"
+    )
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of every way [{ROUNDS}]")
     parser.add_argument("--keep-logs", type=Path, help="copy pgbench and migration logs into this directory")
     args = parser.parse_args(argv)
@@ -354,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = [
                 run_way(way, round_no, args, server, template, Path(tmp))
                 for round_no in range(1, args.rounds + 1)
-                for way in WAYS
+                for way in args.ways
             ]
             if args.keep_logs:
                 shutil.copytree(Path(tmp), args.keep_logs, dirs_exist_ok=True)
