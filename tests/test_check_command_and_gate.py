@@ -42,6 +42,21 @@ def downgrade():
     op.drop_index("ix_customers_full_name", table_name="customers")
 """
 
+FILLS_UNDER_THE_LOCK = """revision = "0007_fill_in_step"
+down_revision = "0006_name_contract"
+import sqlalchemy as sa
+from alembic import op
+
+
+def upgrade():
+    op.add_column("customers", sa.Column("nickname", sa.String(100)))
+    op.execute("UPDATE customers SET nickname = full_name")
+
+
+def downgrade():
+    op.drop_column("customers", "nickname")
+"""
+
 
 def add_drop_email(project: Path, directive: str = "") -> None:
     (project / "alembic" / "versions" / "0007_drop_email.py").write_text(
@@ -129,6 +144,26 @@ def test_blocking_findings_are_warnings_unless_refused(at_head: Path, database_u
     assert warned.returncode == 0, warned.stderr
     warnings = [json.loads(line) for line in warned.stderr.splitlines() if '"check finding"' in line]
     assert [w["rule"] for w in warnings] == ["BL001"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_fill_under_the_ddl_lock_is_refused_with_blocking_findings_and_a_warning_otherwise(
+    at_head: Path, database_url: str
+) -> None:
+    (at_head / "alembic" / "versions" / "0007_fill_in_step.py").write_text(FILLS_UNDER_THE_LOCK)
+
+    refused = run_dbmigrate(
+        "upgrade", "--refuse-findings", "data-loss,blocking", cwd=at_head, database_url=database_url
+    )
+    refused_at = current_revisions(database_url)
+    warned = run_dbmigrate("upgrade", cwd=at_head, database_url=database_url)
+
+    assert refused.returncode == 4 and "BL007" in refused.stderr and "dbmigrate.backfill" in refused.stderr
+    assert refused_at == {EXAMPLE_HEAD}
+    assert warned.returncode == 0, warned.stderr
+    warnings = [json.loads(line) for line in warned.stderr.splitlines() if '"check finding"' in line]
+    assert [w["rule"] for w in warnings] == ["BL007"]
+    assert current_revisions(database_url) == {"0007_fill_in_step"}
 
 
 def test_check_reports_pending_revisions_of_the_database(at_head: Path, database_url: str) -> None:

@@ -1,7 +1,8 @@
 """rename customers.name to full_name, step 1 of 2 (expand)
 
 The old code still reads and writes ``name`` while the new code rolls out, so both columns live
-side by side: the new column is added and filled; the next revision drops the old one once no
+side by side: the new column is added and filled online by dbmigrate.backfill() (whose trigger also
+fills it for the rows the old code writes meanwhile); the next revision drops the old one once no
 running code uses it.
 
 Revision ID: 0005_full_name_expand
@@ -11,6 +12,7 @@ Create Date: 2026-11-25 09:40:00
 
 import sqlalchemy as sa
 
+import dbmigrate
 from alembic import op
 
 # dbmigrate: allow-data-loss reason="the downgrade removes only what this revision added"
@@ -22,7 +24,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("customers", sa.Column("full_name", sa.String(100), nullable=True))
-    op.execute("UPDATE customers SET full_name = name WHERE full_name IS NULL")
+    dbmigrate.backfill("customers", {"full_name": "name"})
 
 
 def downgrade() -> None:

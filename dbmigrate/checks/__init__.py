@@ -116,9 +116,10 @@ def _findings(step: StepStatements, dialect: str, root: Path, configured_non_tra
                     line,
                 )
             )
-    if not (configured_non_transactional or directives.non_transactional_reason):
+    transactional = not (configured_non_transactional or directives.non_transactional_reason)
+    if transactional:
         findings.extend(_needing_no_transaction(step, dialect, file))
-    for match in evaluate(step.statements, dialect):
+    for match in evaluate(step.statements, dialect, transactional=transactional):
         allowed = directives.allow_data_loss_reason if match.rule.category == "data-loss" else None
         findings.append(
             Finding(

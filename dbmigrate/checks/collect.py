@@ -23,6 +23,11 @@ Covered:
     (1, 2, ...), and the ORM's own UPDATE or DELETE by primary key (of an object it holds, or a
     bulk UPDATE by primary key) matches one row per key, as the ORM checks. Models may be
     declarative, typed (``DeclarativeBase``) or automapped from tables the revision declares;
+  * loops: a statement caused by a line inside a ``for`` or ``while`` loop (or a comprehension) of
+    the revision file is marked :attr:`Statement.in_loop`, read from the file's source. Offline a
+    loop over query results runs once or not at all, so what it repeats online is known by that;
+  * ``dbmigrate.backfill()``: what it renders offline is marked :attr:`Statement.online_backfill`
+    (online it fills in batches after the step commits, not in the step);
   * ``batch_alter_table`` on SQLite, ``recreate="auto"`` (the default) or ``"always"``: offline there
     is no table to reflect, so the batch is rendered as the plain ``ALTER TABLE`` statements it
     stands for (its intent), as ``recreate="never"`` would (with ``copy_from`` too: the table copy
@@ -56,6 +61,7 @@ answered anything, which a live database would meet too.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import functools
@@ -111,6 +117,11 @@ class Statement:
     new_type: str | None = None
     # Emitted inside ``op.get_context().autocommit_block()``: online, it runs outside any transaction.
     autocommit: bool = False
+    # Caused by a line inside a loop of the revision file (``for``, ``while``, a comprehension): offline
+    # a loop driven by query results runs once or not at all, online it repeats its queries.
+    in_loop: bool = False
+    # Rendered by ``dbmigrate.backfill()``: online, it runs in batches after the step commits, not in it.
+    online_backfill: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,22 +189,66 @@ class _Recorder(io.StringIO):
     def record(self, sql: str) -> None:
         """Keep ``sql`` with the revision line that caused it, if the revision caused it."""
         sql = sql.strip()
-        line = self._revision_line()
+        line, through_backfill = self._revision_frame()
         if sql and line is not None:
-            self.statements.append(Statement(sql, line, *self.altering, autocommit=self.autocommit))
+            self.statements.append(
+                Statement(
+                    sql,
+                    line,
+                    *self.altering,
+                    autocommit=self.autocommit,
+                    in_loop=line in _loop_lines(self._revision_path),
+                    online_backfill=through_backfill,
+                )
+            )
 
     def answered(self) -> None:
         """The bind has just answered the revision (with an empty result)."""
         if self.first_answer is None:
-            self.first_answer = self._revision_line()
+            self.first_answer = self._revision_frame()[0]
 
-    def _revision_line(self) -> int | None:
+    def _revision_frame(self) -> tuple[int | None, bool]:
+        """The innermost revision line on the stack (None: the revision is not), and whether a
+        ``dbmigrate.backfill()`` call is between it and the caller."""
         frame = sys._getframe(1)
+        through_backfill = False
         while frame is not None:
             if _real_path(frame.f_code.co_filename) == self._revision_path:
-                return frame.f_lineno
+                return frame.f_lineno, through_backfill
+            code = frame.f_code
+            through_backfill = through_backfill or (
+                code.co_name == "backfill" and _real_path(code.co_filename) == _BACKFILL_MODULE
+            )
             frame = frame.f_back  # type: ignore[assignment]
-        return None
+        return None, False
+
+
+# dbmigrate.backfill's own file, named without importing it (it imports the runner's modules).
+_BACKFILL_MODULE = os.path.realpath(Path(__file__).parent.parent / "backfill.py")
+
+
+def _loop_lines(path: str) -> frozenset[int]:
+    """The lines of the file at ``path`` that are part of a loop (its header included), read once per version."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return frozenset()
+    return _loop_lines_of(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _loop_lines_of(path: str, _mtime: int, _size: int) -> frozenset[int]:
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return frozenset()  # the revision cannot run at all: its step reports why
+    loops = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+    return frozenset(
+        line
+        for node in ast.walk(tree)
+        if isinstance(node, loops)
+        for line in range(node.lineno, (node.end_lineno or node.lineno) + 1)
+    )
 
 
 class _ColumnTypes:

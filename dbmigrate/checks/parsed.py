@@ -102,6 +102,11 @@ def _alter_table(expression: exp.Alter, dialect: str, new: NewObjects, altering:
             if existing_table:
                 yield from _added_column(action, table, dialect)
             new.columns.add((table, column))
+            if any(
+                isinstance(c.args.get("kind"), exp.DefaultColumnConstraint)
+                for c in action.args.get("constraints") or []
+            ):
+                new.defaulted.add((table, column))
         elif isinstance(action, exp.Drop) and action.args.get("kind") == "COLUMN":
             for dropped in action.args.get("tables") or []:
                 if not new.has_column(table, dropped.name):
@@ -119,6 +124,8 @@ def _alter_table(expression: exp.Alter, dialect: str, new: NewObjects, altering:
             if old != renamed and not new.has_column(table, old):
                 yield "BR003", {"table": table, "column": old, "new_name": renamed}
             kind = action.this.args.get("kind")
+            if (table, old) in new.filled:
+                yield from _not_null_after_fill(table, old, _declares_not_null(action.this), dialect, new)
             if isinstance(kind, exp.DataType) and not new.has_column(table, old):
                 after = _type_sql(kind, dialect) + _charset_clause(action.this.sql(dialect=dialect))
                 yield from _type_change(table, old, after, False, dialect, new, altering)
@@ -129,6 +136,10 @@ def _alter_table(expression: exp.Alter, dialect: str, new: NewObjects, altering:
                 yield "BR003", {"table": table, "column": action.this.name, "new_name": renamed_column_to}
         elif isinstance(action, exp.AlterRename) and existing_table:
             yield "BR004", {"table": table, "new_name": _name(action.this)}
+        elif isinstance(action, exp.AlterColumn) and action.args.get("default") is not None:
+            new.defaulted.add((table, action.name))
+        elif isinstance(action, exp.AlterColumn) and (table, action.name) in new.filled:
+            yield from _not_null_after_fill(table, action.name, action.args.get("allow_null") is False, dialect, new)
         elif isinstance(action, exp.AlterColumn) and not new.has_column(table, action.name):
             column = action.name
             dtype = action.args.get("dtype")
@@ -143,6 +154,26 @@ def _alter_table(expression: exp.Alter, dialect: str, new: NewObjects, altering:
                 yield "BL005", {"table": table, "column": column}
         elif isinstance(action, exp.AddConstraint) and existing_table:
             yield from _added_constraints(action, expression, table, dialect, new)
+
+
+def _not_null_after_fill(table: str, column: str, not_null: bool, dialect: str, new: NewObjects) -> Iterator[Hit]:
+    """A column the step added to an existing table and filled, made NOT NULL: BL005 (PostgreSQL) and BR006.
+
+    The fill wrote every existing row, so the constraint checks them all under the ALTER's lock, and
+    the previous application version, which does not write the column, can no longer insert.
+    """
+    if not not_null:
+        return
+    if dialect == "postgres" and (table, column) not in new.checked_not_null:
+        yield "BL005", {"table": table, "column": column}
+    if (table, column) not in new.defaulted:
+        yield "BR006", {"table": table, "column": column}
+
+
+def _declares_not_null(column: exp.ColumnDef) -> bool:
+    """A MySQL MODIFY/CHANGE column definition says NOT NULL (it restates the whole column)."""
+    kinds = [c.args.get("kind") for c in column.args.get("constraints") or []]
+    return any(isinstance(k, exp.NotNullColumnConstraint) and not k.args.get("allow_null") for k in kinds)
 
 
 def _type_change(
@@ -742,3 +773,73 @@ def _name(table: exp.Expression) -> str:
     if isinstance(table, exp.Table):
         return f"{table.db}.{table.name}" if table.db else table.name
     return table.name
+
+
+@dataclasses.dataclass(frozen=True)
+class DataChange:
+    """A statement that reads or writes rows, as the data-change rules (BL007, BL008) see it.
+
+    ``columns`` are those an UPDATE sets. ``many`` is True when it can touch many rows: an UPDATE or
+    DELETE without a WHERE, or with one that does not name its rows by equality to given values
+    (``id = 5``, ``code IN ('a', 'b')``), and an INSERT from a query. Offline no row can be counted.
+    """
+
+    kind: str  # UPDATE, DELETE, INSERT or SELECT
+    table: str
+    columns: tuple[str, ...]
+    many: bool
+
+
+def data_change(sql: str, dialect: str) -> DataChange | None:
+    """The :class:`DataChange` of one statement (sqlglot dialect name); None when it is none or does not parse."""
+    try:
+        parsed = sqlglot.parse_one(sql, read=dialect)
+    except sqlglot.errors.SqlglotError:
+        return None
+    if isinstance(parsed, exp.Update) and isinstance(parsed.this, exp.Table):
+        columns = tuple(
+            assignment.this.name
+            for assignment in parsed.expressions
+            if isinstance(assignment, exp.EQ) and isinstance(assignment.this, exp.Column)
+        )
+        return DataChange("UPDATE", _name(parsed.this), columns, not _names_its_rows(parsed.args.get("where")))
+    if isinstance(parsed, exp.Delete) and isinstance(parsed.this, exp.Table):
+        return DataChange("DELETE", _name(parsed.this), (), not _names_its_rows(parsed.args.get("where")))
+    if isinstance(parsed, exp.Insert):
+        target = parsed.this.this if isinstance(parsed.this, exp.Schema) else parsed.this
+        if isinstance(target, exp.Table):
+            return DataChange("INSERT", _name(target), (), isinstance(parsed.expression, exp.Query))
+    if isinstance(parsed, exp.Select):
+        read = parsed.find(exp.Table)
+        if read is not None:
+            return DataChange("SELECT", _name(read), (), False)
+    return None
+
+
+_GIVEN = (exp.Literal, exp.Placeholder, exp.Parameter, exp.Null, exp.Boolean)
+
+
+def _names_its_rows(where: exp.Expression | None) -> bool:
+    """A WHERE that picks rows by equality of a column to given values, in one of its AND-ed conditions."""
+    if not isinstance(where, exp.Where):
+        return False
+    for condition in where.this.flatten() if isinstance(where.this, exp.And) else [where.this]:
+        if isinstance(condition, exp.EQ):
+            sides = (_uncast(condition.this), _uncast(condition.expression))
+            if any(isinstance(a, exp.Column) and isinstance(b, _GIVEN) for a, b in (sides, sides[::-1])):
+                return True
+        elif (
+            isinstance(condition, exp.In)
+            and isinstance(condition.this, exp.Column)
+            and condition.expressions
+            and all(isinstance(_uncast(value), _GIVEN) for value in condition.expressions)
+        ):
+            return True
+    return False
+
+
+def _uncast(value: exp.Expression) -> exp.Expression:
+    """A value without the casts around it (PostgreSQL's SQLAlchemy writes ``%(name)s::VARCHAR``)."""
+    while isinstance(value, exp.Cast):
+        value = value.this
+    return value

@@ -5,7 +5,15 @@ statements; see ``parsed.py``), except plain single statements whose shape decid
 (``CREATE TABLE name (``, ``CREATE INDEX ... ON table``, ``ALTER TABLE ... ADD COLUMN name type``,
 ``INSERT``): those are read without the parser, with the same outcome. Objects the same step
 created earlier (tables, columns) are new: dropping, filling or constraining them touches no
-existing data and no running code, so they produce no finding.
+existing data and no running code, so they produce no finding; except a new column of an existing
+table once the step fills it: every existing row then holds a value, and constraining it NOT NULL
+scans them all and shuts out the code that does not write it (BL005, BR006).
+
+Data changes in the step (BL007, BL008, see ``_data_change_hits``): on PostgreSQL a long UPDATE,
+DELETE or INSERT ... SELECT on an existing table, or a loop of queries, after DDL locked an existing
+table in the step's transaction holds that lock throughout (BL007); elsewhere, and without such a
+lock, a long one holds its own row locks until the step commits (BL008). What ``dbmigrate.backfill()``
+renders is filled after the step and is no finding; a loop outside a transaction is batches.
 
 Type changes need the column's existing type: the ``existing_type=`` an ``alter_column`` call was
 given (autogenerate always writes it), else the type an earlier ``create_table``/``add_column``/
@@ -32,7 +40,8 @@ Dialect decisions (InnoDB online DDL is not PostgreSQL's locking):
     character set) or appending ENUM values copies the table (ALGORITHM=COPY), so BL002 applies;
     without it, BL002 applies only when ``alter_column`` was given ``type_``. Making a column NOT
     NULL rebuilds the table in place with writes allowed: no BL005. MariaDB's extra instant changes
-    are not modelled (MySQL's rules are applied).
+    are not modelled (MySQL's rules are applied). Each DDL statement commits on its own, so no DDL
+    lock outlives it: BL007 does not apply, BL008 does.
   * SQLite: one writer locks the whole database for any write, so there is no online DDL to lose:
     blocking rules do not apply (a batch's table recreate blocks nothing more); data-loss (DL006
     included: the type the revision declares no longer holds the values, though SQLite does not
@@ -220,6 +229,32 @@ _RULE_LIST = [
         "UNIQUE (or PRIMARY KEY) USING INDEX.",
     ),
     Rule(
+        "BL007",
+        "data-change-under-ddl-lock",
+        "blocking",
+        "warning",
+        "Rows of an existing table are changed (or queried in a loop) after DDL locked an existing table, in the "
+        "same transaction.",
+        "{what} on {table} runs after DDL on {locked} in the same transaction: PostgreSQL keeps the DDL's lock on "
+        "{locked} (ACCESS EXCLUSIVE for ALTER TABLE) until the step commits, so every query of the application "
+        "on {locked} waits until the last row is written.",
+        'Fill the rows with dbmigrate.backfill("{table}", {{"column": "sql expression"}}) next to the DDL: it '
+        "runs in short keyset batches after the step has committed and released its locks, and a trigger keeps "
+        "rows written meanwhile in sync. Batching inside the step protects nothing: the lock stays until commit.",
+    ),
+    Rule(
+        "BL008",
+        "long-data-change",
+        "blocking",
+        "warning",
+        "An UPDATE or DELETE that can touch many rows of an existing table (or a loop of them) runs in the step.",
+        "{what} on {table} may change many rows in one go: each row it changes stays locked until {until}, so "
+        "the application's writes to those rows wait, and on a large table that takes minutes.",
+        'Fill or fix the rows with dbmigrate.backfill("{table}", {{"column": "sql expression"}}): short keyset '
+        "batches, each its own transaction, after the step commits. Or make the change a revision marked "
+        '# dbmigrate: non-transactional reason="..." that loops over small batches, each committing on its own.',
+    ),
+    Rule(
         "BR001",
         "drop-column-in-use",
         "breaking",
@@ -269,6 +304,17 @@ _RULE_LIST = [
         "do not set {column} and fail (and the ALTER itself fails if {table} has rows).",
         "Add the column nullable or with a server default; make it NOT NULL in a later release once every writer "
         "sets it.",
+    ),
+    Rule(
+        "BR006",
+        "not-null-after-fill",
+        "breaking",
+        "warning",
+        "A column added and filled in the same step is made NOT NULL without a default.",
+        "{table}.{column} is added, filled and made NOT NULL in one step: application code that does not write "
+        "{column} (the version still running during the rollout) can no longer insert into {table}.",
+        "Add and fill the column in this release (dbmigrate.backfill), have the new code write it, and make it NOT "
+        "NULL in a later release (or give it a server default now).",
     ),
     Rule(
         "DM001",
@@ -352,6 +398,14 @@ class NewObjects:
     # without scanning the table.
     not_null_checks: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     checked_not_null: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    # New columns of existing tables that the step writes rows of (an UPDATE, a backfill): filling them
+    # touches every existing row, so constraining them afterwards is no longer free.
+    filled: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    # Columns the step gave a server default: INSERTs that do not name them still get a value.
+    defaulted: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    # The first existing table whose lock an earlier DDL statement of the step holds until commit
+    # (PostgreSQL, in the step's transaction); None when no lock is held.
+    locked: str | None = None
 
     def has_table(self, table: str) -> bool:
         return table in self.tables
@@ -360,12 +414,16 @@ class NewObjects:
         return table in self.tables or (table, column) in self.columns
 
 
-def evaluate(statements: tuple[Statement, ...], dialect: str, new: NewObjects | None = None) -> Iterator[Match]:
+def evaluate(
+    statements: tuple[Statement, ...], dialect: str, new: NewObjects | None = None, transactional: bool = True
+) -> Iterator[Match]:
     """Every rule that fires on a step's statements, in statement order, for ``dialect``.
 
     A chunk sqlglot cannot parse at all yields nothing; statements it only understands as an
     opaque command are matched where a rule knows their form (MySQL ``RENAME TABLE``). ``new``
     carries what the step created across calls, for a step seen one statement at a time.
+    ``transactional`` is False for a step that runs outside a transaction (each statement commits
+    on its own): no lock outlives its statement there.
     """
     read = SQLGLOT_DIALECTS[dialect]
     new = NewObjects() if new is None else new
@@ -377,6 +435,7 @@ def evaluate(statements: tuple[Statement, ...], dialect: str, new: NewObjects | 
             hits = parsed_hits(
                 statement.sql, read, new, Altering(statement.existing_type, statement.changes_type, statement.new_type)
             )
+        hits += _data_change_hits(statement, read, new, transactional, hits)
         for rule_id, names in hits:
             yield Match(RULES[rule_id], statement.line, names)
 
@@ -442,6 +501,74 @@ def _without_parsing(sql: str, dialect: str, new: NewObjects) -> list[Hit] | Non
 
 def _unquoted(name: str) -> str:
     return name.replace('"', "").replace("`", "")
+
+
+# DDL that locks an existing table until the transaction ends (PostgreSQL): what a later data change waits under.
+_LOCKING_DDL = re.compile(
+    r"(?:ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?"
+    r"|CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY\b)(?:IF\s+NOT\s+EXISTS\s+)?(?:[\w$]+\s+|\"[^\"]+\"\s+)?ON\s+"
+    r"(?:ONLY\s+)?"
+    r"|LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?|TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?)" + _NAME.format("table"),
+    re.IGNORECASE,
+)
+_DATA_CHANGE = re.compile(r"(?:UPDATE|DELETE|INSERT|SELECT|WITH)\b", re.IGNORECASE)
+_SELECT = re.compile(r"\bSELECT\b", re.IGNORECASE)
+# VALIDATE CONSTRAINT takes SHARE UPDATE EXCLUSIVE: the application's reads and writes go on.
+_VALIDATES = re.compile(r"\bVALIDATE\s+CONSTRAINT\b", re.IGNORECASE)
+
+
+def _data_change_hits(
+    statement: Statement, dialect: str, new: NewObjects, transactional: bool, hits: list[Hit]
+) -> list[Hit]:
+    """BL007 and BL008 for ``statement`` (sqlglot dialect name); notes what it locks and fills for later ones.
+
+    PostgreSQL keeps a DDL statement's lock until the transaction ends, so a long data change (or a
+    loop of queries) after it holds that lock throughout: BL007. MySQL/MariaDB commit each DDL
+    statement on its own, so only the data change's own row locks remain: BL008 there, as on
+    PostgreSQL without an earlier lock. SQLite locks the whole database for any write: no finding.
+    The rows ``dbmigrate.backfill()`` renders offline run in batches after the step: no finding.
+    """
+    in_transaction = transactional and not statement.autocommit
+    if statement.autocommit:
+        # Alembic commits the step's transaction before an autocommit block: the locks taken so far are released.
+        new.locked = None
+    found: list[Hit] = []
+    for part in statement.sql.split(";"):
+        comments = _LEADING_COMMENTS.match(part)
+        body = part[comments.end() if comments else 0 :].strip()
+        locking = _LOCKING_DDL.match(body)
+        if locking and _VALIDATES.search(body) is None:
+            table = _unquoted(locking["table"])
+            if dialect == "postgres" and in_transaction and new.locked is None and not new.has_table(table):
+                new.locked = table
+            continue
+        kind = _DATA_CHANGE.match(body)
+        if kind is None:
+            continue
+        word = kind[0].upper()
+        if not statement.in_loop and (word == "SELECT" or (word == "INSERT" and not _SELECT.search(body))):
+            continue  # a lone SELECT, or INSERT ... VALUES (seed data): no rule reads it, so it is not parsed
+        from dbmigrate.checks.parsed import data_change  # the parser loads only when needed
+
+        change = data_change(body, dialect)
+        if change is None or new.has_table(change.table):
+            continue
+        new.filled.update((change.table, column) for column in change.columns if (change.table, column) in new.columns)
+        if statement.online_backfill or dialect == "sqlite":
+            continue
+        what = f"A loop of queries ({change.kind} seen offline)" if statement.in_loop else change.kind
+        names = {"what": what, "table": change.table}
+        if new.locked is not None and in_transaction and (change.many or statement.in_loop):
+            found.append(("BL007", {**names, "locked": new.locked}))
+            continue
+        reported_as_loss = any(rule in ("DL004", "DL005") and hit.get("table") == change.table for rule, hit in hits)
+        if statement.in_loop and not in_transaction:
+            continue  # a loop of statements that each commit on their own: batches, the way to fill online
+        looped_writes = statement.in_loop and change.kind != "SELECT"
+        if (change.many and not reported_as_loss) or looped_writes:
+            until = "the step commits" if in_transaction else "the statement ends"
+            found.append(("BL008", {**names, "until": until}))
+    return found
 
 
 # Statements the database refuses inside a transaction block, by dialect (MySQL/MariaDB have none:

@@ -51,7 +51,7 @@ def test_restricted_deletes_updates_and_dropped_indexes_lose_nothing(
     check_revision: CheckRevision, dialect: str, upgrade: str
 ) -> None:
     report = check_revision(f"def upgrade() -> None:\n    {upgrade}\n", dialect)
-    assert report.findings == ()
+    assert [f for f in report.findings if f.category == "data-loss"] == []
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -66,4 +66,4 @@ def test_backfilling_a_column_added_in_the_same_revision_loses_nothing(
         """,
         dialect,
     )
-    assert report.findings == ()
+    assert [f for f in report.findings if f.category == "data-loss"] == []
