@@ -12,14 +12,16 @@ every target reaches head, each in exactly one shard.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import pytest
+import yaml
 
-from tests.chart.local_cluster import CHART, REPO, Node, build_image, pod_spec, render_chart, validate
+from tests.chart.local_cluster import CHART, REPO, Node, build_image, pod_spec, render, render_chart, validate
 from tests.conftest import EXAMPLE_HEAD
 from tests.fleet_support import SECRET, SECRET_ENV, Fleet, forms
 
@@ -211,3 +213,15 @@ def test_each_index_migrates_its_shard_and_together_they_cover_the_fleet_once(fl
     for name in names:
         assert fleet.current(name) == {EXAMPLE_HEAD}, name
         assert len(fleet.history_runs(name)) == 1, f"{name} was migrated by more than one pod"
+
+
+def test_the_values_in_the_fleets_how_to_render() -> None:
+    page = (REPO / "docs" / "how-to" / "fleets.md").read_text()
+    block = re.search(r'```yaml title="values.yaml"\n(.*?)^```$', page, re.MULTILINE | re.DOTALL)
+    assert block, "the how-to's values.yaml example"
+    values = yaml.safe_load(block.group(1))
+    values["fleet"]["file"] = FLEET_FILE
+    job = render(CHART, values).one("Job")
+    validate(job)
+    assert job.body["spec"]["completions"] == values["fleet"]["shards"]
+    assert pod_spec(job)["containers"][0]["args"][-4:] == ["--canary", "1", "--max-failures", "3"]
