@@ -37,6 +37,9 @@ from installed import byte_compile_dbmigrate
 from postgres_server import Server, add_server_arguments, admin_execute
 
 VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+# This checkout's dbmigrate, whatever copy the virtualenv has installed.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 REVISIONS = 10
 TARGET_RATIO = 5.0
 
@@ -108,7 +111,9 @@ def run_dbmigrate(server: Server, ini: Path, names: list[str], parallel: int, wo
     fleet = work / f"fleet-{len(names)}.toml"
     fleet.write_text(f'[[targets]]\nurl = "{template}"\nnames = {json.dumps(names)}\n')
     argv = [
-        str(VENV_BIN / "dbmigrate"),
+        sys.executable,
+        "-m",
+        "dbmigrate",
         "upgrade",
         "-c",
         str(ini),
@@ -122,7 +127,7 @@ def run_dbmigrate(server: Server, ini: Path, names: list[str], parallel: int, wo
         "json",
     ]
     started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=ENV)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"dbmigrate exited with {done.returncode}: {done.stderr[-2000:]}")

@@ -461,6 +461,8 @@ class Node:
         env = {
             "PATH": f"{VENV_BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin",
             "HOSTNAME": pod_name,
+            # This checkout's dbmigrate, whatever copy the virtualenv has installed (the image's own).
+            "PYTHONPATH": str(REPO),
             **{key: local(value) for key, value in IMAGE_ENV.items()},
             **injected,
         }
