@@ -299,16 +299,26 @@ class Node:
     images: dict[str, Path] = field(default_factory=dict)
     namespace: str = "prod"
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
     started: list[Process] = field(default_factory=list)
 
     def apply(self, manifest: Manifest) -> None:
         if manifest.kind == "Secret":
             self.secrets[manifest.name] = secret_data(manifest)
+        elif manifest.kind == "ConfigMap":
+            self.config_maps[manifest.name] = dict(manifest.body.get("data") or {})
         else:
-            raise AssertionError(f"the local node only stores Secrets, not {manifest.kind}")
+            raise AssertionError(f"the local node only stores Secrets and ConfigMaps, not {manifest.kind}")
 
-    def start(self, pod_name: str, spec: Mapping[str, Any], container: Mapping[str, Any]) -> Process:
-        """Start one container of a pod; the pod's volumes are shared between its containers."""
+    def start(
+        self,
+        pod_name: str,
+        spec: Mapping[str, Any],
+        container: Mapping[str, Any],
+        injected_env: Mapping[str, str] | None = None,
+    ) -> Process:
+        """Start one container of a pod; the pod's volumes are shared between its containers.
+        ``injected_env`` is what Kubernetes itself adds (JOB_COMPLETION_INDEX in an Indexed Job's pod)."""
         if container["image"] not in self.images:
             raise ImagePullError(f"{container['image']} is not one of {sorted(self.images)}")
         image = self.images[container["image"]]
@@ -331,7 +341,7 @@ class Node:
                     return str(mounts[path]) + value[len(path) :]
             return value
 
-        env = self._environment(pod_name, container, local)
+        env = self._environment(pod_name, container, local, injected_env or {})
         # dbmigrate's default termination log path is the kubelet's mount point; point it at the file.
         env.setdefault("DBMIGRATE_TERMINATION_LOG", local("/dev/termination-log"))
         argv = [*container.get("command", ["dbmigrate"]), *container.get("args", [])]
@@ -362,6 +372,32 @@ class Node:
         assert job.kind == "Job", job.kind
         processes = self.run_pod(pod_name_for(job.name), pod_spec(job), timeout)
         return processes[-1]
+
+    def run_indexed_job(self, job: Manifest, timeout: float = 120) -> dict[int, Process]:
+        """An Indexed Job: one pod per completion index, ``parallelism`` at a time, each with
+        JOB_COMPLETION_INDEX set (no retries); returns each index's container process."""
+        assert job.kind == "Job" and job.body["spec"]["completionMode"] == "Indexed", job.body["spec"]
+        spec = pod_spec(job)
+        assert len(spec["containers"]) == 1 and not spec.get("initContainers"), "one container per pod"
+        completions = int(job.body["spec"]["completions"])
+        parallelism = int(job.body["spec"].get("parallelism", completions))
+        done: dict[int, Process] = {}
+        pending = list(range(completions))
+        while pending:
+            batch, pending = pending[:parallelism], pending[parallelism:]
+            running = {
+                index: self.start(
+                    f"{pod_name_for(job.name)}-{index}",
+                    spec,
+                    spec["containers"][0],
+                    {"JOB_COMPLETION_INDEX": str(index)},
+                )
+                for index in batch
+            }
+            for index, process in running.items():
+                process.wait(timeout)
+                done[index] = process
+        return done
 
     def run_hooks(self, rendered: Rendered, event: str, timeout: float = 120) -> list[tuple[Manifest, Process]]:
         """Run a release's hooks for ``event`` as Helm does: in order, each to completion, stopping at a
@@ -400,6 +436,17 @@ class Node:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text(data[item["key"]])
                     target.chmod(item.get("mode", source.get("defaultMode", 0o644)))
+            elif "configMap" in volume:
+                source = volume["configMap"]
+                if source["name"] not in self.config_maps:
+                    raise ContainerConfigError(f'configmap "{source["name"]}" not found')
+                data = self.config_maps[source["name"]]
+                for item in source.get("items") or [{"key": key, "path": key} for key in data]:
+                    if item["key"] not in data:
+                        raise ContainerConfigError(f"key {item['key']} not in ConfigMap {source['name']}")
+                    target = path / item["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(data[item["key"]])
             elif "emptyDir" not in volume:
                 raise AssertionError(f"the local node cannot provide volume {volume}")
         return volumes
@@ -409,13 +456,16 @@ class Node:
             raise ContainerConfigError(f'secret "{name}" not found')
         return self.secrets[name]
 
-    def _environment(self, pod_name: str, container: Mapping[str, Any], local: Any) -> dict[str, str]:
+    def _environment(
+        self, pod_name: str, container: Mapping[str, Any], local: Any, injected: Mapping[str, str]
+    ) -> dict[str, str]:
         env = {
             "PATH": f"{VENV_BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin",
             "HOSTNAME": pod_name,
             # The image's dbmigrate is this checkout's, whichever checkout the virtualenv installed.
             "PYTHONPATH": str(REPO),
             **{key: local(value) for key, value in IMAGE_ENV.items()},
+            **injected,
         }
         for source in container.get("envFrom", []):
             if "secretRef" in source:

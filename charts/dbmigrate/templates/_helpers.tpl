@@ -172,7 +172,9 @@ a scope; its databaseValues names the values' database block in messages (defaul
 {{- define "dbmigrate.validateDatabase" -}}
 {{- $db := .values.database -}}
 {{- $at := .databaseValues | default "database" -}}
-{{- if eq $db.source "existingSecret" -}}
+{{- if and .fleet (eq $db.source "existingSecret") (not $db.existingSecret.name) -}}
+{{- /* the fleet Job: every target's URL comes from the fleet file, none is needed here */ -}}
+{{- else if eq $db.source "existingSecret" -}}
 {{- if not $db.existingSecret.name -}}
 {{- if eq $at "database" -}}
 {{- fail "no database configured: set database.existingSecret.name to the Secret that holds the database URL (key database.existingSecret.key, DATABASE_URL), or choose database.source secret, urlFile or passwordFile" -}}
@@ -350,6 +352,9 @@ Helm 4's TTL limit. Takes a scope.
 */}}
 {{- define "dbmigrate.validate" -}}
 {{- $values := .values -}}
+{{- if and $values.rollback.enabled ($values.fleet | default dict).enabled -}}
+{{- fail "rollback.enabled rolls back one database: it cannot be used with fleet.enabled" -}}
+{{- end -}}
 {{- if not .image -}}
 {{- $image := include "dbmigrate.imageValues" . | fromJson -}}
 {{- $from := ternary "image" "global.image" (not (empty .values.image.repository)) -}}
@@ -421,7 +426,7 @@ database ahead of the image. Takes a scope.
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
-{{- if eq $db.source "existingSecret" }}
+{{- if and (eq $db.source "existingSecret") $db.existingSecret.name }}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -543,6 +548,11 @@ the metrics directory (the Job only) and extraVolumeMounts. Takes a scope.
   mountPath: {{ (get .values.database .values.database.source).mountPath | quote }}
   readOnly: true
 {{- end }}
+{{- if .fleet }}
+- name: dbmigrate-fleet
+  mountPath: /etc/dbmigrate
+  readOnly: true
+{{- end }}
 {{- if and .metrics .values.metrics.textfile.path }}
 - name: dbmigrate-metrics
   mountPath: {{ dir .values.metrics.textfile.path | quote }}
@@ -572,6 +582,14 @@ the pod's fsGroup; only containers that mount the volume see them. Takes a scope
     items:
       - key: {{ $file.key | quote }}
         path: {{ $file.key | quote }}
+{{- end }}
+{{- if .fleet }}
+- name: dbmigrate-fleet
+  configMap:
+    name: {{ include "dbmigrate.fleetConfigMapName" . | quote }}
+    items:
+      - key: {{ include "dbmigrate.fleetConfigMapKey" . | quote }}
+        path: fleet.toml
 {{- end }}
 {{- if and .metrics .values.metrics.textfile.path }}
 - name: dbmigrate-metrics
@@ -726,6 +744,8 @@ A Job running one container (the migration Job, the rollback Job). Takes a scope
   events         the Helm hook events
   argocd         whether to add the Argo CD hook annotations (when argocd.enabled)
   containerName  and args: the container (see "dbmigrate.container")
+  indexed        optional: an Indexed Job's completions, parallelism and backoffLimitPerIndex (with
+                 backoffLimitPerIndex, podFailurePolicy fails the index instead of the Job)
 */}}
 {{- define "dbmigrate.hookJob" -}}
 {{- $job := .job -}}
@@ -746,13 +766,31 @@ spec:
 {{- end -}}
 
 {{/*
-A Job's spec (the hook Jobs', the backfill CronJob's jobTemplate): backoffLimit, activeDeadlineSeconds,
+A Job's spec (the hook Jobs', the fleet's Indexed Job, the backfill CronJob's jobTemplate): completions
+and parallelism from .indexed, backoffLimit (or backoffLimitPerIndex), activeDeadlineSeconds,
 ttlSecondsAfterFinished, podFailurePolicy from .job, and the pod template. Takes the scope of
 "dbmigrate.hookJob" with resources set.
 */}}
 {{- define "dbmigrate.jobSpec" -}}
 {{- $job := .job -}}
+{{- /* indexed (the fleet Job): completions, parallelism, backoffLimitPerIndex; see "dbmigrate.fleetScope" */ -}}
+{{- $perIndex := "" -}}
+{{- with .indexed -}}
+{{- if not (kindIs "invalid" .backoffLimitPerIndex) -}}
+{{- $perIndex = toString .backoffLimitPerIndex -}}
+{{- end -}}
+{{- end -}}
+{{- with .indexed }}
+completionMode: Indexed
+completions: {{ .completions }}
+parallelism: {{ .parallelism }}
+{{- if ne $perIndex "" }}
+backoffLimitPerIndex: {{ $perIndex }}
+{{- end }}
+{{- end }}
+{{- if eq $perIndex "" }}
 backoffLimit: {{ $job.backoffLimit }}
+{{- end }}
 {{- with $job.activeDeadlineSeconds }}
 activeDeadlineSeconds: {{ . }}
 {{- end }}
@@ -762,7 +800,7 @@ ttlSecondsAfterFinished: {{ $job.ttlSecondsAfterFinished }}
 {{- if and $job.podFailurePolicy.enabled $job.podFailurePolicy.failJobOnExitCodes }}
 podFailurePolicy:
   rules:
-    - action: FailJob
+    - action: {{ ternary "FailJob" "FailIndex" (eq $perIndex "") }}
       onExitCodes:
         containerName: {{ .containerName }}
         operator: In
@@ -954,5 +992,74 @@ read), and validation messages name wait.database; otherwise the migration Job's
 {{- $values := merge (dict "database" $database) (omit .values "database") -}}
 {{- $_ := set . "values" $values -}}
 {{- $_ := set . "databaseValues" "wait.database" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The fleet Job's scope: the migration Job's (hook, retries, deadline, resources, metrics, archive
+key), as an Indexed Job of fleet.shards completions whose pod runs
+`upgrade --fleet /etc/dbmigrate/fleet.toml --shards <shards> --parallel <parallel> <extraArgs>`;
+dbmigrate takes its shard index from JOB_COMPLETION_INDEX. Fills a scope made with "dbmigrate.scope".
+*/}}
+{{- define "dbmigrate.fleetScope" -}}
+{{- include "dbmigrate.migrationScope" . -}}
+{{- $fleet := .values.fleet -}}
+{{- include "dbmigrate.validateFleet" . -}}
+{{- $shards := int $fleet.shards -}}
+{{- $parallelism := $shards -}}
+{{- if ne (toString $fleet.parallelism) "" -}}
+{{- $parallelism = int $fleet.parallelism -}}
+{{- end -}}
+{{- $args := list "upgrade" "--fleet" "/etc/dbmigrate/fleet.toml" "--shards" (toString $shards) "--parallel" (toString $fleet.parallel) -}}
+{{- $_ := set . "fleet" true -}}
+{{- $_ := set . "suffix" "fleet" -}}
+{{- $_ := set . "args" (concat $args ($fleet.extraArgs | default list)) -}}
+{{- $_ := set . "indexed" (dict "completions" $shards "parallelism" $parallelism "backoffLimitPerIndex" $fleet.backoffLimitPerIndex) -}}
+{{- end -}}
+
+{{/*
+Fails the render when the fleet values cannot work. Takes a scope.
+*/}}
+{{- define "dbmigrate.validateFleet" -}}
+{{- $fleet := .values.fleet -}}
+{{- if and $fleet.file $fleet.existingConfigMap.name -}}
+{{- fail "fleet.file and fleet.existingConfigMap.name are both set: the fleet file comes from one of them" -}}
+{{- end -}}
+{{- if not (or $fleet.file $fleet.existingConfigMap.name) -}}
+{{- fail "fleet.enabled needs the fleet file: fleet.file (its TOML text, e.g. --set-file fleet.file=fleet.toml) or fleet.existingConfigMap.name" -}}
+{{- end -}}
+{{- if include "dbmigrate.hasPassword" $fleet.file -}}
+{{- fail "fleet.file holds a URL with a password: a ConfigMap is readable by anyone who can list it; use password_env (with extraEnv valueFrom.secretKeyRef) or password_file" -}}
+{{- end -}}
+{{- if and (ne (toString $fleet.backoffLimitPerIndex) "") (semverCompare "<1.29-0" .root.Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "fleet.backoffLimitPerIndex needs Kubernetes 1.29 or later, and this cluster is %s: leave it empty (a failed pod then counts against migration.backoffLimit for the whole Job)" .root.Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- range $i, $arg := $fleet.extraArgs | default list -}}
+{{- if include "dbmigrate.hasPassword" $arg -}}
+{{- fail (printf "fleet.extraArgs[%d] holds a URL with a password: arguments are visible to anyone who can read the pod" $i) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The ConfigMap holding the fleet file: fleet.existingConfigMap.name (tpl), or the chart's own,
+<fullname>-fleet. Takes a scope.
+*/}}
+{{- define "dbmigrate.fleetConfigMapName" -}}
+{{- with .values.fleet.existingConfigMap.name -}}
+{{- tpl . $.root -}}
+{{- else -}}
+{{- include "dbmigrate.resourceName" (list . "fleet") -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The key of the fleet file in that ConfigMap. Takes a scope.
+*/}}
+{{- define "dbmigrate.fleetConfigMapKey" -}}
+{{- if .values.fleet.existingConfigMap.name -}}
+{{- .values.fleet.existingConfigMap.key | default "fleet.toml" -}}
+{{- else -}}
+fleet.toml
 {{- end -}}
 {{- end -}}
