@@ -237,24 +237,36 @@ def connection_lost(exc: BaseException) -> BaseException | None:
     quote their cause's message, and a later statement on the dead connection fails with a
     consequence of it ("can't reconnect until invalid transaction is rolled back").
     """
-    seen: set[int] = set()
-    found: BaseException | None = None
+    found = [error for error in _chain(exc) if _says_lost(error)]
+    return found[-1] if found else None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors it was raised from or during, newest first."""
+    chain: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        orig = getattr(current, "orig", None) or current
-        code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
-        sqlstate = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
-        message = str(orig).lower()
-        if (
-            (isinstance(current, DBAPIError) and current.connection_invalidated)
-            or code in _LOST_MYSQL_CODES
-            or sqlstate.startswith(("08", "57P"))
-            or any(w in message for w in _LOST_WORDS)
-        ):
-            found = current
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
         current = current.__cause__ or current.__context__
-    return found
+    return chain
+
+
+def _codes(error: BaseException) -> tuple[int | None, str]:
+    """The driver's numeric error code (MySQL/MariaDB) and SQLSTATE of ``error``, where it has them."""
+    orig = getattr(error, "orig", None) or error
+    code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
+    return code, str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+
+
+def _says_lost(error: BaseException) -> bool:
+    code, sqlstate = _codes(error)
+    message = str(getattr(error, "orig", None) or error).lower()
+    return (
+        (isinstance(error, DBAPIError) and error.connection_invalidated)
+        or code in _LOST_MYSQL_CODES
+        or sqlstate.startswith(("08", "57P"))
+        or any(w in message for w in _LOST_WORDS)
+    )
 
 
 # A privilege the user lacks: PostgreSQL's insufficient_privilege; MySQL/MariaDB's table, column, database
@@ -266,16 +278,10 @@ _DENIED_MYSQL_CODES = (1044, 1142, 1143, 1227)
 def permission_denied(exc: BaseException) -> BaseException | None:
     """The error in ``exc``'s chain (itself, or one it was raised from) that says the database user lacks a
     privilege (to read a table, say), or None."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        orig = getattr(current, "orig", None) or current
-        code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
-        sqlstate = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    for error in _chain(exc):
+        code, sqlstate = _codes(error)
         if sqlstate == _DENIED_SQLSTATE or code in _DENIED_MYSQL_CODES:
-            return current
-        current = current.__cause__ or current.__context__
+            return error
     return None
 
 
