@@ -99,7 +99,8 @@ def test_gate_refusal_with_backups_off_does_not_promise_a_copy(at_head: Path, da
     proc = run_dbmigrate("upgrade", "--no-backup", cwd=at_head, database_url=database_url)
 
     assert proc.returncode == 4
-    assert "copies the data aside" not in proc.stderr
+    assert "either way dbmigrate copies the data aside" not in proc.stderr
+    assert "Run without --no-backup, so that dbmigrate copies the data aside" in proc.stderr
     assert email_exists(database_url)
 
 
