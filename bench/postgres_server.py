@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
 from collections.abc import Sequence
 
 import psycopg
@@ -51,3 +52,14 @@ def recreate_database(server: Server, name: str) -> None:
 
 def drop_database(server: Server, name: str) -> None:
     admin_execute(server, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"])
+
+
+def finish_pgbench(load: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for a pgbench load to end (killing it, ours, after that); raise if it failed."""
+    try:
+        _, stderr = load.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        load.kill()  # ours, by its own handle
+        _, stderr = load.communicate()
+    if load.returncode != 0:
+        raise RuntimeError(f"pgbench failed ({load.returncode}): {stderr.decode(errors='replace').strip()}")

@@ -36,7 +36,7 @@ import psycopg
 # The scripts run as files (python bench/NAME/run.py): make the shared bench module importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from installed import byte_compile_dbmigrate
-from postgres_server import Server, add_server_arguments, admin_execute, drop_database
+from postgres_server import Server, add_server_arguments, admin_execute, drop_database, finish_pgbench
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -223,7 +223,7 @@ def run_way(
             if way == "dbmigrate":
                 backfill = backfill_window(log_dir / "migration.log", start_wall)
         load_ended_first = way != "none" and time.monotonic() - load_started > args.load_seconds
-        finish_load(load, args.load_seconds)
+        finish_pgbench(load, args.load_seconds + 60)
         latencies, worst_at, failed = read_latencies(log_dir, start_wall)
         unfilled, stale = filled_state(server, database)
         return WayResult(
@@ -241,16 +241,6 @@ def run_way(
         )
     finally:
         drop_database(server, database)
-
-
-def finish_load(load: subprocess.Popen[bytes], seconds: int) -> None:
-    try:
-        _, stderr = load.communicate(timeout=seconds + 60)
-    except subprocess.TimeoutExpired:
-        load.kill()  # ours, by its own handle
-        _, stderr = load.communicate()
-    if load.returncode != 0:
-        raise RuntimeError(f"pgbench failed ({load.returncode}): {stderr.decode(errors='replace').strip()}")
 
 
 def report(results: list[WayResult]) -> bool:

@@ -39,7 +39,14 @@ import psycopg
 # The scripts run as files (python bench/NAME/run.py): make the shared bench module importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from installed import byte_compile_dbmigrate
-from postgres_server import Server, add_server_arguments, admin_execute, drop_database, recreate_database
+from postgres_server import (
+    Server,
+    add_server_arguments,
+    admin_execute,
+    drop_database,
+    finish_pgbench,
+    recreate_database,
+)
 
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
@@ -225,7 +232,7 @@ def run_way(way: str, round_no: int, server: Server, scratch: Path) -> WayResult
         if way != "none":
             code = run_migration(way, server, database, start, log_dir / "migration.log", events)
         reader.join(timeout=DURATION_S + 10)
-        finish_load(load)
+        finish_pgbench(load, DURATION_S + 30)
         if way == "dbmigrate":
             events.extend(dbmigrate_events(log_dir / "migration.log", start_wall))
         return WayResult(
@@ -238,16 +245,6 @@ def run_way(way: str, round_no: int, server: Server, scratch: Path) -> WayResult
         )
     finally:
         drop_database(server, database)
-
-
-def finish_load(load: subprocess.Popen[bytes]) -> None:
-    try:
-        _, stderr = load.communicate(timeout=DURATION_S + 30)
-    except subprocess.TimeoutExpired:
-        load.kill()  # ours, by its own handle
-        _, stderr = load.communicate()
-    if load.returncode != 0:
-        raise RuntimeError(f"pgbench failed ({load.returncode}): {stderr.decode(errors='replace').strip()}")
 
 
 def report(results: list[WayResult]) -> bool:
