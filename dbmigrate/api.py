@@ -545,6 +545,8 @@ def _locked_run(settings: Settings, command: str, work: Callable[[Runner], _Resu
                 with runner.locked():
                     result = work(runner)
             except (DbmigrateError, Terminated) as exc:
+                if isinstance(exc, DbmigrateError):
+                    exc.run_id = runner.identity.run_id
                 report = _report(runner, command, "error", exc.exit_code)
                 raise
             report = _report(runner, command, result.outcome, 0)

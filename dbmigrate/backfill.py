@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Column, MetaData, Table, func, inspect, select, text, update
+from sqlalchemy import Column, MetaData, Table, func, inspect, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
@@ -94,6 +94,7 @@ class Queueing:
     direction: str
     revision: Callable[[], str]
     deferred: bool = False  # left to `dbmigrate backfill run` rather than run after the step
+    on_queued: Callable[[], None] | None = None  # told before each backfill is queued
 
 
 _queueing: contextvars.ContextVar[Queueing | None] = contextvars.ContextVar("dbmigrate_backfill_queue", default=None)
@@ -152,6 +153,8 @@ def backfill(
     if queue is None:
         _run_in_place(connection, spec)
         return
+    if queue.on_queued is not None:
+        queue.on_queued()
     row = connection.execute(
         queue.table.insert(),
         {
@@ -187,18 +190,17 @@ def _sql(expression: str | ColumnElement[Any], dialect: Any) -> str:
 
 def _spec(connection: Connection, table: str, schema: str | None, key: str | None, values: dict[str, str]) -> Spec:
     """Check the table, its key and the target columns against the database; find the columns the values read."""
-    inspector = inspect(connection)
     where = f"{schema}.{table}" if schema else table
-    if not inspector.has_table(table, schema=schema):
+    shape = _shape(connection, table, schema)
+    if shape is None:
         raise ValueError(f"dbmigrate.backfill(): there is no table {where}.")
-    columns = [column["name"] for column in inspector.get_columns(table, schema=schema)]
+    columns, primary = shape
     missing = [column for column in values if column not in columns]
     if missing:
         raise ValueError(
             f"dbmigrate.backfill(): {where} has no column {', '.join(missing)}; add it before the backfill."
         )
     if key is None:
-        primary = inspector.get_pk_constraint(table, schema=schema).get("constrained_columns") or []
         if len(primary) != 1:
             raise ValueError(
                 f"dbmigrate.backfill(): {where} has {'a composite' if primary else 'no'} primary key; name a unique, "
@@ -211,6 +213,31 @@ def _spec(connection: Connection, table: str, schema: str | None, key: str | Non
     reads = [column for column in columns if column in read]
     sources = [column for column in reads if column not in values]
     return Spec(table=table, schema=schema, key=key, values=values, reads=reads, sources=sources, triggers=[])
+
+
+def _shape(connection: Connection, table: str, schema: str | None) -> tuple[list[str], list[str]] | None:
+    """The table's columns in order, and its primary key's; None when there is no such table.
+
+    On PostgreSQL by one plain catalog query: it runs after the revision's DDL, under that DDL's
+    ACCESS EXCLUSIVE lock, and compiling the inspector's queries costs a fresh process tens of
+    milliseconds, which every application query on the table would wait out.
+    """
+    if connection.dialect.name == "postgresql":
+        name = connection.dialect.identifier_preparer.format_table(Table(table, MetaData(), schema=schema))
+        rows = connection.exec_driver_sql(
+            "SELECT a.attname, i.indrelid IS NOT NULL FROM pg_attribute a LEFT JOIN pg_index i "
+            "ON i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY (i.indkey) "
+            "WHERE a.attrelid = to_regclass(%(name)s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            {"name": name},
+        ).all()
+        if not rows:
+            return None
+        return [row[0] for row in rows], [row[0] for row in rows if row[1]]
+    inspector = inspect(connection)
+    if not inspector.has_table(table, schema=schema):
+        return None
+    columns = [column["name"] for column in inspector.get_columns(table, schema=schema)]
+    return columns, inspector.get_pk_constraint(table, schema=schema).get("constrained_columns") or []
 
 
 def _columns_read(sql: str, dialect: str) -> set[str]:
@@ -395,6 +422,7 @@ class Queue:
         self.control = control
         self.table = backfills_table(name, schema)
         self._exists = False  # once there, the table stays for the rest of the command: ask the catalog until then
+        self._idle = False  # nothing unfinished and no trigger installed, known under the run lock: see settle()
 
     def ensure(self) -> None:
         """Create the table if missing; under the run lock."""
@@ -414,18 +442,31 @@ class Queue:
 
     def unfinished(self, connection: Connection | None = None) -> list[Backfill]:
         """Every backfill not done yet, oldest first (none when the table does not exist)."""
-        connection = connection if connection is not None else self.control
-        if not self._there(connection):
-            return []
-        query = select(self.table).where(self.table.c.state.not_in([DONE, CANCELLED])).order_by(self.table.c.id)
-        return [_backfill(row._mapping) for row in connection.execute(query)]
+        return self._where(self.table.c.state.not_in([DONE, CANCELLED]), connection)
 
     def with_triggers(self, connection: Connection | None = None) -> list[Backfill]:
         """Every backfill whose sync trigger is still installed (finished ones included), oldest first."""
+        return self._where(self.table.c.trigger_dropped_at.is_(None), connection)
+
+    def settle(self) -> None:
+        """Under the run lock, after :meth:`ensure`: when no backfill is unfinished and no sync trigger is
+        installed, say so without asking again for the rest of the run, until :meth:`queued`.
+
+        Only the run holding the lock writes the queue, and the runner asks before and after every step.
+        """
+        self._idle = not self._where(
+            or_(self.table.c.state.not_in([DONE, CANCELLED]), self.table.c.trigger_dropped_at.is_(None)), None
+        )
+
+    def queued(self) -> None:
+        """A backfill is being queued: the queue is no longer known to be idle."""
+        self._idle = False
+
+    def _where(self, condition: ColumnElement[bool], connection: Connection | None) -> list[Backfill]:
         connection = connection if connection is not None else self.control
-        if not self._there(connection):
+        if self._idle or not self._there(connection):
             return []
-        query = select(self.table).where(self.table.c.trigger_dropped_at.is_(None)).order_by(self.table.c.id)
+        query = select(self.table).where(condition).order_by(self.table.c.id)
         return [_backfill(row._mapping) for row in connection.execute(query)]
 
     def trigger_tables(self) -> set[str]:

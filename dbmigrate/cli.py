@@ -78,9 +78,9 @@ _SETTING_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--backfills-table",), {"help": "Name of dbmigrate's backfill queue and progress table [dbmigrate_backfills]"}),
     (
         ("--backfill-batch-time",),
-        {"type": float, "help": "Seconds each backfill batch should take; its size adapts to it [0.1]"},
+        {"type": float, "help": "Seconds each backfill batch should take; its size adapts to it [0.05]"},
     ),
-    (("--backfill-pause",), {"type": float, "help": "Seconds to pause between backfill batches [0.05]"}),
+    (("--backfill-pause",), {"type": float, "help": "Seconds to pause between backfill batches [0.02]"}),
     (
         ("--backup-schema",),
         {"help": "Backups go to this schema (PostgreSQL), database (MySQL), table prefix (SQLite) [dbmigrate_backup]"},

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 
 class DbmigrateError(Exception):
-    """Base class of every error dbmigrate raises; ``exit_code`` is what the CLI exits with."""
+    """Base class of every error dbmigrate raises; ``exit_code`` is what the CLI exits with.
+
+    ``run_id`` names the run that failed, when it got as far as holding the run lock: its history rows
+    tell what it did before it stopped.
+    """
 
     exit_code = 1
+    run_id: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

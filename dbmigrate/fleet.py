@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
-from dbmigrate import api, fleet_file, termination
+from dbmigrate import api, fleet_file, scripts, termination
 from dbmigrate.errors import (
     ChecksFailed,
     ConfigurationError,
@@ -399,6 +399,7 @@ def _revisions(revisions: list[str] | None) -> str:
 def _worker_main(connection: multiprocessing.connection.Connection, parent: int, log_format: str, lock: Lock) -> None:
     """A worker's life: take a job, run it, send its result back; until told to stop or the pipe closes."""
     _stop_with(parent)
+    scripts.share_loaded_scripts()
     termination.install()
     sys.stderr = _WholeLines(sys.stderr, lock)
     configure_logging(log_format)
@@ -482,8 +483,8 @@ def _execute(job: _Job) -> TargetResult:
         outcome, code = _COMMANDS[job.command](settings, job.arguments, progress)
     except (DbmigrateError, Terminated) as exc:
         outcome, code, error, progress.message = FAILED, exc.exit_code, type(exc).__name__, redact(str(exc))
-        if settings is not None and job.command == "upgrade" and not isinstance(exc, Terminated):
-            progress.after = _current(settings)
+        if settings is not None and job.command == "upgrade" and isinstance(exc, DbmigrateError):
+            progress.before, progress.after = _before_and_now(settings, exc.run_id)
     except Exception as exc:  # noqa: BLE001 - one target's surprise must not end the fleet run
         outcome, code, error = FAILED, DbmigrateError.exit_code, type(exc).__name__
         progress.message = redact(f"Unexpected error: {exc}. Run this target alone with --debug for the traceback.")
@@ -504,24 +505,27 @@ def _execute(job: _Job) -> TargetResult:
     )
 
 
-def _current(settings: Settings) -> list[str] | None:
-    """The target's revision(s) now, or None when they cannot be read."""
+def _before_and_now(settings: Settings, run_id: str | None) -> tuple[list[str] | None, list[str] | None]:
+    """After a failed upgrade: where the failed run ``run_id`` found the target (from its first history row;
+    where it is now, when the run wrote none) and where the target is now; None when they cannot be read."""
     try:
-        return list(api.status(settings=settings).current)
+        state = api.status(settings=settings)
     except (DbmigrateError, SQLAlchemyError):
-        return None
+        return None, None
+    rows = [entry for entry in state.last_run if entry["run_id"] == run_id]
+    if not rows:
+        return list(state.current), list(state.current)
+    first = rows[0]["from_revision"]
+    return (first.split(",") if first else []), list(state.current)
 
 
 def _upgrade(settings: Settings, arguments: Mapping[str, Any], progress: _Progress) -> tuple[str, int]:
-    goal = str(arguments.get("target") or "head")
-    state = api.status(settings=settings)
-    progress.before = progress.after = list(state.current)
-    at_goal = state.at_head if goal in ("head", "heads") else list(state.current) == [goal]
-    if at_goal and not state.needs_repair:
-        log.info("already at the goal, skipped", goal=goal)
+    """The upgrade itself tells a target already at the goal: its run takes the lock, finds nothing to apply
+    and writes no history row, so a rerun retries only the rest."""
+    result = api.upgrade(str(arguments.get("target") or "head"), settings=settings)
+    progress.before, progress.after = list(result.before), list(result.after)
+    if result.outcome == "nothing-to-do":
         return AT_GOAL, 0
-    result = api.upgrade(goal, settings=settings)
-    progress.after = list(result.after)
     return "upgraded", 0
 
 

@@ -402,12 +402,12 @@ def create_missing(connection: Connection, table: Table, what: str) -> None:
         try:
             present = _column_names(connection, table)  # one catalog query tells both: the usual run finds all
             if present is None:
-                table.create(connection, checkfirst=True)
+                table.create(connection)  # and its indexes: a race with another creator fails, the retry finds it
+                return
             for index in table.indexes:
-                if present is None or not _index_exists(connection, table, index.name):
+                if not _index_exists(connection, table, index.name):
                     index.create(connection, checkfirst=True)
-            if present is not None:
-                _add_missing_columns(connection, table, present)
+            _add_missing_columns(connection, table, present)
             return
         except SQLAlchemyError as exc:
             if attempt or connection_lost(exc) is not None:

@@ -477,6 +477,7 @@ class Runner:
             if upgrade and self._reverts(target):
                 return self._revert(target)
             self.backfills.ensure()
+            self.backfills.settle()
             # A killed run's backfills finish before anything else is applied (those a downgrade reverts, cancelled).
             # Where DDL is not transactional, finished backfills' triggers go before the next step, on their own.
             retire = upgrade and not self.caps.transactional_ddl and bool(self.backfills.trigger_tables())
@@ -1001,6 +1002,7 @@ class _Migration:
             self.result.direction,
             revision,
             self.settings.defer_backfills,
+            self.runner.backfills.queued,
         )
 
     # -- the gate ---------------------------------------------------------------------------------

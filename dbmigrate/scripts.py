@@ -73,8 +73,31 @@ def point_at(config: Config, url: str) -> None:
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
 
 
+_shared: dict[tuple[str | None, ...], ScriptDirectory] | None = None
+
+
+def share_loaded_scripts() -> None:
+    """From now on, this process loads each scripts directory once and keeps it (a fleet worker, which runs
+    target after target of one project: their scripts are the same files, read at the first target)."""
+    global _shared
+    _shared = {}
+
+
 def load_scripts(config: Config) -> ScriptDirectory:
     """Load env.py's source and every revision file now, so a broken one is reported before anything runs."""
+    if _shared is None:
+        return _load_scripts(config)
+    key = (
+        config.config_file_name,
+        config.get_alembic_option("script_location"),
+        config.get_alembic_option("version_locations"),
+    )
+    if key not in _shared:
+        _shared[key] = _load_scripts(config)
+    return _shared[key]
+
+
+def _load_scripts(config: Config) -> ScriptDirectory:
     script: ScriptDirectory | None = None
     try:
         script = ScriptDirectory.from_config(config)

@@ -73,8 +73,8 @@ class Settings:
     backups_table: str = "dbmigrate_backups"
     archive_table: str = "dbmigrate_archive"
     backfills_table: str = "dbmigrate_backfills"
-    backfill_batch_time: float = 0.1
-    backfill_pause: float = 0.05
+    backfill_batch_time: float = 0.05
+    backfill_pause: float = 0.02
     # Queued backfills left to `dbmigrate backfill run` (a CronJob, an off-peak window): upgrade changes the schema.
     defer_backfills: bool = False
     archive_key: str | None = None
