@@ -58,12 +58,15 @@ def test_broken_and_unreachable_targets_are_named_and_a_rerun_touches_only_them(
     assert failed == {broken: 1, "down": 3}, first.stderr[-4000:]
     assert result["by_name"][broken]["error"] == "MigrationFailed"
     assert result["by_name"][broken]["after"] == [EXAMPLE_HEAD], "the revisions before the failing one stay applied"
+    assert result["by_name"][broken]["before"] == [], "before comes from the failed run's first history row"
     assert result["by_name"]["down"]["error"] == "DatabaseUnavailable"
+    assert result["by_name"]["down"]["before"] is None, "an unreachable target's revisions cannot be read"
     assert first.returncode == result["exit_code"] == 1, "the worst exit code: a failed step outranks an unreachable"
     others = [name for name in fleet.members if name not in failed]
     assert len(others) == 19
     for name in others:
         assert result["by_name"][name]["outcome"] == "upgraded", result["by_name"][name]
+        assert result["by_name"][name]["before"] == []
         assert result["by_name"][name]["after"] == [HEAD]
         assert fleet.current(name) == {HEAD}, name
     for schema_target in [name for name, m in fleet.members.items() if m.schema]:
@@ -90,6 +93,8 @@ def test_broken_and_unreachable_targets_are_named_and_a_rerun_touches_only_them(
         assert rerun.returncode == again["exit_code"] == 0, rerun.stderr[-4000:]
         touched = {name for name, t in again["by_name"].items() if t["outcome"] != "at goal"}
         assert touched == {broken, "down"}
+        assert again["by_name"][broken]["before"] == [EXAMPLE_HEAD]
+        assert all(again["by_name"][name]["before"] == again["by_name"][name]["after"] == [HEAD] for name in others)
         assert fleet.current(broken) == fleet.current("down") == {HEAD}
         assert {name: fleet.history_runs(name) for name in others} == runs_before, "a target at head was touched"
 
