@@ -15,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -65,7 +66,8 @@ from dbmigrate.scripts import DatabaseAhead
 from dbmigrate.settings import Settings
 
 if TYPE_CHECKING:
-    from dbmigrate.checks import NotAnalysed
+    from dbmigrate.checks import NotAnalysed, Report
+    from dbmigrate.checks.collect import Direction
     from dbmigrate.checks.watch import OnlineLoss, StatementWatch
 
 log = structlog.get_logger("dbmigrate.runner")
@@ -80,6 +82,10 @@ LOCK_WAIT = "lock-wait"  # the direction of the history row of a run stopped whi
 LOST_CAUSES = (
     "the server was restarted or failed over, an administrator ended the session, or the network cut the connection"
 )
+# The offline check of a plan, per scripts object. A fleet worker shares one across its targets (see
+# scripts.share_loaded_scripts): targets of one project on one server reach the same plan, and rendering it
+# offline again for each would tell nothing new. A single run's scripts, and their entry, go with the run.
+_CHECKED: weakref.WeakKeyDictionary[ScriptDirectory, dict[tuple[Any, ...], Report]] = weakref.WeakKeyDictionary()
 _UNHELD_WRITERS = (
     "the backup was copied just before the step, outside its transaction (DDL commits on its own on this "
     "connection): writes the application committed in between are not in it"
@@ -1026,14 +1032,18 @@ class _Migration:
                 "non_transactional_revisions names revisions these scripts do not have (full ids are matched)",
                 revisions=sorted(unknown),
             )
-        report = check_steps(
-            self.runner.config,
-            self.runner.script,
-            revisions if self.upgrade else revisions[::-1],
-            "upgrade" if self.upgrade else "downgrade",
-            self.caps.name,
-            configured,
-        )
+        direction: Direction = "upgrade" if self.upgrade else "downgrade"
+        config, script = self.runner.config, self.runner.script
+        options = config.cmd_opts.x if config.cmd_opts is not None and config.cmd_opts.x else []
+        # What env.py can tell targets apart by offline: the dialect, the server and user, and -x (a tenant).
+        seen_as = self.runner.engine.url.set(database="", password=None).render_as_string()
+        key = (seen_as, tuple(revisions), direction, tuple(configured), tuple(options))
+        reports = _CHECKED.setdefault(script, {})
+        if key not in reports:
+            reports[key] = check_steps(
+                config, script, revisions if self.upgrade else revisions[::-1], direction, self.caps.name, configured
+            )
+        report = reports[key]
         refused_categories = {c.strip() for c in self.settings.refuse_findings.split(",") if c.strip()} | {"directive"}
         if self.settings.allow_data_loss or not self.upgrade:
             refused_categories.discard("data-loss")
