@@ -16,7 +16,7 @@ from typing import Any
 import click
 import structlog
 
-from dbmigrate import api, deadline, fleet, termination
+from dbmigrate import api, deadline, termination
 from dbmigrate._version import __version__
 from dbmigrate.errors import (
     EXIT_CODES,
@@ -210,6 +210,8 @@ def _fleet_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _run_fleet(command: str, settings: Settings, rollout: dict[str, Any], **arguments: Any) -> tuple[Any, str, int]:
     """A command on every target of a fleet file: the summary table (or JSON), and the worst exit code."""
+    from dbmigrate import fleet  # worker processes and the fleet file's parser: only fleet runs load them
+
     result = fleet.run(command, rollout.pop("fleet_file"), settings=settings, arguments=arguments, **rollout)
     return result.as_dict(), result.render_text(), result.exit_code
 
