@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,12 +22,8 @@ ROWS = 5000
 SLOW_BATCHES = {"DBMIGRATE_BACKFILL_BATCH_TIME": "0.02", "DBMIGRATE_BACKFILL_PAUSE": "0.05"}
 
 
-def test_sigterm_during_a_backfill_keeps_every_committed_batch_and_the_next_run_resumes(
-    project: Path, database_url: str, tmp_path: Path
-) -> None:
-    add_backfill_revisions(project, ROWS, '{"domain": DOMAIN}')
-    assert run_dbmigrate("upgrade", "0001_items", cwd=project, database_url=database_url).returncode == 0
-    child = start_dbmigrate("upgrade", cwd=project, database_url=database_url, output=tmp_path / "run", **SLOW_BATCHES)
+def terminate_after_a_batch(child: subprocess.Popen[str], database_url: str) -> None:
+    """SIGTERM ``child`` once its backfill has committed a batch, and wait for it to end."""
     deadline = time.monotonic() + 60
     while child.poll() is None and time.monotonic() < deadline:
         rows = backfill_rows(database_url)
@@ -35,6 +32,15 @@ def test_sigterm_during_a_backfill_keeps_every_committed_batch_and_the_next_run_
         time.sleep(0.01)
     child.send_signal(signal.SIGTERM)
     child.wait(30)
+
+
+def test_sigterm_during_a_backfill_keeps_every_committed_batch_and_the_next_run_resumes(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    add_backfill_revisions(project, ROWS, '{"domain": DOMAIN}')
+    assert run_dbmigrate("upgrade", "0001_items", cwd=project, database_url=database_url).returncode == 0
+    child = start_dbmigrate("upgrade", cwd=project, database_url=database_url, output=tmp_path / "run", **SLOW_BATCHES)
+    terminate_after_a_batch(child, database_url)
 
     assert child.returncode == 143
     failure = next(e for e in log_events((tmp_path / "run.err").read_text()) if e["event"] == "command failed")
@@ -65,14 +71,7 @@ def test_sigterm_during_backfill_run_keeps_every_committed_batch_and_the_next_ru
     child = start_dbmigrate(
         "backfill", "run", cwd=project, database_url=database_url, output=tmp_path / "run", **SLOW_BATCHES
     )
-    deadline = time.monotonic() + 60
-    while child.poll() is None and time.monotonic() < deadline:
-        rows = backfill_rows(database_url)
-        if int(rows[0]["rows_done"]) > 0:  # type: ignore[call-overload]
-            break
-        time.sleep(0.01)
-    child.send_signal(signal.SIGTERM)
-    child.wait(30)
+    terminate_after_a_batch(child, database_url)
 
     assert child.returncode == 143
     failure = next(e for e in log_events((tmp_path / "run.err").read_text()) if e["event"] == "command failed")
