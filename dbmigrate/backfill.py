@@ -436,7 +436,7 @@ class Queue:
 
     def all(self) -> list[Backfill]:
         """Every backfill ever queued, oldest first (none when the table does not exist)."""
-        if not inspect(self.control).has_table(self.table.name, schema=self.table.schema):
+        if not self._there(self.control):
             return []
         return [_backfill(row._mapping) for row in self.control.execute(select(self.table).order_by(self.table.c.id))]
 

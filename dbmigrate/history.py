@@ -400,7 +400,7 @@ def create_missing(connection: Connection, table: Table, what: str) -> None:
     """
     for attempt in range(2):
         try:
-            present = _column_names(connection, table)  # one catalog query tells both: the usual run finds all
+            present = column_names(connection, table)  # one catalog query tells both: the usual run finds all
             if present is None:
                 table.create(connection)  # and its indexes: a race with another creator fails, the retry finds it
                 return
@@ -414,7 +414,7 @@ def create_missing(connection: Connection, table: Table, what: str) -> None:
                 raise _cannot_create(table, what, exc) from None
 
 
-def _column_names(connection: Connection, table: Table) -> set[str] | None:
+def column_names(connection: Connection, table: Table) -> set[str] | None:
     """The names of ``table``'s columns in the database; None when the table is not there.
 
     One plain query where a failed statement harms nothing (not inside a PostgreSQL transaction): a

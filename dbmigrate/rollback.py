@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from dbmigrate.database import Capabilities, advance_sequences, autocommits
 from dbmigrate.errors import ConfigurationError, UnsafeMigration
-from dbmigrate.history import archive_table, backups_table, create_missing, now
+from dbmigrate.history import archive_table, backups_table, column_names, create_missing, now
 
 log = structlog.get_logger("dbmigrate.rollback")
 
@@ -166,11 +166,10 @@ class Archive:
         """
         query = select(self.table)
         if not ensured:
-            inspector = inspect(self.connection)
-            if not inspector.has_table(self.table.name, schema=self.table.schema):
+            present = column_names(self.connection, self.table)
+            if present is None:
                 return {}, Manifest.verify(None, self.key)
             # An archive created by an earlier dbmigrate lacks the newer columns until the next upgrade adds them.
-            present = {column["name"] for column in inspector.get_columns(self.table.name, schema=self.table.schema)}
             query = select(*(column for column in self.table.c if column.name in present))
         entries = {row.revision: _archived(row._mapping) for row in self.connection.execute(query)}
         return entries, Manifest.verify(entries.pop(MANIFEST, None), self.key)
