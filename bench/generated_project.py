@@ -49,6 +49,56 @@ formatter = generic
 format = %(levelname)-5.5s [%(name)s] %(message)s
 """
 
+# Revision rNNNN: a table with an index, chained to the one before; the extras (bench/checks) add to it.
+TABLE_REVISION = '''\
+"""create table t{n:04d} with an index{title}
+
+Revision ID: {rev}
+Revises: {down}
+"""
+
+import sqlalchemy as sa
+
+from alembic import op
+{directive}
+revision = "{rev}"
+down_revision = {down_literal}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "t{n:04d}",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.func.now()),
+    )
+    op.create_index("ix_t{n:04d}_name", "t{n:04d}", ["name"])
+{upgrade_extra}
+
+def downgrade() -> None:
+{downgrade_extra}    op.drop_index("ix_t{n:04d}_name", table_name="t{n:04d}")
+    op.drop_table("t{n:04d}")
+'''
+
+
+def table_revision(
+    n: int, title: str = "", directive: str = "", upgrade_extra: str = "", downgrade_extra: str = ""
+) -> str:
+    """The source of revision ``n`` (``r0001``, ``r0002``, ...): :data:`TABLE_REVISION` with its extras."""
+    rev, down = f"r{n:04d}", f"r{n - 1:04d}" if n > 1 else None
+    return TABLE_REVISION.format(
+        n=n,
+        rev=rev,
+        down=down or "",
+        down_literal=repr(down),
+        title=title,
+        directive=directive,
+        upgrade_extra=upgrade_extra,
+        downgrade_extra=downgrade_extra,
+    )
+
 
 def generate_project(root: Path, count: int, revision: Callable[[int], tuple[str, str]]) -> Path:
     """``count`` revisions, ``revision(n)`` giving each one's file name and source; returns the alembic.ini."""

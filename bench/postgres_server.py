@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 import psycopg
 
@@ -52,6 +53,38 @@ def recreate_database(server: Server, name: str) -> None:
 
 def drop_database(server: Server, name: str) -> None:
     admin_execute(server, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"])
+
+
+def start_pgbench(
+    server: Server,
+    database: str,
+    script: Path,
+    *,
+    clients: int,
+    rate: int,
+    seconds: int,
+    log_dir: Path,
+    defines: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """Start pgbench running ``script`` at ``rate`` transactions/s for ``seconds``, each transaction logged under
+    ``log_dir/tx*``; ``defines`` are its ``name=value`` variables. End it with :func:`finish_pgbench`."""
+    command = [
+        "pgbench",
+        "--no-vacuum",
+        f"--file={script}",
+        *(f"--define={define}" for define in defines),
+        f"--client={clients}",
+        "--jobs=2",
+        f"--rate={rate}",
+        f"--time={seconds}",
+        "--log",
+        f"--log-prefix={log_dir / 'tx'}",
+        f"--host={server.host}",
+        f"--port={server.port}",
+        f"--username={server.user}",
+        database,
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def finish_pgbench(load: subprocess.Popen[bytes], timeout: float) -> None:

@@ -36,7 +36,14 @@ import psycopg
 # The scripts run as files (python bench/NAME/run.py): make the shared bench module importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from installed import byte_compile_dbmigrate
-from postgres_server import Server, add_server_arguments, admin_execute, drop_database, finish_pgbench
+from postgres_server import (
+    Server,
+    add_server_arguments,
+    admin_execute,
+    drop_database,
+    finish_pgbench,
+    start_pgbench,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -113,26 +120,6 @@ def copy_database(server: Server, template: str, name: str) -> None:
         server, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name} TEMPLATE {template}"]
     )
     admin_execute(server, ["CHECKPOINT"])  # the copy's writes are not flushed during the timed window
-
-
-def start_load(server: Server, database: str, rows: int, seconds: int, log_dir: Path) -> subprocess.Popen[bytes]:
-    command = [
-        "pgbench",
-        "--no-vacuum",
-        f"--file={APP_SCRIPT}",
-        f"--define=rows={rows}",
-        f"--client={CLIENTS}",
-        "--jobs=2",
-        f"--rate={RATE_TPS}",
-        f"--time={seconds}",
-        "--log",
-        f"--log-prefix={log_dir / 'tx'}",
-        f"--host={server.host}",
-        f"--port={server.port}",
-        f"--username={server.user}",
-        database,
-    ]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def migration_command(way: str) -> list[str]:
@@ -222,7 +209,16 @@ def run_way(
     log_dir.mkdir(parents=True)
     copy_database(server, template, database)
     try:
-        load = start_load(server, database, args.rows, args.load_seconds, log_dir)
+        load = start_pgbench(
+            server,
+            database,
+            APP_SCRIPT,
+            clients=CLIENTS,
+            rate=RATE_TPS,
+            seconds=args.load_seconds,
+            log_dir=log_dir,
+            defines=[f"rows={args.rows}"],
+        )
         load_started, start_wall = time.monotonic(), time.time()
         code = duration = backfill = None
         if way != "none":

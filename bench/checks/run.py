@@ -54,38 +54,6 @@ COMMAND_TIMEOUT_S = 600.0
 TARGET = 2.0
 KINDS = ("add column", "index", "raw SQL", "backfill", "drop column (declared)", "index concurrently")
 
-REVISION_TEMPLATE = '''\
-"""create table t{n:04d} with an index{title}
-
-Revision ID: {rev}
-Revises: {down}
-"""
-
-import sqlalchemy as sa
-
-from alembic import op
-{directive}
-revision = "{rev}"
-down_revision = {down_literal}
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.create_table(
-        "t{n:04d}",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("name", sa.String(100), nullable=False),
-        sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.func.now()),
-    )
-    op.create_index("ix_t{n:04d}_name", "t{n:04d}", ["name"])
-{upgrade_extra}
-
-def downgrade() -> None:
-{downgrade_extra}    op.drop_index("ix_t{n:04d}_name", table_name="t{n:04d}")
-    op.drop_table("t{n:04d}")
-'''
-
 # Per kind: (title, directive, upgrade lines, downgrade lines); {p} is the previous table, and kinds
 # 3 and 4 use the column that kind 0 added three and four revisions before ({m}: that revision).
 EXTRAS = (
@@ -159,23 +127,13 @@ def kind_of(n: int) -> int | None:
 
 
 def revision_source(n: int) -> str:
-    rev, down = f"r{n:04d}", f"r{n - 1:04d}" if n > 1 else None
     kind = kind_of(n)
     title = directive = upgrade_extra = downgrade_extra = ""
     if kind is not None:
         m = n - kind  # kinds 3 and 4: the revision (of kind 0) that added the column
         names = {"n": n, "p": n - 1, "m": m, "q": m - 1}
         title, directive, upgrade_extra, downgrade_extra = (part.format(**names) for part in EXTRAS[kind])
-    return REVISION_TEMPLATE.format(
-        n=n,
-        rev=rev,
-        down=down or "",
-        down_literal=repr(down),
-        title=title,
-        directive=directive,
-        upgrade_extra=upgrade_extra,
-        downgrade_extra=downgrade_extra,
-    )
+    return generated_project.table_revision(n, title, directive, upgrade_extra, downgrade_extra)
 
 
 def generate_project(root: Path, count: int) -> Path:

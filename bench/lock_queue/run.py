@@ -46,6 +46,7 @@ from postgres_server import (
     drop_database,
     finish_pgbench,
     recreate_database,
+    start_pgbench,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -120,25 +121,6 @@ def prepare_database(server: Server, name: str) -> None:
         ],
         database=name,
     )
-
-
-def start_load(server: Server, database: str, log_dir: Path) -> subprocess.Popen[bytes]:
-    command = [
-        "pgbench",
-        "--no-vacuum",
-        f"--file={APP_SCRIPT}",
-        f"--client={CLIENTS}",
-        "--jobs=2",
-        f"--rate={RATE_TPS}",
-        f"--time={DURATION_S}",
-        "--log",
-        f"--log-prefix={log_dir / 'tx'}",
-        f"--host={server.host}",
-        f"--port={server.port}",
-        f"--username={server.user}",
-        database,
-    ]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def hold_reader(server: Server, database: str, start: float, events: list[tuple[float, str]]) -> None:
@@ -225,7 +207,9 @@ def run_way(way: str, round_no: int, server: Server, scratch: Path) -> WayResult
     try:
         events: list[tuple[float, str]] = []
         start, start_wall = time.monotonic(), time.time()
-        load = start_load(server, database, log_dir)
+        load = start_pgbench(
+            server, database, APP_SCRIPT, clients=CLIENTS, rate=RATE_TPS, seconds=DURATION_S, log_dir=log_dir
+        )
         reader = threading.Thread(target=hold_reader, args=(server, database, start, events), daemon=True)
         reader.start()
         code = None

@@ -71,48 +71,13 @@ DEPLOY_PENDING = (1, 3, 5)
 DEPLOY_REPS = 7
 PER_REVISION = "alembic-per-revision"
 
-REVISION_TEMPLATE = '''\
-"""create table t{n:04d} with an index
-
-Revision ID: {rev}
-Revises: {down}
-"""
-
-import sqlalchemy as sa
-
-from alembic import op
-
-revision = "{rev}"
-down_revision = {down_literal}
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.create_table(
-        "t{n:04d}",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("name", sa.String(100), nullable=False),
-        sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.func.now()),
-    )
-    op.create_index("ix_t{n:04d}_name", "t{n:04d}", ["name"])
-
-
-def downgrade() -> None:
-    op.drop_index("ix_t{n:04d}_name", table_name="t{n:04d}")
-    op.drop_table("t{n:04d}")
-'''
-
 
 def generate_project(root: Path, count: int) -> Path:
     """An Alembic project with ``count`` chained revisions; returns its alembic.ini."""
 
-    def revision(n: int) -> tuple[str, str]:
-        rev, down = f"r{n:04d}", f"r{n - 1:04d}" if n > 1 else None
-        source = REVISION_TEMPLATE.format(n=n, rev=rev, down=down or "", down_literal=repr(down))
-        return f"{rev}_create_t{n:04d}.py", source
-
-    return generated_project.generate_project(root, count, revision)
+    return generated_project.generate_project(
+        root, count, lambda n: (f"r{n:04d}_create_t{n:04d}.py", generated_project.table_revision(n))
+    )
 
 
 def per_revision_project(ini: Path, root: Path) -> Path:
