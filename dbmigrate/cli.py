@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import gc
 import inspect
 import json
 import os
@@ -314,7 +316,26 @@ def main(context: click.Context, /, **options_given_first: Any) -> None:
     """
     termination.install()
     deadline.count_from_process_start()
+    _collect_only_what_the_command_makes()
     context.obj = options_given_first
+
+
+def _collect_only_what_the_command_makes() -> None:
+    """Keep the garbage collector off the objects the imports made, now and when the process exits.
+
+    They live as long as the process. Without this, the collections while the command runs and the
+    interpreter's repeated ones at exit walk every object SQLAlchemy and Alembic made, only to free
+    memory the exit gives back anyway: about 0.15 s of a one-second deploy. At exit, what the command
+    left unreachable is still collected once (a file env.py left open is flushed and closed), every
+    atexit handler runs, and connections end as before.
+    """
+    gc.freeze()
+    atexit.register(_freeze_after_a_last_collection)  # runs after the command, before the interpreter's own
+
+
+def _freeze_after_a_last_collection() -> None:
+    gc.collect()
+    gc.freeze()
 
 
 @main.command(epilog=EPILOG)
