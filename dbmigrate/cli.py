@@ -108,12 +108,22 @@ _ALL_FORMATS = ("text", "json", "sarif")
 
 def _shared_options(function: Callable[..., Any], formats: tuple[str, ...], format_help: str) -> Callable[..., Any]:
     """The settings' options, --format (one of ``formats``) and --debug, all unset unless given."""
-    for names, attrs in reversed(_SETTING_OPTIONS):
-        function = click.option(*names, default=None, **attrs)(function)
-    function = click.option(
-        "--format", "output_format", type=click.Choice(list(formats)), default=None, help=format_help
-    )(function)
-    return click.option("--debug", is_flag=True, default=None, help="Show tracebacks and debug logs")(function)
+    # As click's decorators would add them (each command lists them last, in this order), but made once:
+    # every command shares them, and building a few hundred options costs each run's start.
+    params = getattr(function, "__click_params__", [])
+    params.extend(_shared_params(formats, format_help))
+    function.__click_params__ = params  # type: ignore[attr-defined]
+    return function
+
+
+@functools.cache
+def _shared_params(formats: tuple[str, ...], format_help: str) -> tuple[click.Option, ...]:
+    settings = [click.Option(list(names), default=None, **attrs) for names, attrs in reversed(_SETTING_OPTIONS)]
+    output = click.Option(
+        ["--format", "output_format"], type=click.Choice(list(formats)), default=None, help=format_help
+    )
+    debug = click.Option(["--debug"], is_flag=True, default=None, help="Show tracebacks and debug logs")
+    return (*settings, output, debug)
 
 
 def common_options(command: Callable[..., Any], formats: tuple[str, ...] = ("text", "json")) -> Callable[..., Any]:
