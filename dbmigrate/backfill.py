@@ -423,6 +423,9 @@ class Queue:
         self.table = backfills_table(name, schema)
         self._exists = False  # once there, the table stays for the rest of the command: ask the catalog until then
         self._idle = False  # nothing unfinished and no trigger installed, known under the run lock: see settle()
+        # Asked before and after every step: made once.
+        self._unfinished = self.table.c.state.not_in([DONE, CANCELLED])
+        self._with_trigger = self.table.c.trigger_dropped_at.is_(None)
 
     def ensure(self) -> None:
         """Create the table if missing; under the run lock."""
@@ -442,11 +445,11 @@ class Queue:
 
     def unfinished(self, connection: Connection | None = None) -> list[Backfill]:
         """Every backfill not done yet, oldest first (none when the table does not exist)."""
-        return self._where(self.table.c.state.not_in([DONE, CANCELLED]), connection)
+        return self._where(self._unfinished, connection)
 
     def with_triggers(self, connection: Connection | None = None) -> list[Backfill]:
         """Every backfill whose sync trigger is still installed (finished ones included), oldest first."""
-        return self._where(self.table.c.trigger_dropped_at.is_(None), connection)
+        return self._where(self._with_trigger, connection)
 
     def settle(self) -> None:
         """Under the run lock, after :meth:`ensure`: when no backfill is unfinished and no sync trigger is
@@ -454,9 +457,7 @@ class Queue:
 
         Only the run holding the lock writes the queue, and the runner asks before and after every step.
         """
-        self._idle = not self._where(
-            or_(self.table.c.state.not_in([DONE, CANCELLED]), self.table.c.trigger_dropped_at.is_(None)), None
-        )
+        self._idle = not self._where(or_(self._unfinished, self._with_trigger), None)
 
     def queued(self) -> None:
         """A backfill is being queued: the queue is no longer known to be idle."""

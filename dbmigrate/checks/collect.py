@@ -197,7 +197,9 @@ class _Recorder(io.StringIO):
                     line,
                     *self.altering,
                     autocommit=self.autocommit,
-                    in_loop=line in _loop_lines(self._revision_path),
+                    # Only a statement that reads or writes rows is judged by its loop (BL007, BL008): the
+                    # revision's source is parsed for those only.
+                    in_loop=_MAY_TOUCH_ROWS.search(sql) is not None and line in _loop_lines(self._revision_path),
                     online_backfill=through_backfill,
                 )
             )
@@ -223,6 +225,8 @@ class _Recorder(io.StringIO):
         return None, False
 
 
+# Every word a statement that reads or writes rows has, wherever it stands (DDL rarely has one).
+_MAY_TOUCH_ROWS = re.compile(r"\b(?:UPDATE|DELETE|INSERT|SELECT|WITH)\b", re.IGNORECASE)
 # dbmigrate.backfill's own file, named without importing it (it imports the runner's modules).
 _BACKFILL_MODULE = os.path.realpath(Path(__file__).parent.parent / "backfill.py")
 
@@ -261,8 +265,10 @@ class _ColumnTypes:
         return bool(self._tables)
 
     def copy(self) -> _ColumnTypes:
+        # A table's columns are replaced, never changed in place (below): copies share them. The offline pass
+        # copies before every step, and a long chain declares thousands of columns.
         copied = _ColumnTypes()
-        copied._tables = {table: dict(columns) for table, columns in self._tables.items()}
+        copied._tables = dict(self._tables)
         return copied
 
     def get(self, table: str, column: str) -> TypeEngine[Any] | None:
@@ -272,13 +278,13 @@ class _ColumnTypes:
         if type_ is None:
             self.forget(table, column)
         else:
-            self._tables.setdefault(table, {})[column] = type_
+            self._tables[table] = {**self._tables.get(table, {}), column: type_}
 
     def forget(self, table: str, column: str | None = None) -> None:
         if column is None:
             self._tables.pop(table, None)
-        else:
-            self._tables.get(table, {}).pop(column, None)
+        elif column in self._tables.get(table, {}):
+            self._tables[table] = {name: type_ for name, type_ in self._tables[table].items() if name != column}
 
     def forget_mentioned(self, sql: str) -> None:
         """Raw SQL may change any column of a table it names: forget those tables.
