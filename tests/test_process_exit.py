@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import EXAMPLE_HEAD, current_revisions, run_dbmigrate
+from tests.conftest import EXAMPLE_HEAD, current_revisions, run_dbmigrate
 
 # Appended to the example's env.py: an object in a reference cycle whose finalizer writes a line (as a
 # project's cleanup might), and an atexit handler that says how many objects the collector skips.
