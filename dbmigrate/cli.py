@@ -336,8 +336,8 @@ def _collect_only_what_the_command_makes() -> None:
     They live as long as the process. Without this, the collections while the command runs and the
     interpreter's repeated ones at exit walk every object SQLAlchemy and Alembic made, only to free
     memory the exit gives back anyway: about 0.15 s of a one-second deploy. At exit, what the command
-    left unreachable is still collected once (a file env.py left open is flushed and closed), every
-    atexit handler runs, and connections end as before.
+    left unreachable is still collected once (an env.py object in a reference cycle is finalized),
+    every atexit handler runs, and connections end as before.
     """
     gc.freeze()
     atexit.register(_freeze_after_a_last_collection)  # runs after the command, before the interpreter's own
