@@ -971,11 +971,9 @@ class _Migration:
                 if lost is not None:
                     raise self._lost(step, lost) from exc
                 if step is None and online.is_lock_timeout(exc, self.caps):
-                    raise LockTimeout(
-                        f"The migration environment (env.py) could not get a lock on the database before the first "
-                        f"step ({describe(exc)}): another session is writing. Nothing was applied. Run again later, "
-                        "or raise --lock-timeout."
-                    ) from exc
+                    if self._retry_after_lock_timeout(None, exc, attempt, backoff):
+                        continue
+                    raise self._no_lock_between_steps(exc) from exc
                 if step is None:
                     raise MigrationFailed(f"The migration environment (env.py) failed: {describe(exc)}") from exc
                 if self.refusal is not None:
@@ -1618,9 +1616,24 @@ class _Migration:
 
     # -- failures -------------------------------------------------------------------------------
 
-    def _retry_after_lock_timeout(self, step: RevisionStep, exc: BaseException, attempt: int, backoff: Any) -> bool:
-        revision = scripts.step_revision(step)
-        if not online.is_lock_timeout(exc, self.caps) or self._left_behind():
+    def _no_lock_between_steps(self, exc: BaseException) -> LockTimeout:
+        if self.results:
+            where, kept = "before the next step", "Every step before it stays applied"
+        else:
+            where, kept = "before the first step", "Nothing was applied"
+        return LockTimeout(
+            f"The migration environment (env.py) could not get a lock on the database {where} ({describe(exc)}), "
+            f"retrying until the retries or the run's time ran out: another session keeps writing. {kept}. Run "
+            "again later, or raise --lock-timeout."
+        )
+
+    def _retry_after_lock_timeout(
+        self, step: RevisionStep | None, exc: BaseException, attempt: int, backoff: Any
+    ) -> bool:
+        """Whether to run env.py again after ``exc``: a lock timeout in ``step`` (or in env.py's transaction
+        between steps, ``None``) that changed nothing, with retries and time left; waits the backoff first."""
+        revision = scripts.step_revision(step) if step is not None else ""
+        if not online.is_lock_timeout(exc, self.caps) or (step is not None and self._left_behind()):
             return False
         retries = self._retries.get(revision, 0)
         if retries >= self.settings.max_lock_retries:
@@ -1638,7 +1651,7 @@ class _Migration:
                 row, attempts=retries + 2, lock_waits=waits.count, lock_wait_ms=waits.waited_ms
             )
         log.warning(
-            "lock timeout, retrying the step",
+            "lock timeout, retrying the step" if step is not None else "lock timeout before a step, retrying",
             attempt=retries + 1,
             max_retries=self.settings.max_lock_retries,
             retry_in_s=round(delay, 2),
