@@ -879,6 +879,10 @@ def _direction(upgrade: bool) -> str:
     return "upgrade" if upgrade else "downgrade"
 
 
+# Where a lock timeout in env.py's own transaction, outside any step, counts its retries.
+_BETWEEN_STEPS = ""
+
+
 class _Migration:
     """One upgrade or downgrade: env.py runs, a step fails on a lock timeout, env.py runs again."""
 
@@ -942,9 +946,7 @@ class _Migration:
         self._gate(scripts.plan(runner.script, self.target, self.result.before, self.upgrade))
         self.pending_backups = runner.backups.pending()
         backoff = online.retry_backoff()
-        attempt = 0
         while True:
-            attempt += 1
             try:
                 with (
                     termination.cancelling(self._cancel_in_flight),
@@ -971,14 +973,14 @@ class _Migration:
                 if lost is not None:
                     raise self._lost(step, lost) from exc
                 if step is None and online.is_lock_timeout(exc, self.caps):
-                    if self._retry_after_lock_timeout(None, exc, attempt, backoff):
+                    if self._retry_after_lock_timeout(None, exc, backoff):
                         continue
                     raise self._no_lock_between_steps(exc) from exc
                 if step is None:
                     raise MigrationFailed(f"The migration environment (env.py) failed: {describe(exc)}") from exc
                 if self.refusal is not None:
                     raise self._refused(step) from exc
-                if not self._retry_after_lock_timeout(step, exc, attempt, backoff):
+                if not self._retry_after_lock_timeout(step, exc, backoff):
                     raise self._fail(step, exc) from exc
         if self.heads_after is None:  # nothing ran: the database is where it was
             self.heads_after = self.result.before
@@ -1627,12 +1629,10 @@ class _Migration:
             "again later, or raise --lock-timeout."
         )
 
-    def _retry_after_lock_timeout(
-        self, step: RevisionStep | None, exc: BaseException, attempt: int, backoff: Any
-    ) -> bool:
+    def _retry_after_lock_timeout(self, step: RevisionStep | None, exc: BaseException, backoff: Any) -> bool:
         """Whether to run env.py again after ``exc``: a lock timeout in ``step`` (or in env.py's transaction
         between steps, ``None``) that changed nothing, with retries and time left; waits the backoff first."""
-        revision = scripts.step_revision(step) if step is not None else ""
+        revision = scripts.step_revision(step) if step is not None else _BETWEEN_STEPS
         if not online.is_lock_timeout(exc, self.caps) or (step is not None and self._left_behind()):
             return False
         retries = self._retries.get(revision, 0)
